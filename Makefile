@@ -1,0 +1,32 @@
+# shadowft developer commands. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(STAMP)
+
+# torch first (the CPU wheel lies on local disk); a later requirement that admits a newer torch
+# would otherwise pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+demo: setup
+	$(VENV)/bin/shadowft demo
+
+bench: setup
+	$(PY) benchmarks/graft.py
+
+clean:
+	rm -rf $(VENV) .shadowft build *.egg-info

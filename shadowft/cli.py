@@ -1,0 +1,42 @@
+"""The `shadowft` command line: typed functions whose signatures are the CLI and its help."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from shadowft.errors import ShadowFTError
+
+app = typer.Typer(
+    name="shadowft",
+    help="Shadow-FT: tune the Base model, graft its update onto the Instruct model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+# Command groups live beside the stage they drive; each module registers on `app`.
+from shadowft import cli_weights  # noqa: E402,F401  (similarity, check-pair, delta, graft)
+# (more command modules are imported here, one line each)
+
+
+def main() -> None:
+    """Console entry point: user errors print a message and a hint, never a traceback."""
+    try:
+        app()
+    except ShadowFTError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}")
+        if exc.hint:
+            err_console.print(f"[yellow]hint:[/] {exc.hint}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

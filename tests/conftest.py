@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny real models built once per session, offline environment for every test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline everywhere: no test may reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_homes(tmp_path_factory: pytest.TempPathFactory):
+    """Keep HF and Prefect state of the test session out of the user's home."""
+    root = tmp_path_factory.mktemp("homes")
+    os.environ["HF_HOME"] = str(root / "hf")
+    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
+    yield
+
+
+def _trio(tmp_path_factory, name: str, **kwargs) -> dict[str, Path]:
+    from shadowft.tiny import make_trio
+
+    return make_trio(tmp_path_factory.mktemp(name), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def llama_trio(tmp_path_factory) -> dict[str, Path]:
+    """Untied Llama trio, single safetensors file each."""
+    return _trio(tmp_path_factory, "llama", arch="llama")
+
+
+@pytest.fixture(scope="session")
+def qwen3_tied_sharded_trio(tmp_path_factory) -> dict[str, Path]:
+    """Tied-embedding Qwen3 trio, sharded into several safetensors files with an index."""
+    return _trio(tmp_path_factory, "qwen3", arch="qwen3", tied=True, max_shard_size="20KB")
+
+
+@pytest.fixture(scope="session")
+def bf16_trio(tmp_path_factory) -> dict[str, Path]:
+    """Llama trio stored in bfloat16 (the dtype real checkpoints ship in)."""
+    import torch
+
+    return _trio(tmp_path_factory, "bf16", arch="llama", dtype=torch.bfloat16)
