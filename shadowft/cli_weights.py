@@ -1,3 +1,180 @@
-"""CLI commands for weight surgery: similarity, pair check, delta, graft (filled in below)."""
+"""CLI commands for weight surgery: similarity, check-pair, delta, graft, convert."""
 
 from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from shadowft.cli import app, console, err_console
+
+
+class DeltaDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class VocabMismatch(str, Enum):
+    error = "error"
+    overlap = "overlap"
+
+
+@contextmanager
+def byte_progress(label: str, total: int, enabled: bool = True) -> Iterator:
+    """A rich progress bar over bytes written; yields the callback the library calls per tensor."""
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda _name, nbytes: bar.advance(task, nbytes)
+
+
+def _instruct_bytes(path: Path) -> int:
+    from shadowft.checkpoint import Checkpoint
+
+    with Checkpoint(path, role="instruct") as c:
+        return c.total_bytes
+
+
+@app.command()
+def similarity(
+    a: Annotated[Path, typer.Argument(help="First model dir (e.g. the Base model).")],
+    b: Annotated[Path, typer.Argument(help="Second model dir (e.g. the Instruct model).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False,
+    top: Annotated[int, typer.Option(help="Rows of the per-tensor table (largest sigma first).")] = 10,
+) -> None:
+    """The paper's sigma(A, B) = sum|A-B| / (sum|A| + sum|B|) per tensor, summarised over layers."""
+    from shadowft.pair import similarity as compute
+
+    report = compute(a, b)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    table = Table(title=f"sigma({a.name}, {b.name}) over {report.n_summarised} layer tensors")
+    for col in ("mean", "median", "max", "min"):
+        table.add_column(col, justify="right")
+    table.add_row(*(f"{getattr(report, c):.5f}" for c in ("mean", "median", "max", "min")))
+    console.print(table)
+    worst = Table(title=f"top {top} tensors by sigma")
+    worst.add_column("tensor")
+    worst.add_column("sigma", justify="right")
+    for name, v in sorted(report.tensors.items(), key=lambda kv: -kv[1])[:top]:
+        worst.add_row(name, f"{v:.5f}")
+    console.print(worst)
+
+
+@app.command("check-pair")
+def check_pair(
+    base: Annotated[Path, typer.Option(help="Base model dir.")],
+    instruct: Annotated[Path, typer.Option(help="Instruct model dir.")],
+    scope: Annotated[str, typer.Option(help="Graft scope: projections | all | REGEX.")] = "projections",
+    max_sigma: Annotated[float, typer.Option(help="Refuse pairs whose mean sigma is above this.")] = 0.15,
+    force: Annotated[bool, typer.Option(help="Accept a pair above --max-sigma.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check that Base and Instruct form a graftable pair (structure, vocab, tied embeddings, sigma)."""
+    from shadowft.pair import check_pair as run_check
+
+    report = run_check(base, instruct, scope=scope, max_sigma=max_sigma, force=force)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    s = report.sigma
+    console.print(f"[green]ok[/]: {base} and {instruct} form a graftable pair")
+    if s is not None:
+        console.print(f"sigma mean {s.mean:.4f}  median {s.median:.4f}  max {s.max:.4f}  min {s.min:.4f}")
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+@app.command()
+def delta(
+    base: Annotated[Path, typer.Option(help="Base model dir (before tuning).")],
+    tuned: Annotated[Path, typer.Option(help="The tuned Base model dir.")],
+    out: Annotated[Path, typer.Option(help="Output dir for the delta safetensors.")],
+    dtype: Annotated[DeltaDtype, typer.Option(help="Storage dtype of the delta.")] = DeltaDtype.float32,
+    max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB.")] = "5GB",
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Extract delta = tuned - base (float32 arithmetic) as a safetensors dir with provenance."""
+    from shadowft.weights import extract_delta
+
+    with byte_progress("delta", _instruct_bytes(tuned) * (2 if dtype == DeltaDtype.float32 else 1)) as cb:
+        report = extract_delta(base, tuned, out, dtype=dtype.value, max_shard_size=max_shard_size, overwrite=overwrite, progress=cb)
+    console.print(f"[green]wrote[/] {report.tensors} tensors ({report.bytes_written / 1e6:.1f} MB, {report.dtype}) to {out} in {report.seconds:.1f}s")
+
+
+@app.command()
+def graft(
+    instruct: Annotated[Path, typer.Option(help="Instruct model dir to graft onto.")],
+    out: Annotated[Path, typer.Option(help="Output model dir (written atomically).")],
+    delta: Annotated[Optional[Path], typer.Option(help="A delta dir from `shadowft delta`.")] = None,
+    base: Annotated[Optional[Path], typer.Option(help="Base model dir (with --tuned).")] = None,
+    tuned: Annotated[Optional[Path], typer.Option(help="Tuned Base model dir (with --base).")] = None,
+    adapter: Annotated[Optional[Path], typer.Option(help="A PEFT LoRA adapter trained on Base.")] = None,
+    alpha: Annotated[float, typer.Option(help="Scale of the update: W_I + alpha * delta.")] = 1.0,
+    scope: Annotated[str, typer.Option(help="Tensors to graft: projections (paper default) | all | REGEX.")] = "projections",
+    max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB.")] = "5GB",
+    vocab_mismatch: Annotated[VocabMismatch, typer.Option(help="Rows of embeddings differ: error, or graft the shared rows.")] = VocabMismatch.error,
+    as_adapter: Annotated[bool, typer.Option(help="With --adapter: write an adapter whose base is Instruct instead of merging.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Graft the Base model's update onto Instruct: W_I + alpha * (W_tuned - W_base), or a LoRA adapter."""
+    from shadowft.errors import ShadowFTError
+    from shadowft.weights import graft as run_graft, retarget_adapter
+
+    if as_adapter:
+        if adapter is None:
+            raise ShadowFTError("--as-adapter needs --adapter", hint="pass the LoRA adapter trained on Base")
+        retarget_adapter(adapter, instruct, out, alpha=alpha, overwrite=overwrite)
+        console.print(f"[green]wrote[/] adapter for {instruct} to {out}")
+        return
+    with byte_progress("graft", _instruct_bytes(instruct)) as cb:
+        report = run_graft(
+            instruct,
+            out,
+            delta=delta,
+            base=base,
+            tuned=tuned,
+            adapter=adapter,
+            alpha=alpha,
+            scope=scope,
+            max_shard_size=max_shard_size,
+            vocab_mismatch=vocab_mismatch.value,
+            overwrite=overwrite,
+            progress=cb,
+        )
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    console.print(
+        f"[green]grafted[/] {report.grafted} tensors ({report.method}, alpha {report.alpha}, scope {report.scope}), "
+        f"copied {report.copied}; {report.bytes_written / 1e6:.1f} MB to {out} in {report.seconds:.1f}s"
+    )
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Model dir with pickled pytorch_model*.bin weights.")],
+    out: Annotated[Path, typer.Argument(help="Output model dir with safetensors weights.")],
+    max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB.")] = "5GB",
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty OUT.")] = False,
+) -> None:
+    """Convert pickled .bin weights to safetensors, loading with torch.load(weights_only=True)."""
+    from shadowft.convert import convert_pickled_to_safetensors
+
+    n = convert_pickled_to_safetensors(src, out, max_shard_size=max_shard_size, overwrite=overwrite)
+    console.print(f"[green]wrote[/] {n} tensors as safetensors to {out}")

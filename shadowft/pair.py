@@ -1,0 +1,199 @@
+"""Pair check: can this Base model's update be grafted onto this Instruct model?
+
+Shadow-FT only makes sense for a Base/Instruct pair whose weights are close. This module
+compares structure (config fields, tensor names and shapes, vocab, tied embeddings) and
+closeness (the paper's sigma) and refuses a bad pair before any GPU hour is spent.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from shadowft.checkpoint import Checkpoint
+from shadowft.errors import PairError
+from shadowft.scope import in_scope
+
+# Config fields that must agree for tensors to mean the same thing.
+STRUCTURAL_FIELDS = (
+    "model_type",
+    "architectures",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "head_dim",
+    "hidden_act",
+)
+LAYER_TENSOR = re.compile(r"(^|\.)(layers|h|blocks)\.\d+\.")
+CHUNK = 1 << 22  # elements per float32 work chunk (16 MB)
+DEFAULT_MAX_SIGMA = 0.15
+
+
+def tensor_sigma(a: torch.Tensor, b: torch.Tensor) -> float:
+    """sigma(A, B) = sum|A - B| / (sum|A| + sum|B|), in float32, streamed in chunks."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    diff = num_a = num_b = 0.0
+    for s in range(0, a.numel(), CHUNK):
+        ca, cb = a[s : s + CHUNK].float(), b[s : s + CHUNK].float()
+        diff += (ca - cb).abs().sum(dtype=torch.float64).item()
+        num_a += ca.abs().sum(dtype=torch.float64).item()
+        num_b += cb.abs().sum(dtype=torch.float64).item()
+    denom = num_a + num_b
+    return 0.0 if denom == 0 else diff / denom
+
+
+@dataclass
+class SimilarityReport:
+    """Per-tensor sigma, and its summary over the transformer-layer tensors (as the paper does)."""
+
+    tensors: dict[str, float]
+    mean: float
+    median: float
+    max: float
+    min: float
+    n_summarised: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def similarity(
+    a: str | Path | Checkpoint,
+    b: str | Path | Checkpoint,
+    progress: Callable[[str], None] | None = None,
+) -> SimilarityReport:
+    """The paper's sigma for every tensor the two models share with equal shapes.
+
+    The summary covers tensors inside `model.layers.N.` (embeddings, final norm and lm_head
+    excluded), falling back to every shared tensor for models without numbered layers.
+    """
+    ca = a if isinstance(a, Checkpoint) else Checkpoint(a, role="model A")
+    cb = b if isinstance(b, Checkpoint) else Checkpoint(b, role="model B")
+    values: dict[str, float] = {}
+    for name, info in ca.tensors.items():
+        other = cb.tensors.get(name)
+        if other is None or other.shape != info.shape or not info.dtype.is_floating_point:
+            continue
+        values[name] = tensor_sigma(ca.view(name), cb.view(name))
+        if progress:
+            progress(name)
+    layer_values = [v for k, v in values.items() if LAYER_TENSOR.search(k)] or list(values.values())
+    if not layer_values:
+        raise PairError(
+            f"{ca.path} and {cb.path} share no tensor of equal shape",
+            hint="these are not two versions of one model",
+        )
+    return SimilarityReport(
+        tensors=values,
+        mean=sum(layer_values) / len(layer_values),
+        median=statistics.median(layer_values),
+        max=max(layer_values),
+        min=min(layer_values),
+        n_summarised=len(layer_values),
+    )
+
+
+@dataclass
+class PairReport:
+    """The outcome of `check_pair`: what differs, what it means for a graft, and sigma."""
+
+    base: str
+    instruct: str
+    ok: bool
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    sigma: SimilarityReport | None = None
+    vocab_size: dict[str, int | None] = field(default_factory=dict)
+    tied_embeddings: dict[str, bool] = field(default_factory=dict)
+
+    def to_dict(self, with_tensors: bool = False) -> dict:
+        d = asdict(self)
+        if d["sigma"] is not None and not with_tensors:
+            d["sigma"].pop("tensors")
+        return d
+
+
+def _structure_problems(base: Checkpoint, instruct: Checkpoint, scope: str) -> tuple[list[str], list[str]]:
+    errors: list[str] = []
+    warnings: list[str] = []
+    for key in STRUCTURAL_FIELDS:
+        vb, vi = base.config.get(key), instruct.config.get(key)
+        if vb != vi and not (vb is None or vi is None):
+            errors.append(f"config field {key} differs: base {vb!r} vs instruct {vi!r}")
+    for key in ("vocab_size", "tie_word_embeddings"):
+        vb, vi = base.config.get(key), instruct.config.get(key)
+        if vb != vi:
+            warnings.append(
+                f"config field {key} differs: base {vb!r} vs instruct {vi!r} "
+                "(embeddings and lm_head are not grafted by the default scope)"
+            )
+    only_base = sorted(set(base.tensors) - set(instruct.tensors))
+    only_instruct = sorted(set(instruct.tensors) - set(base.tensors))
+    for names, where in ((only_base, "base"), (only_instruct, "instruct")):
+        scoped = [n for n in names if in_scope(n, scope)]
+        if scoped:
+            errors.append(f"{len(scoped)} tensor(s) in scope exist only in {where}: {', '.join(scoped[:5])}")
+        elif names:
+            warnings.append(f"{len(names)} tensor(s) outside the graft scope exist only in {where}: {', '.join(names[:5])}")
+    for name in sorted(set(base.tensors) & set(instruct.tensors)):
+        sb, si = base.tensors[name].shape, instruct.tensors[name].shape
+        if sb != si:
+            msg = f"tensor {name} has shape {list(sb)} in base but {list(si)} in instruct"
+            (errors if in_scope(name, scope) else warnings).append(msg)
+    return errors, warnings
+
+
+def check_pair(
+    base: str | Path,
+    instruct: str | Path,
+    scope: str = "projections",
+    max_sigma: float = DEFAULT_MAX_SIGMA,
+    force: bool = False,
+    compute_sigma: bool = True,
+    raise_on_error: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> PairReport:
+    """Check that `base` and `instruct` form a graftable pair; raise `PairError` if not.
+
+    Structural differences inside the graft scope are always fatal. A sigma above `max_sigma`
+    (unrelated models sit near 0.7, real pairs below 0.06) is fatal unless `force`.
+    """
+    with Checkpoint(base, role="base") as cb, Checkpoint(instruct, role="instruct") as ci:
+        errors, warnings = _structure_problems(cb, ci, scope)
+        report = PairReport(
+            base=str(base),
+            instruct=str(instruct),
+            ok=not errors,
+            errors=errors,
+            warnings=warnings,
+            vocab_size={"base": cb.config.get("vocab_size"), "instruct": ci.config.get("vocab_size")},
+            tied_embeddings={"base": cb.tied_embeddings, "instruct": ci.tied_embeddings},
+        )
+        if errors and raise_on_error:
+            raise PairError(
+                "base and instruct cannot be grafted:\n  - " + "\n  - ".join(errors[:12]),
+                hint="use the Base model that this Instruct model was trained from (same architecture and sizes)",
+            )
+        if compute_sigma and not errors:
+            report.sigma = similarity(cb, ci, progress=progress)
+            if report.sigma.mean > max_sigma:
+                msg = (
+                    f"sigma(base, instruct) = {report.sigma.mean:.3f} is above the threshold {max_sigma}: "
+                    "these weights are too far apart to be a Base/Instruct pair (real pairs are below 0.06, "
+                    "unrelated models near 0.7)"
+                )
+                if force:
+                    report.warnings.append(msg + " (forced)")
+                else:
+                    report.ok = False
+                    report.errors.append(msg)
+                    if raise_on_error:
+                        raise PairError(msg, hint="check the pair, or raise max_sigma / pass --force to graft anyway")
+    return report
