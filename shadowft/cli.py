@@ -36,7 +36,3 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

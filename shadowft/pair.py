@@ -120,13 +120,18 @@ class PairReport:
         return d
 
 
+def config_differences(a: dict, b: dict, a_name: str = "base", b_name: str = "instruct") -> list[str]:
+    """Structural config fields that differ (fields missing on either side are not compared)."""
+    return [
+        f"config field {key} differs: {a_name} {a.get(key)!r} vs {b_name} {b.get(key)!r}"
+        for key in STRUCTURAL_FIELDS
+        if a.get(key) is not None and b.get(key) is not None and a.get(key) != b.get(key)
+    ]
+
+
 def _structure_problems(base: Checkpoint, instruct: Checkpoint, scope: str) -> tuple[list[str], list[str]]:
-    errors: list[str] = []
+    errors = config_differences(base.config, instruct.config)
     warnings: list[str] = []
-    for key in STRUCTURAL_FIELDS:
-        vb, vi = base.config.get(key), instruct.config.get(key)
-        if vb != vi and not (vb is None or vi is None):
-            errors.append(f"config field {key} differs: base {vb!r} vs instruct {vi!r}")
     for key in ("vocab_size", "tie_word_embeddings"):
         vb, vi = base.config.get(key), instruct.config.get(key)
         if vb != vi:

@@ -36,6 +36,7 @@ from shadowft.checkpoint import (
 )
 from shadowft.errors import CheckpointError, PairError, ShadowFTError
 from shadowft.fingerprint import fingerprint_path
+from shadowft.pair import config_differences
 from shadowft.scope import compile_scope
 
 CHUNK = 1 << 22  # float32 elements per work buffer (16 MB)
@@ -313,6 +314,13 @@ def _plan(
         if skipped:
             warnings.append(f"{len(skipped)} adapter module(s) are outside scope {scope!r} and were not applied")
     source = delta if delta is not None else tuned
+    for other in (base, tuned, delta):
+        problems = config_differences(other.config, instruct.config, other.role, "instruct") if other else []
+        if problems:
+            raise PairError(
+                f"{other.role} {other.path} is not the same architecture as instruct:\n  - " + "\n  - ".join(problems),
+                hint="use the Base model this Instruct model was trained from",
+            )
     if source is not None:
         if instruct.tied_embeddings and "lm_head.weight" not in instruct.tensors and "lm_head.weight" in source.tensors and pattern.search("lm_head.weight"):
             raise PairError(
@@ -419,6 +427,8 @@ def graft(
 
     ci = Checkpoint(instruct, role="instruct")
     cd = Checkpoint(delta, role="delta") if delta is not None else None
+    if cd is not None and (Path(delta) / PROVENANCE_NAME).is_file():
+        cd.config = json.loads((Path(delta) / PROVENANCE_NAME).read_text()).get("base_config", {})
     cb = Checkpoint(base, role="base") if base is not None else None
     ct = Checkpoint(tuned, role="tuned") if tuned is not None else None
     ad = LoraAdapter(adapter) if adapter is not None else None

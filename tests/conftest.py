@@ -49,3 +49,13 @@ def bf16_trio(tmp_path_factory) -> dict[str, Path]:
     import torch
 
     return _trio(tmp_path_factory, "bf16", arch="llama", dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="session")
+def zoo_family(tmp_path_factory):
+    """The real default toy family, built once per session (minutes), or reused from SHADOWFT_ZOO_DIR."""
+    from shadowft.zoo import build_family
+
+    cached = os.environ.get("SHADOWFT_ZOO_DIR")
+    out = Path(cached) if cached else tmp_path_factory.mktemp("zoo") / "family"
+    return build_family(out, seed=0, progress=False)

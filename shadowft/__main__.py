@@ -1,0 +1,5 @@
+"""`python -m shadowft` runs the CLI."""
+
+from shadowft.cli import main
+
+main()

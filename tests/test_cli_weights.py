@@ -1,0 +1,54 @@
+"""The CLI as a user runs it: real subprocesses, exit codes, no tracebacks for user errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+CLI = [sys.executable, "-m", "shadowft"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_help_everywhere():
+    for cmd in ([], ["similarity"], ["graft"], ["delta"], ["check-pair"], ["convert"]):
+        r = run(*cmd, "--help")
+        assert r.returncode == 0, r.stderr
+        assert "Usage" in r.stdout
+
+
+def test_similarity_json(llama_trio):
+    r = run("similarity", llama_trio["base"], llama_trio["instruct"], "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert {"mean", "median", "max", "min", "tensors"} <= set(data)
+    assert "model.layers.0.self_attn.q_proj.weight" in data["tensors"]
+
+
+def test_delta_then_graft_and_errors(llama_trio, tmp_path):
+    r = run("delta", "--base", llama_trio["base"], "--tuned", llama_trio["tuned"], "--out", tmp_path / "d")
+    assert r.returncode == 0, r.stderr
+    r = run("graft", "--instruct", llama_trio["instruct"], "--delta", tmp_path / "d", "--out", tmp_path / "g", "--alpha", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "grafted 14 tensors" in r.stdout.replace("\n", " ")
+    # existing output: refused, exit code 2, no traceback
+    r = run("graft", "--instruct", llama_trio["instruct"], "--delta", tmp_path / "d", "--out", tmp_path / "g")
+    assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
+    # no update source
+    r = run("graft", "--instruct", llama_trio["instruct"], "--out", tmp_path / "x")
+    assert r.returncode == 2 and "exactly one update" in r.stderr and "Traceback" not in r.stderr
+    # a missing model dir
+    r = run("check-pair", "--base", tmp_path / "missing", "--instruct", llama_trio["instruct"])
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("cmd", [["graft", "--alpha", "abc"], ["similarity"]])
+def test_usage_errors_exit_nonzero(cmd):
+    r = run(*cmd)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
