@@ -1,8 +1,8 @@
 """Fast fingerprints of user inputs (model dirs, dataset files) for cache keys and provenance.
 
-Small files (configs, tokenizers, datasets) are hashed by content; large files (weight shards)
-by name, size and modification time, so an unchanged multi-GB model dir fingerprints in
-milliseconds while any rewrite of a shard changes the fingerprint.
+Small files (configs, tokenizers, datasets) are hashed by content; weight files and other large
+files by name, size and modification time (as `make` does), so an unchanged multi-GB model dir
+fingerprints in milliseconds while any rewrite of a shard changes the fingerprint.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import os
 from pathlib import Path
 
 CONTENT_HASH_LIMIT = 64 * 1024 * 1024  # bytes; files above this are fingerprinted by stat
+STAT_ONLY_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def _file_digest(path: Path, h: "hashlib._Hash", content_limit: int) -> None:
     st = path.stat()
     h.update(f"{st.st_size}\0".encode())
-    if st.st_size <= content_limit:
+    if st.st_size <= content_limit and path.suffix not in STAT_ONLY_SUFFIXES:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)

@@ -72,3 +72,7 @@ def test_fingerprint_changes_with_content_and_is_stable(llama_trio, tmp_path):
     assert fingerprint_path(copy) == a  # content, not location
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     assert fingerprint_path(copy) != a
+    shard = copy / "model.safetensors"
+    before = fingerprint_path(copy)
+    shard.write_bytes(shard.read_bytes())  # a rewrite of a weight file (new mtime) invalidates
+    assert fingerprint_path(copy) != before
