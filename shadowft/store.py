@@ -1,0 +1,227 @@
+"""Content-addressed artifact store: every stage's output, keyed by what produced it.
+
+An artifact's key hashes the stage name, the stage's own config, the keys (or fingerprints) of
+its inputs and a stage code version. It is built in a temporary directory under a per-key file
+lock and published by one atomic rename with a `manifest.json` written last; a directory without
+a manifest does not exist. Two runs that need the same artifact at once compute it once: the
+second waits on the lock and reuses it.
+
+Each published artifact also carries a random `build_id`. Orchestrators that keep their own
+result cache (Prefect) key it on `cache_token()` = key + build id, so a deleted artifact can never
+be answered from their cache with a dangling path: its next build gets a new id.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pydantic import BaseModel
+
+from shadowft import __version__
+
+MANIFEST = "manifest.json"
+DEFAULT_HOME = Path(".shadowft")
+
+
+def default_home() -> Path:
+    """`$SHADOWFT_HOME`, else `.shadowft` in the working directory."""
+    return Path(os.environ.get("SHADOWFT_HOME", DEFAULT_HOME)).absolute()
+
+
+class Artifact(BaseModel):
+    """A small, serialisable handle to a published artifact (what tasks return)."""
+
+    stage: str
+    key: str
+    path: Path
+    build_id: str
+
+    @property
+    def token(self) -> str:
+        return f"{self.key}-{self.build_id}"
+
+
+def artifact_key(stage: str, version: str, config: Any, inputs: dict[str, str]) -> str:
+    """The content address of a stage's output (sha256 of a canonical JSON, 24 hex digits)."""
+    payload = json.dumps(
+        {"stage": stage, "version": version, "config": config, "inputs": inputs},
+        sort_keys=True,
+        default=str,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+class ArtifactStore:
+    """Artifacts under `root/artifacts/<stage>/<key>/`, work dirs under `root/work/<stage>/<key>/`."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root).absolute() if root is not None else default_home()
+
+    # -- layout ----------------------------------------------------------------------------
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / "artifacts" / stage / key
+
+    def work_dir(self, stage: str, key: str) -> Path:
+        """A persistent scratch dir for a stage that resumes after a crash (e.g. checkpoints)."""
+        d = self.root / "work" / stage / key
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _pending(self, stage: str, key: str) -> Path:
+        return self.root / "artifacts" / stage / f".{key}.pending"
+
+    def _lock_path(self, stage: str, key: str) -> Path:
+        return self.root / "locks" / stage / f"{key}.lock"
+
+    # -- queries ---------------------------------------------------------------------------
+    def manifest(self, stage: str, key: str) -> dict | None:
+        f = self.path(stage, key) / MANIFEST
+        try:
+            return json.loads(f.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def get(self, stage: str, key: str) -> Artifact | None:
+        m = self.manifest(stage, key)
+        if m is None:
+            return None
+        return Artifact(stage=stage, key=key, path=self.path(stage, key), build_id=m["build_id"])
+
+    def cache_token(self, stage: str, key: str) -> str:
+        """key + build id of the published artifact, or of the build that will publish it."""
+        found = self.get(stage, key)
+        if found is not None:
+            return found.token
+        pending = self._pending(stage, key)
+        pending.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(pending, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with os.fdopen(fd, "w") as f:
+                f.write(uuid.uuid4().hex[:12])
+        except FileExistsError:
+            pass
+        build_id = pending.read_text().strip()
+        if not build_id:  # a concurrent creator has not written it yet
+            time.sleep(0.05)
+            build_id = pending.read_text().strip()
+        return f"{key}-{build_id}"
+
+    # -- building --------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        """An exclusive, process-safe lock on one artifact key (released if the holder dies)."""
+        path = self._lock_path(stage, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def build(
+        self,
+        stage: str,
+        key: str,
+        produce: Callable[[Path], dict | None],
+        config: Any = None,
+        inputs: dict[str, str] | None = None,
+    ) -> tuple[Artifact, bool]:
+        """Return the artifact, producing it with `produce(tmp_dir)` if absent. -> (artifact, built)
+
+        `produce` writes the artifact's files into `tmp_dir` and may return extra manifest fields.
+        """
+        found = self.get(stage, key)
+        if found is not None:
+            return found, False
+        with self.lock(stage, key):
+            found = self.get(stage, key)  # built by someone else while we waited
+            if found is not None:
+                return found, False
+            final = self.path(stage, key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # an incomplete leftover without a manifest: it does not exist
+                shutil.rmtree(final)
+            tmp = final.parent / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            tmp.mkdir()
+            t0 = time.perf_counter()
+            try:
+                extra = produce(tmp) or {}
+                pending = self._pending(stage, key)
+                build_id = pending.read_text().strip() if pending.exists() else ""
+                manifest = {
+                    "stage": stage,
+                    "key": key,
+                    "build_id": build_id or uuid.uuid4().hex[:12],
+                    "config": config,
+                    "inputs": inputs or {},
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    "bytes": _dir_size(tmp),
+                    "shadowft_version": __version__,
+                    **extra,
+                }
+                _write_json_atomic(tmp / MANIFEST, manifest)
+                os.replace(tmp, final)
+                pending.unlink(missing_ok=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            return Artifact(stage=stage, key=key, path=final, build_id=manifest["build_id"]), True
+
+    # -- maintenance -----------------------------------------------------------------------
+    def verify(self, remove: bool = False) -> dict[str, list[str]]:
+        """Find incomplete builds (temp dirs, dirs without manifest) and, with `remove`, delete them."""
+        found: dict[str, list[str]] = {"complete": [], "incomplete": [], "removed": []}
+        base = self.root / "artifacts"
+        if not base.exists():
+            return found
+        for stage_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+            for d in sorted(stage_dir.iterdir()):
+                if d.name.startswith(".") and d.name.endswith(".pending"):
+                    continue
+                ok = d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).is_file()
+                rel = str(d.relative_to(self.root))
+                if ok:
+                    found["complete"].append(rel)
+                    continue
+                found["incomplete"].append(rel)
+                if remove and not self._in_progress(stage_dir.name, d):
+                    shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+                    found["removed"].append(rel)
+        return found
+
+    def _in_progress(self, stage: str, d: Path) -> bool:
+        """A temp dir whose builder still holds the key's lock is not garbage."""
+        key = d.name.lstrip(".").split(".tmp-")[0]
+        path = self._lock_path(stage, key)
+        if not path.exists():
+            return False
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,102 @@
+"""The artifact store: atomic publication, locking, cache tokens, verification."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from shadowft.store import MANIFEST, ArtifactStore, artifact_key
+
+
+def test_key_depends_on_everything_that_produced_it():
+    k = artifact_key("graft", "1", {"alpha": 1.0}, {"instruct": "abc"})
+    assert k == artifact_key("graft", "1", {"alpha": 1.0}, {"instruct": "abc"})
+    assert k != artifact_key("graft", "2", {"alpha": 1.0}, {"instruct": "abc"})
+    assert k != artifact_key("graft", "1", {"alpha": 0.5}, {"instruct": "abc"})
+    assert k != artifact_key("graft", "1", {"alpha": 1.0}, {"instruct": "abd"})
+    assert k != artifact_key("delta", "1", {"alpha": 1.0}, {"instruct": "abc"})
+
+
+def test_build_publishes_once_with_manifest(tmp_path):
+    store = ArtifactStore(tmp_path)
+    calls = []
+
+    def produce(d: Path):
+        calls.append(d)
+        (d / "x.txt").write_text("hello")
+        return {"note": "n"}
+
+    a, built = store.build("s", "k1", produce, config={"c": 1}, inputs={"i": "fp"})
+    assert built and (a.path / "x.txt").read_text() == "hello"
+    m = store.manifest("s", "k1")
+    assert m["config"] == {"c": 1} and m["inputs"] == {"i": "fp"} and m["note"] == "n" and m["bytes"] == 5
+    b, built2 = store.build("s", "k1", produce)
+    assert not built2 and b == a and len(calls) == 1
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    def produce(d: Path):
+        (d / "half").write_text("partial")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        store.build("s", "k", produce)
+    assert store.get("s", "k") is None
+    assert [p.name for p in (tmp_path / "artifacts" / "s").iterdir() if not p.name.endswith(".pending")] == []
+
+
+def test_dir_without_manifest_does_not_exist_and_verify_removes_it(tmp_path):
+    store = ArtifactStore(tmp_path)
+    junk = store.path("s", "k")
+    junk.mkdir(parents=True)
+    (junk / "weights").write_text("half written")
+    (junk.parent / ".k2.tmp-123-abc").mkdir()
+    assert store.get("s", "k") is None
+    report = store.verify()
+    assert sorted(report["incomplete"]) == ["artifacts/s/.k2.tmp-123-abc", "artifacts/s/k"] and not report["removed"]
+    report = store.verify(remove=True)
+    assert len(report["removed"]) == 2 and not junk.exists()
+    a, built = store.build("s", "k", lambda d: (d / "ok").write_text("1") and None)
+    assert built and store.verify()["complete"] == ["artifacts/s/k"]
+
+
+def test_cache_token_is_stable_until_the_artifact_is_deleted(tmp_path):
+    store = ArtifactStore(tmp_path)
+    before = store.cache_token("s", "k")
+    assert store.cache_token("s", "k") == before  # the pending build id is reused
+    a, _ = store.build("s", "k", lambda d: None)
+    assert a.token == before == store.cache_token("s", "k")
+    shutil.rmtree(a.path)
+    after = store.cache_token("s", "k")
+    assert after != before  # a rebuilt artifact never matches a cache entry of the deleted one
+
+
+def _slow_build(root: str, out: str) -> None:
+    store = ArtifactStore(root)
+
+    def produce(d: Path):
+        with open(out, "a") as f:
+            f.write("built\n")
+        time.sleep(1.0)
+        (d / "v").write_text("1")
+
+    store.build("s", "same", produce)
+
+
+def test_concurrent_builds_compute_once(tmp_path):
+    log = tmp_path / "log"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_slow_build, args=(str(tmp_path / "store"), str(log))) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert log.read_text() == "built\n"
+    assert (ArtifactStore(tmp_path / "store").path("s", "same") / MANIFEST).exists()
