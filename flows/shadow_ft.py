@@ -1,0 +1,61 @@
+"""The Shadow-FT recipe as one Prefect flow (read it top to bottom).
+
+    check the pair -> prepare data with Instruct's chat template -> tune Base
+    -> (full: extract the delta) -> graft onto Instruct -> evaluate -> report
+
+Baselines: `instruct` (Instruct as is) and `direct` (the same tuning applied to Instruct, the
+conventional method). Every stage is cached in the artifact store and in Prefect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from shadowft.config import GraftConfig, RunConfig
+from shadowft.stages import resolve_model, zoo_placeholders
+from shadowft.store import Artifact
+from tasks.data import prepare_data
+from tasks.evaluate import evaluate
+from tasks.pair import check_pair
+from tasks.report import report
+from tasks.train import train
+from tasks.weights import extract_delta, graft
+from tasks.zoo import embedded_family
+
+# Merging a LoRA adapter into the model it was trained on: the conventional LoRA result.
+MERGE = GraftConfig(alpha=1.0, scope="all")
+
+
+def store_root(config: RunConfig) -> str:
+    from shadowft.store import default_home
+    import os
+
+    return str(default_home() if "SHADOWFT_HOME" in os.environ else Path(config.output.root).absolute() / "store")
+
+
+@flow(name="shadow-ft")
+def shadow_ft(config: RunConfig = RunConfig()) -> dict:
+    store = store_root(config)
+    if config.placeholders():
+        config = config.resolve(zoo_placeholders(embedded_family().root))
+    base = resolve_model(config.pair.base, config.pair.base_revision, role="base")
+    instruct = resolve_model(config.pair.instruct, config.pair.instruct_revision, role="instruct")
+
+    check_pair(config.pair, base, instruct, config.graft.scope, store)
+    data = prepare_data(config.data, instruct, store)
+
+    tuned_base = train(config.train, base, data, "base", store)
+    update = extract_delta(base, tuned_base, store) if config.train.method == "full" else tuned_base
+    models: dict[str, Path | Artifact] = {}
+    if "instruct" in config.baselines:
+        models["instruct"] = instruct
+    if "direct" in config.baselines:
+        tuned_instruct = train(config.train, instruct, data, "instruct", store)
+        models["direct"] = tuned_instruct if config.train.method == "full" else graft(MERGE, instruct, tuned_instruct, "direct", store)
+    models["shadow-ft"] = graft(config.graft, instruct, update, "shadow-ft", store)
+
+    evals = {name: evaluate(config.eval, model, name, store) for name, model in models.items()}
+    final = report(evals, config.output.name or "Shadow-FT results", store)
+    return {"report": str(final.path), "models": {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()}}

@@ -1,0 +1,119 @@
+"""The report stage: one table of every model's suite scores, the change against Instruct, a chart.
+
+Rows are models (Instruct, Shadow-FT, the baselines), columns are suites plus their mean (the
+paper's "overall" is the mean of group means). Written as JSON (for machines), markdown (for the
+Prefect UI and humans) and a PNG bar chart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+REFERENCE_MODEL = "instruct"
+
+
+def _fmt(x: float | None, pct: bool = True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.1f}" if pct else f"{x:.3f}"
+
+
+def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`results`: model name -> an evaluate `results.json` dict. Returns the summary record."""
+    suites: list[str] = []
+    for r in results.values():
+        for s in r["suites"]:
+            if s not in suites:
+                suites.append(s)
+    chance = {s: next((r["suites"][s].get("chance") for r in results.values() if s in r["suites"]), None) for s in suites}
+    rows: dict[str, dict[str, float | None]] = {}
+    for model, r in results.items():
+        scores = {s: (r["suites"][s]["score"] if s in r["suites"] else None) for s in suites}
+        vals = [v for v in scores.values() if v is not None]
+        scores["mean"] = sum(vals) / len(vals) if vals else None
+        rows[model] = scores
+    ref = rows.get(REFERENCE_MODEL)
+    change = {
+        model: {
+            s: (v - ref[s]) if (ref is not None and v is not None and ref.get(s) is not None) else None
+            for s, v in scores.items()
+        }
+        for model, scores in rows.items()
+    }
+    n = {s: next((r["suites"][s].get("n") for r in results.values() if s in r["suites"]), None) for s in suites}
+    return {"suites": suites, "chance": chance, "n": n, "scores": rows, "change_vs_instruct": change, "reference": REFERENCE_MODEL}
+
+
+def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """Rows for a table artifact: model, then score (change vs Instruct) per suite and the mean."""
+    rows = []
+    for model, scores in summary["scores"].items():
+        row = {"model": model}
+        for s in [*summary["suites"], "mean"]:
+            d = summary["change_vs_instruct"][model].get(s)
+            delta = "" if d is None or model == summary["reference"] else f" ({'+' if d >= 0 else ''}{100 * d:.1f})"
+            row[s] = _fmt(scores.get(s)) + delta
+        rows.append(row)
+    return rows
+
+
+def to_markdown(summary: dict[str, Any], title: str = "Shadow-FT results") -> str:
+    cols = [*summary["suites"], "mean"]
+    lines = [
+        f"# {title}",
+        "",
+        "Scores in % (change against Instruct in parentheses). Chance level and items per suite below the table.",
+        "",
+        "| model | " + " | ".join(cols) + " |",
+        "| --- | " + " | ".join("---:" for _ in cols) + " |",
+    ]
+    for row in table_rows(summary):
+        lines.append(f"| {row['model']} | " + " | ".join(row[c] for c in cols) + " |")
+    lines += [
+        f"| *chance* | " + " | ".join(_fmt(summary["chance"].get(s)) for s in summary["suites"]) + " | |",
+        f"| *items* | " + " | ".join(str(summary["n"].get(s) or "-") for s in summary["suites"]) + " | |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def draw_chart(summary: dict[str, Any], path: Path) -> Path:
+    """A grouped bar chart: suites on the x axis, one bar per model, chance as a dashed tick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suites = [*summary["suites"], "mean"]
+    models = list(summary["scores"])
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(suites), 3.6), dpi=110)
+    for i, m in enumerate(models):
+        vals = [100 * (summary["scores"][m].get(s) or 0.0) for s in suites]
+        ax.bar([x + i * width - 0.4 + width / 2 for x in range(len(suites))], vals, width, label=m)
+    for x, s in enumerate(summary["suites"]):
+        c = summary["chance"].get(s)
+        if c:
+            ax.hlines(100 * c, x - 0.45, x + 0.45, colors="gray", linestyles="dashed", linewidth=1)
+    ax.set_xticks(range(len(suites)), suites)
+    ax.set_ylabel("score (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title("Shadow-FT vs baselines (dashed: chance)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, dict[str, Any]], out_dir: Path, title: str = "Shadow-FT results") -> dict[str, Any]:
+    """Write `summary.json`, `report.md` and `chart.png` into `out_dir`; return the summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "report.md").write_text(to_markdown(summary, title))
+    draw_chart(summary, out_dir / "chart.png")
+    return summary

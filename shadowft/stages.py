@@ -1,0 +1,209 @@
+"""The pipeline's stages as plain functions over the artifact store (no orchestrator needed).
+
+Each stage has a *spec* function that names its output before any work: the stage, the part of
+the config that affects it, and the identities of its inputs (artifact keys for upstream stages,
+fingerprints for user inputs). The spec's key addresses the artifact; `run` builds it once.
+Prefect tasks (`tasks/`) call these same functions, and key Prefect's cache on `cache_token`.
+
+Artifact layout (under the store's `artifacts/<stage>/<key>/`):
+
+    pair    pair.json                      data    data/ (tokenized dataset + stats.json)
+    train   model/ (adapter or full model)  delta   delta/ (safetensors + provenance)
+    graft   model/ (HF model dir)           eval    results.json + samples_*.jsonl
+    report  summary.json, report.md, chart.png
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from shadowft.config import DataConfig, EvalConfig, GraftConfig, PairConfig, RunConfig, TrainConfig
+from shadowft.errors import ShadowFTError
+from shadowft.fingerprint import fingerprint_path
+from shadowft.store import Artifact, ArtifactStore, artifact_key
+
+# Bump a stage's version when its code changes what it produces: its artifacts are rebuilt.
+STAGE_VERSIONS = {"pair": "1", "data": "1", "train": "1", "delta": "1", "graft": "1", "eval": "1", "report": "1"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class StageSpec:
+    """What a stage will produce: enough to compute its key without doing the work."""
+
+    stage: str
+    config: Any
+    inputs: dict[str, str]
+    produce: Callable[[Path], dict | None]
+
+    @property
+    def key(self) -> str:
+        return artifact_key(self.stage, STAGE_VERSIONS[self.stage], self.config, self.inputs)
+
+
+def run(spec: StageSpec, store: ArtifactStore) -> tuple[Artifact, bool]:
+    """Build the spec's artifact unless it exists. -> (artifact, built now)"""
+    return store.build(spec.stage, spec.key, spec.produce, config=spec.config, inputs=spec.inputs)
+
+
+# -- identities of inputs ------------------------------------------------------------------------
+def model_ref(path: str | Path) -> str:
+    return "fp:" + fingerprint_path(path)
+
+
+def tokenizer_ref(model_dir: str | Path) -> str:
+    """Fingerprint of the tokenizer and chat template only: new weights do not invalidate data prep."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        f = Path(model_dir) / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    return "tok:" + h.hexdigest()
+
+
+def source_ref(source: str) -> str:
+    p = Path(source)
+    return "fp:" + fingerprint_path(p) if p.exists() else f"name:{source}"
+
+
+def artifact_ref(a: Artifact) -> str:
+    return f"{a.stage}:{a.key}"
+
+
+def resolve_model(ref: str, revision: str | None = None, role: str = "model") -> Path:
+    """A local model dir for `ref`: the path itself, or a snapshot of a hub id (safetensors only)."""
+    p = Path(ref).expanduser()
+    if p.exists():
+        return p.absolute()
+    if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        raise ShadowFTError(f"{role} model {ref!r} is not a directory", hint="give a local model dir or a hub id like Qwen/Qwen3-4B-Base")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                ref,
+                revision=revision,
+                allow_patterns=["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"],
+            )
+        )
+    except Exception as exc:  # offline, gated, missing: say which and how to fix
+        raise ShadowFTError(
+            f"{role} model {ref!r} is not a local directory and could not be fetched from the hub ({type(exc).__name__}: {exc})",
+            hint="download it first (huggingface-cli download), pass its local path, or set HF_TOKEN for gated models",
+        ) from None
+
+
+def zoo_placeholders(family_root: Path) -> dict[str, Path]:
+    """`zoo:NAME` values of the embedded family: base, instruct, every data set by name, and
+    `train` (the default fine-tuning set)."""
+    root = Path(family_root)
+    names: dict[str, Path] = {"base": root / "base", "instruct": root / "instruct"}
+    for f in sorted((root / "data").glob("*.jsonl")):
+        names[f.stem] = f
+    names.setdefault("train", names.get("domain_mix", names.get("general", root / "data" / "train.jsonl")))
+    return names
+
+
+# -- stage specs ---------------------------------------------------------------------------------
+def pair_spec(pair: PairConfig, base: Path, instruct: Path, scope: str) -> StageSpec:
+    from shadowft.pair import check_pair
+
+    def produce(tmp: Path) -> dict:
+        report = check_pair(base, instruct, scope=scope, max_sigma=pair.max_sigma, force=pair.force)
+        (tmp / "pair.json").write_text(json.dumps(report.to_dict(with_tensors=True), indent=2) + "\n")
+        return {"sigma_mean": report.sigma.mean if report.sigma else None}
+
+    config = {"max_sigma": pair.max_sigma, "force": pair.force, "scope": scope}
+    return StageSpec("pair", config, {"base": model_ref(base), "instruct": model_ref(instruct)}, produce)
+
+
+def data_spec(data: DataConfig, instruct: Path) -> StageSpec:
+    from shadowft.data import prepare_dataset
+
+    def produce(tmp: Path) -> dict:
+        stats = prepare_dataset(data, instruct, tmp / "data")
+        return {"samples": stats.samples, "tokens": stats.tokens, "dropped": stats.dropped, "truncated": stats.truncated}
+
+    inputs = {"tokenizer": tokenizer_ref(instruct), **{f"source{i}": source_ref(s) for i, s in enumerate(data.sources)}}
+    return StageSpec("data", data.model_dump(mode="json", exclude={"sources"}), inputs, produce)
+
+
+def train_spec(
+    train: TrainConfig, model: Path, data: Artifact, store: ArtifactStore, progress: Progress | None = None
+) -> StageSpec:
+    from shadowft.train import train_model
+
+    view = RunConfig(train=train).stage_view("train")
+    spec = StageSpec("train", view, {"model": model_ref(model), "data": artifact_ref(data)}, lambda tmp: None)
+
+    def produce(tmp: Path) -> dict:
+        result = train_model(model, data.path / "data", train, tmp / "model", store.work_dir("train", spec.key), progress)
+        (tmp / "loss_curve.json").write_text(json.dumps(result.loss_curve, indent=2) + "\n")
+        return {"train": result.to_dict()}
+
+    spec.produce = produce
+    return spec
+
+
+def delta_spec(base: Path, tuned: Artifact) -> StageSpec:
+    from shadowft.weights import extract_delta
+
+    def produce(tmp: Path) -> dict:
+        return {"delta": extract_delta(base, tuned.path / "model", tmp / "delta").to_dict()}
+
+    return StageSpec("delta", {}, {"base": model_ref(base), "tuned": artifact_ref(tuned)}, produce)
+
+
+def graft_spec(graft_cfg: GraftConfig, instruct: Path, update: Artifact) -> StageSpec:
+    """Graft a delta artifact, or merge a LoRA adapter (a `train` artifact of method lora)."""
+    from shadowft.weights import graft
+
+    def produce(tmp: Path) -> dict:
+        kwargs = {"delta": update.path / "delta"} if update.stage == "delta" else {"adapter": update.path / "model"}
+        report = graft(instruct, tmp / "model", alpha=graft_cfg.alpha, scope=graft_cfg.scope, **kwargs)
+        return {"graft": report.to_dict()}
+
+    inputs = {"instruct": model_ref(instruct), "update": artifact_ref(update)}
+    return StageSpec("graft", graft_cfg.model_dump(mode="json"), inputs, produce)
+
+
+def eval_spec(eval_cfg: EvalConfig, model: Path | Artifact, allow_code_execution: bool = False) -> StageSpec:
+    from shadowft.evaluate import evaluate_model, resolve_suites
+
+    resolve_suites(eval_cfg.suites)  # unknown suites fail here, before any stage runs
+    model_dir = model.path / "model" if isinstance(model, Artifact) else Path(model)
+    ref = artifact_ref(model) if isinstance(model, Artifact) else model_ref(model)
+
+    def produce(tmp: Path) -> dict:
+        result = evaluate_model(
+            model_dir,
+            eval_cfg.suites,
+            tmp,
+            limit=eval_cfg.limit,
+            batch_size=eval_cfg.batch_size,
+            apply_chat_template=eval_cfg.apply_chat_template,
+            allow_code_execution=allow_code_execution,
+        )
+        return {"scores": {s: r.score for s, r in result.suites.items()}}
+
+    view = RunConfig(eval=eval_cfg).stage_view("eval")
+    return StageSpec("eval", {**view, "code": allow_code_execution}, {"model": ref}, produce)
+
+
+def report_spec(evals: dict[str, Artifact], title: str = "Shadow-FT results") -> StageSpec:
+    from shadowft.report import write_report
+
+    def produce(tmp: Path) -> dict:
+        results = {name: json.loads((a.path / "results.json").read_text()) for name, a in evals.items()}
+        return {"summary": write_report(results, tmp, title=title)}
+
+    return StageSpec("report", {"models": list(evals), "title": title}, {n: artifact_ref(a) for n, a in evals.items()}, produce)

@@ -1,0 +1,1 @@
+"""Prefect tasks: one per stage, each a thin wrapper over `shadowft.stages` (cache key, UI artifacts)."""

@@ -1,0 +1,67 @@
+"""What every stage task shares: the store, the cache key, and the task options.
+
+Prefect's cache key of a stage task is the stage's artifact key plus the build id of the artifact
+(`ArtifactStore.cache_token`): a stage whose artifact exists shows as Cached, across runs and
+deployments, and a deleted artifact gets a new key, so Prefect never answers with a dangling path.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+from shadowft.stages import StageSpec
+from shadowft.store import Artifact, ArtifactStore
+
+SpecFn = Callable[..., StageSpec]
+
+
+def store_at(root: str | Path) -> ArtifactStore:
+    return ArtifactStore(root)
+
+
+def _spec(spec_fn: SpecFn, args: dict[str, Any]) -> tuple[StageSpec, ArtifactStore]:
+    store = store_at(args["store_root"])
+    params = inspect.signature(spec_fn).parameters
+    kwargs = {k: v for k, v in args.items() if k in params}
+    if "store" in params:
+        kwargs["store"] = store
+    return spec_fn(**kwargs), store
+
+
+def stage_cache_key(spec_fn: SpecFn) -> Callable[[Any, dict[str, Any]], str]:
+    """A Prefect `cache_key_fn` computing the artifact's cache token from the task's inputs."""
+
+    def key_fn(_ctx: Any, inputs: dict[str, Any]) -> str:
+        spec, store = _spec(spec_fn, inputs)
+        return f"shadowft-{spec.stage}-{store.cache_token(spec.stage, spec.key)}"
+
+    return key_fn
+
+
+def build_stage(spec_fn: SpecFn, **args: Any) -> tuple[Artifact, bool]:
+    """Build (or reuse) the stage's artifact. -> (artifact, built now)"""
+    from shadowft.stages import run
+
+    spec, store = _spec(spec_fn, args)
+    return run(spec, store)
+
+
+def stage_options(spec_fn: SpecFn, name: str, **extra: Any) -> dict[str, Any]:
+    """Task options for a cached stage."""
+    return {
+        "name": name,
+        "task_run_name": extra.pop("task_run_name", name),
+        "cache_key_fn": stage_cache_key(spec_fn),
+        "persist_result": True,
+        "result_serializer": "json",
+        **extra,
+    }
+
+
+def artifact_key_name(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")

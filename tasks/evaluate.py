@@ -1,0 +1,26 @@
+"""Stage 6: lm-eval suites on one model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from shadowft.config import EvalConfig
+from shadowft.stages import eval_spec
+from shadowft.store import Artifact
+from tasks._stage import artifact_key_name, build_stage, stage_options
+
+
+@task(**stage_options(eval_spec, "evaluate", task_run_name="evaluate-{label}"))
+def evaluate(eval_cfg: EvalConfig, model: Path | Artifact, label: str, store_root: str) -> Artifact:
+    art, _ = build_stage(eval_spec, eval_cfg=eval_cfg, model=model, store_root=store_root)
+    result = json.loads((art.path / "results.json").read_text())
+    rows = [
+        {"suite": s, "score": r["score"], "n": r["n"], "chance": r["chance"], "metric": r["metric"]}
+        for s, r in result["suites"].items()
+    ]
+    create_table_artifact(rows, key=artifact_key_name("eval", label), description=f"Evaluation of {label} (chat template: {result['chat_template']})")
+    return art

@@ -1,0 +1,12 @@
+"""The embedded model family, built once and cached on disk by `shadowft.zoo`."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from shadowft.zoo.build import FamilyPaths, build_family
+
+
+@task(name="embedded_family", persist_result=False)
+def embedded_family(seed: int = 0) -> FamilyPaths:
+    return build_family(seed=seed, progress=False)
