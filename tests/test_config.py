@@ -1,0 +1,175 @@
+"""The run config: published defaults, YAML + overrides, errors that name the key, stage views."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shadowft.config import (
+    DEFAULT_LORA_TARGETS,
+    STAGES,
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    load_config,
+    parse_override,
+)
+from shadowft.errors import ShadowFTError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_defaults_are_the_papers():
+    c = RunConfig()
+    t = c.train
+    assert (t.method, t.effective_lr, t.lora_rank, t.effective_lora_alpha, t.lora_dropout) == ("lora", 2e-4, 8, 16, 0.0)
+    assert t.lora_targets == DEFAULT_LORA_TARGETS and "lm_head" not in t.lora_targets
+    assert TrainConfig(method="full").effective_lr == 1e-5
+    assert (t.epochs, t.scheduler, t.warmup_ratio) == (1.0, "cosine", 0.1)
+    assert (c.data.max_length, c.data.max_samples) == (4096, 2000)
+    assert (c.graft.alpha, c.graft.scope) == (1.0, "projections")
+    assert c.eval.suites == ["toy-math", "toy-coding", "toy-reasoning"]
+    assert c.baselines == ["instruct", "direct"]
+    assert c.output.root == "./runs"
+    assert TrainConfig(lora_rank=16).effective_lora_alpha == 32
+
+
+def test_every_field_is_described_for_the_ui_form():
+    def walk(model, prefix):
+        for name, f in model.model_fields.items():
+            assert f.description, f"{prefix}{name} has no description"
+            sub = getattr(f.annotation, "model_fields", None)
+            if sub is not None:
+                walk(f.annotation, f"{prefix}{name}.")
+
+    walk(RunConfig, "")
+    schema = RunConfig.model_json_schema()
+    assert schema["$defs"]["TrainConfig"]["properties"]["lr"]["description"]
+
+
+def test_yaml_with_overrides(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text("train:\n  method: full\n  lr: 2e-5\ndata:\n  sources: [a.jsonl]\n")
+    c = load_config(p, ["train.lr=3e-5", "eval.suites=[gsm8k, bbh]", "data.max_samples=null", "graft.alpha=0.5"])
+    assert c.train.method == "full" and c.train.lr == pytest.approx(3e-5)
+    assert c.eval.suites == ["gsm8k", "bbh"] and c.data.max_samples is None and c.graft.alpha == 0.5
+    assert c.data.sources == ["a.jsonl"]
+    # YAML 1.1 reads "2e-5" as a string; the model still takes it as a number
+    assert load_config(p).train.lr == pytest.approx(2e-5)
+    assert load_config(None, []) == RunConfig()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.lr=0", "train.lr: must be greater than 0"),
+        ("train.lr=-1e-4", "train.lr: must be greater than 0"),
+        ("train.lora_rank=0", "train.lora_rank: must be at least 1"),
+        ("graft.alpha=0", "graft.alpha: must be greater than 0"),
+        ("graft.alpha=10.5", "graft.alpha: must be at most 10"),
+        ("train.method=qlora", "train.method: must be one of 'lora' or 'full'"),
+        ("train.warmup_ratio=1", "train.warmup_ratio: must be less than 1"),
+        ("data.overlong=skip", "data.overlong: must be one of"),
+        ("data.sources=[]", "data.sources: must not be empty"),
+        ("baselines=[instruct, shadow]", "baselines.1: must be one of"),
+        ("graft.scope=([", "graft.scope: not 'projections', 'all' or a valid regular expression"),
+        ("train.lora_targets=[q_proj, lm_head]", "train.lora_targets: lm_head is not adapted"),
+        ("train.lrr=1e-4", "train.lrr: unknown key (did you mean 'lr'?)"),
+        ("trian.lr=1e-4", "trian: unknown key (did you mean 'train'?)"),
+    ],
+)
+def test_errors_name_the_key(override, expected):
+    with pytest.raises(ShadowFTError) as ei:
+        load_config(None, [override])
+    assert expected in ei.value.message
+    assert f"[from override {override!r}]" in ei.value.message
+
+
+def test_file_errors_name_the_file_and_key(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  lr: 0\n  epochs: 1\npair:\n  bse: x\n")
+    with pytest.raises(ShadowFTError) as ei:
+        load_config(p)
+    msg = ei.value.message
+    assert str(p) in msg and "train.lr: must be greater than 0" in msg
+    assert "pair.bse: unknown key (did you mean 'base'?)" in msg
+
+    p.write_text("train:\n  lr: [1\n  epochs: 1\n")
+    with pytest.raises(ShadowFTError, match=re.escape(str(p)) + r" line \d+: invalid YAML"):
+        load_config(p)
+    with pytest.raises(ShadowFTError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ShadowFTError, match="key.sub=value"):
+        parse_override("train.lr")
+
+
+def test_examples_load_and_toy_documents_every_key():
+    for name in ("toy.yaml", "qwen3-4b-lora.yaml", "qwen3-4b-full.yaml", "llama-3.1-8b-lora.yaml"):
+        load_config(EXAMPLES / name)
+    q = load_config(EXAMPLES / "qwen3-4b-lora.yaml")
+    assert (q.pair.base, q.pair.instruct) == ("Qwen/Qwen3-4B-Base", "Qwen/Qwen3-4B-Instruct-2507")
+    assert load_config(EXAMPLES / "qwen3-4b-full.yaml").train.effective_lr == 1e-5
+    ll = load_config(EXAMPLES / "llama-3.1-8b-lora.yaml")
+    assert (ll.pair.base, ll.pair.instruct) == ("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct")
+
+    text = (EXAMPLES / "toy.yaml").read_text()
+    raw = yaml.safe_load(text)
+    for section, model in RunConfig.model_fields.items():
+        assert section in raw, f"toy.yaml lacks section {section}"
+        sub = getattr(model.annotation, "model_fields", None)
+        if sub:
+            assert set(raw[section]) == set(sub), f"toy.yaml {section}: keys differ from the model"
+    for line in text.splitlines():
+        if re.match(r"^\s+\w+:", line):
+            assert "#" in line, f"toy.yaml key without a comment: {line!r}"
+
+
+def test_placeholders_resolve(tmp_path):
+    c = load_config(EXAMPLES / "toy.yaml")
+    assert c.placeholders() == ["zoo:base", "zoo:instruct", "zoo:train"]
+    r = c.resolve({"base": tmp_path / "b", "instruct": tmp_path / "i", "train": tmp_path / "t.jsonl"})
+    assert r.pair.base == str(tmp_path / "b") and r.data.sources == [str(tmp_path / "t.jsonl")]
+    assert r.placeholders() == []
+    with pytest.raises(ShadowFTError, match="unknown placeholder 'zoo:train'"):
+        c.resolve({"base": "b", "instruct": "i"})
+
+
+def test_stage_views_for_cache_keys():
+    a = RunConfig()
+    assert set(STAGES) >= {"pair", "data", "train", "direct", "graft", "eval", "report"}
+    for stage in STAGES:
+        a.stage_view(stage)  # JSON-able for every stage
+    b = load_config(None, ["train.lr=2e-4", "train.lora_alpha=16", "train.save_steps=7", "eval.batch_size=2"])
+    assert a.stage_view("train") == b.stage_view("train") and a.stage_digest("train") == b.stage_digest("train")
+    assert a.stage_view("eval") == b.stage_view("eval")
+    c = load_config(None, ["train.lr=1e-4"])
+    assert a.stage_digest("train") != c.stage_digest("train")
+    assert a.stage_view("data") == c.stage_view("data") and a.stage_view("graft") == c.stage_view("graft")
+    d = load_config(None, ["data.max_length=512"])
+    assert a.stage_digest("data") != d.stage_digest("data") and a.stage_view("train") == d.stage_view("train")
+    full = load_config(None, ["train.method=full"]).stage_view("train")
+    assert "lora_rank" not in full and full["lr"] == 1e-5
+    assert load_config(None, ["train.method=full", "train.lora_rank=64"]).stage_view("train") == full
+    assert a.stage_view("delta") == {}
+    with pytest.raises(ValueError):
+        a.stage_view("nope")
+
+
+def test_yaml_round_trip(tmp_path):
+    c = load_config(None, ["train.method=full", "data.sources=[x.jsonl, y.parquet]", "graft.scope=.*mlp.*"])
+    p = tmp_path / "c.yaml"
+    p.write_text(c.to_yaml())
+    assert load_config(p) == c
+
+
+def test_same_model_twice_is_an_error():
+    with pytest.raises(ShadowFTError, match="same model"):
+        load_config(None, ["pair.base=org/m", "pair.instruct=org/m"])
+
+
+def test_sections_forbid_unknown_keys_directly():
+    with pytest.raises(Exception, match="extra"):
+        DataConfig(sources=["a"], cutoff=3)
