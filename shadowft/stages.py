@@ -196,7 +196,9 @@ def eval_spec(eval_cfg: EvalConfig, model: Path | Artifact, allow_code_execution
         return {"scores": {s: r.score for s, r in result.suites.items()}}
 
     view = RunConfig(eval=eval_cfg).stage_view("eval")
-    return StageSpec("eval", {**view, "code": allow_code_execution}, {"model": ref}, produce)
+    # A suite given as a folder of the user's task YAMLs is an input: its content is fingerprinted.
+    folders = {f"suite:{s}": "fp:" + fingerprint_path(s) for s in eval_cfg.suites if Path(s).is_dir()}
+    return StageSpec("eval", {**view, "code": allow_code_execution}, {"model": ref, **folders}, produce)
 
 
 def report_spec(evals: dict[str, Artifact], title: str = "Shadow-FT results") -> StageSpec:

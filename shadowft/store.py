@@ -175,10 +175,21 @@ class ArtifactStore:
                 _write_json_atomic(tmp / MANIFEST, manifest)
                 os.replace(tmp, final)
                 pending.unlink(missing_ok=True)
+                self._log_build(manifest)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             return Artifact(stage=stage, key=key, path=final, build_id=manifest["build_id"]), True
+
+    def _log_build(self, manifest: dict) -> None:
+        """One line per published artifact in `builds.jsonl` (what was computed, when, how long)."""
+        line = {k: manifest[k] for k in ("stage", "key", "build_id", "created", "seconds", "bytes")}
+        with open(self.root / "builds.jsonl", "a") as f:
+            f.write(json.dumps({**line, "pid": os.getpid()}) + "\n")
+
+    def builds(self) -> list[dict]:
+        log = self.root / "builds.jsonl"
+        return [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
 
     # -- maintenance -----------------------------------------------------------------------
     def verify(self, remove: bool = False) -> dict[str, list[str]]:

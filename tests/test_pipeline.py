@@ -1,0 +1,192 @@
+"""The Prefect pipeline: real flow runs on tiny models; caching and resume read from task-run states."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shadowft.config import RunConfig, load_config
+from shadowft.store import ArtifactStore
+
+STAGES_BEFORE_EVAL = ["check_pair", "prepare_data", "train-base", "train-instruct", "graft-direct", "graft-shadow-ft"]
+EVALS = ["evaluate-instruct", "evaluate-direct", "evaluate-shadow-ft"]
+
+
+@pytest.fixture(scope="module")
+def prefect_env(tmp_path_factory):
+    """A temporary Prefect server for this module's flow runs (real API, real result storage)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("pipeline")
+    os.environ["SHADOWFT_HOME"] = str(home / "store")
+    with prefect_test_harness(server_startup_timeout=120):
+        yield home
+    os.environ.pop("SHADOWFT_HOME", None)
+
+
+def write_dataset(path: Path, n: int = 32, offset: int = 0) -> Path:
+    rows = [
+        {"messages": [{"role": "user", "content": f"{i} + {i + offset}"}, {"role": "assistant", "content": str(2 * i + offset)}]}
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_config(trio, data: Path, *overrides: str) -> RunConfig:
+    return load_config(
+        None,
+        [
+            f"pair.base={trio['base']}",
+            f"pair.instruct={trio['instruct']}",
+            f"data.sources=[{data}]",
+            "data.max_length=64",
+            "train.max_steps=4",
+            "train.batch_size=4",
+            "train.save_steps=2",
+            "eval.suites=[toy-math,toy-reasoning]",
+            "eval.limit=4",
+            *overrides,
+        ],
+    )
+
+
+def run_flow(cfg: RunConfig) -> tuple[str, dict[str, str], dict]:
+    """Run the flow; return (flow state, {task run name: state name}, flow result or {})."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.shadow_ft import shadow_ft
+
+    state = shadow_ft(config=cfg, return_state=True)
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    states = {("report" if r.name.startswith("report") else r.name): r.state.name for r in runs}
+    result = state.result(raise_on_failure=False) if state.is_completed() else {}
+    return state.name, states, result
+
+
+def test_lora_run_then_identical_rerun_is_all_cached(prefect_env, llama_trio, tmp_path):
+    cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"))
+    flow_state, states, result = run_flow(cfg)
+    assert flow_state == "Completed"
+    assert all(states[s] == "Completed" for s in STAGES_BEFORE_EVAL + EVALS), states
+    summary = json.loads((Path(result["report"]) / "summary.json").read_text())
+    assert list(summary["scores"]) == ["instruct", "direct", "shadow-ft"]
+    assert (Path(result["report"]) / "chart.png").stat().st_size > 1000
+    shadow = Path(result["models"]["shadow-ft"])
+    assert (shadow / "shadowft_provenance.json").exists() and (shadow / "config.json").exists()
+
+    flow_state, states, _ = run_flow(cfg)
+    assert flow_state == "Completed"
+    assert all(states[s] == "Cached" for s in STAGES_BEFORE_EVAL + EVALS), states
+    assert states["report"] == "Completed"  # republishes the UI artifacts from the stored report
+
+
+def test_changes_rerun_exactly_the_stages_downstream(prefect_env, llama_trio, tmp_path):
+    data = write_dataset(tmp_path / "d.jsonl")
+    cfg = make_config(llama_trio, data)
+    run_flow(cfg)
+
+    # only the evaluation suites change: evaluation and report run, nothing else
+    _, states, _ = run_flow(make_config(llama_trio, data, "eval.suites=[toy-math]"))
+    assert all(states[s] == "Cached" for s in STAGES_BEFORE_EVAL), states
+    assert all(states[s] == "Completed" for s in EVALS), states
+
+    # the training lr changes: from training on
+    _, states, _ = run_flow(make_config(llama_trio, data, "train.lr=1e-3"))
+    assert states["check_pair"] == states["prepare_data"] == "Cached", states
+    assert all(states[s] == "Completed" for s in ["train-base", "train-instruct", "graft-shadow-ft", "graft-direct", *EVALS[1:]]), states
+    assert states["evaluate-instruct"] == "Cached"
+
+    # the dataset file's content changes: from dataset prep on; the pair check stays cached
+    write_dataset(data, offset=1)
+    _, states, _ = run_flow(cfg)
+    assert states["check_pair"] == "Cached", states
+    assert all(states[s] == "Completed" for s in ["prepare_data", "train-base", "train-instruct", "graft-shadow-ft"]), states
+
+
+def test_deleted_artifact_is_recomputed_not_returned_dangling(prefect_env, llama_trio, tmp_path):
+    cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.seed=7")
+    _, _, result = run_flow(cfg)
+    shadow = Path(result["models"]["shadow-ft"]).parent
+    shutil.rmtree(shadow)
+    _, states, result2 = run_flow(cfg)
+    assert states["graft-shadow-ft"] == "Completed" and states["train-base"] == "Cached", states
+    assert Path(result2["models"]["shadow-ft"]).is_dir()
+
+
+def test_failed_run_resumes_with_earlier_stages_cached(prefect_env, llama_trio, tmp_path):
+    folder = tmp_path / "my_tasks"
+    folder.mkdir()
+    (folder / "my_qa.yaml").write_text(
+        "task: my_qa\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: qa.jsonl\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}} Answer:'\n"
+        "doc_to_choice: ['no', 'yes']\ndoc_to_target: '{{a}}'\nmetric_list:\n  - metric: acc\n"
+    )
+    cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.seed=11", f"eval.suites=[{folder}]")
+    flow_state, states, _ = run_flow(cfg)  # the task's data file is missing: evaluation fails
+    assert flow_state == "Failed"
+    assert all(states[s] in ("Completed", "Cached") for s in STAGES_BEFORE_EVAL), states
+    assert states["train-base"] == "Completed", states
+    assert "Failed" in {states.get(s) for s in EVALS}, states
+
+    (folder / "qa.jsonl").write_text("".join(json.dumps({"q": f"Is {i} even?", "a": "yes" if i % 2 == 0 else "no"}) + "\n" for i in range(6)))
+    flow_state, states, _ = run_flow(cfg)
+    assert flow_state == "Completed"
+    assert all(states[s] == "Cached" for s in STAGES_BEFORE_EVAL), states
+    assert all(states[s] == "Completed" for s in EVALS), states
+
+
+def test_full_method_grafts_a_delta(prefect_env, llama_trio, tmp_path):
+    cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.method=full", "train.lr=1e-4", "baselines=[instruct]")
+    flow_state, states, result = run_flow(cfg)
+    assert flow_state == "Completed", states
+    assert states["extract_delta"] == "Completed" and "train-instruct" not in states
+    prov = json.loads((Path(result["models"]["shadow-ft"]) / "shadowft_provenance.json").read_text())
+    assert prov["method"] == "delta"
+
+
+def test_bad_pair_fails_fast_before_training(prefect_env, llama_trio, tmp_path, tmp_path_factory):
+    from shadowft.tiny import make_trio
+
+    qwen = make_trio(tmp_path_factory.mktemp("qwen"), arch="qwen3")
+    cfg = make_config({"base": qwen["base"], "instruct": llama_trio["instruct"]}, write_dataset(tmp_path / "d.jsonl"))
+    flow_state, states, _ = run_flow(cfg)
+    assert flow_state == "Failed" and states["check_pair"] == "Failed"
+    assert "train-base" not in states
+
+
+CONCURRENT = r"""
+import os, sys
+sys.path.insert(0, {repo!r})
+from tests.test_pipeline import make_config, run_flow, write_dataset
+from pathlib import Path
+cfg = make_config({trio!r}, Path({data!r}), "train.seed=99")
+print(run_flow(cfg)[0])
+"""
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_compute_each_stage_once(prefect_env, llama_trio, tmp_path):
+    data = write_dataset(tmp_path / "d.jsonl")
+    trio = {k: str(v) for k, v in llama_trio.items()}
+    store_root = tmp_path / "shared-store"
+    env = {**os.environ, "SHADOWFT_HOME": str(store_root), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    script = CONCURRENT.format(repo=str(Path(__file__).parent.parent), trio=trio, data=str(data))
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    assert all("\nCompleted\n" in o for o in outs), [o[-500:] for o in outs]
+    builds = ArtifactStore(store_root).builds()
+    keys = [(b["stage"], b["key"]) for b in builds]
+    assert len(keys) == len(set(keys)), "a stage was computed twice"
+    assert {s for s, _ in keys} >= {"pair", "data", "train", "graft", "eval", "report"}
+    assert ArtifactStore(store_root).verify()["incomplete"] == []
