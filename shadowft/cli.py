@@ -22,6 +22,7 @@ err_console = Console(stderr=True)
 # Command groups live beside the stage they drive; each module registers on `app`.
 from shadowft import cli_weights  # noqa: E402,F401  (similarity, check-pair, delta, graft)
 from shadowft import cli_eval  # noqa: E402,F401
+from shadowft import cli_zoo  # noqa: E402,F401
 # (more command modules are imported here, one line each)
 
 

@@ -1,0 +1,69 @@
+"""CLI commands for the embedded toy family: `shadowft zoo build`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shadowft.cli import app, console
+
+zoo_app = typer.Typer(
+    help="The embedded toy Base/Instruct family (built offline, cached).",
+    no_args_is_help=True,
+)
+app.add_typer(zoo_app, name="zoo")
+
+
+def _sigma(base: Path, instruct: Path) -> float:
+    """sigma(base, instruct) averaged over `model.layers.*` tensors (the paper's metric)."""
+    from shadowft.pair import similarity
+
+    return float(similarity(base, instruct).mean)
+
+
+@zoo_app.command("build")
+def build(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="family directory (default: $SHADOWFT_HOME/zoo/<version>-<preset>-s<seed>)"
+        ),
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="seed; the same seed gives bit-identical weights on the same machine"
+        ),
+    ] = 0,
+    force: Annotated[
+        bool, typer.Option(help="rebuild even if a finished family is cached there")
+    ] = False,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="'default' (the real family) or 'ci' (seconds; mechanics tests only)"
+        ),
+    ] = "default",
+) -> None:
+    """Build (or return the cached) toy Base/Instruct family with its fine-tuning and eval data."""
+    from shadowft.errors import ShadowFTError
+    from shadowft.zoo import build_family
+
+    if preset not in ("default", "ci"):
+        raise ShadowFTError(
+            f"unknown preset {preset!r}", hint="use --preset default or --preset ci"
+        )
+    paths = build_family(out, seed=seed, force=force, preset=preset)  # type: ignore[arg-type]
+    manifest = paths.read_manifest()
+    console.print(f"[bold]toy family[/] {paths.root}")
+    console.print(f"  base      {paths.base}")
+    console.print(f"  instruct  {paths.instruct}")
+    console.print(f"  data      {paths.data}")
+    console.print(f"  sigma(base, instruct) = {_sigma(paths.base, paths.instruct):.4f}")
+    timings = manifest["timings"]
+    console.print(
+        "  build time "
+        + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in timings.items())
+    )

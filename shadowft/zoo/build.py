@@ -1,0 +1,435 @@
+"""Build the embedded Base/Instruct family: tokenizer, Base pretraining, Instruct tuning, data sets.
+
+The family is a real instance of the Shadow-FT problem, small enough for a 2-core CPU: Base is
+pretrained on raw skill text (with a few % chat documents, as real bases see), Instruct is Base
+tuned on chat-formatted instructions with a system prompt, and the fine-tuning sets hold a general
+mix and a new domain skill neither model knows. Everything is deterministic from the seed (fixed
+step counts, seeded generators, deterministic kernels, a fixed thread count), built into a
+temporary directory and published by an atomic rename with `family.json` written last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field
+
+from shadowft.errors import ShadowFTError
+from shadowft.zoo import corpus
+
+FAMILY_VERSION = "toy-v1"
+MANIFEST = "family.json"
+Preset = Literal["default", "ci"]
+
+
+class TrainSpec(BaseModel):
+    """One training phase: fixed step count (never wall-clock), AdamW, warmup + cosine."""
+
+    steps: int = Field(
+        description="optimizer steps (fixed, so builds are reproducible)"
+    )
+    batch_size: int = Field(32, description="sequences per step")
+    lr: float = Field(description="peak learning rate")
+    min_lr_ratio: float = Field(0.1, description="cosine floor as a fraction of lr")
+    warmup: int = Field(30, description="linear warmup steps")
+    weight_decay: float = Field(0.05, description="AdamW weight decay")
+
+
+class FamilyConfig(BaseModel):
+    """Everything that determines the family's bits (with the seed and the thread count)."""
+
+    preset: Preset = "default"
+    vocab_size: int = Field(
+        512, description="byte-level BPE vocabulary incl. special tokens"
+    )
+    hidden_size: int = Field(128, description="model width")
+    intermediate_size: int = Field(384, description="MLP width")
+    num_layers: int = Field(4, description="decoder layers")
+    num_heads: int = Field(4, description="attention heads (head_dim = hidden / heads)")
+    num_kv_heads: int = Field(
+        2, description="key/value heads (grouped-query attention)"
+    )
+    seq_len: int = Field(128, description="pretraining sequence length")
+    pretrain_docs: int = Field(30000, description="pretraining documents generated")
+    chat_frac: float = Field(
+        0.05, description="share of chat-formatted pretraining documents"
+    )
+    pretrain: TrainSpec = TrainSpec(steps=800, lr=3e-3, warmup=50)
+    sft_samples: int = Field(6000, description="chat samples for Instruct tuning")
+    sft: TrainSpec = TrainSpec(steps=250, lr=5e-4, warmup=20)
+    general_size: int = Field(2000, description="samples in data/general.jsonl")
+    domain_size: int = Field(2000, description="samples in data/domain.jsonl")
+    bf16_autocast: bool = Field(
+        True, description="bf16 autocast on CPU (about 1.5x faster)"
+    )
+    threads: int = Field(
+        1,
+        description="torch threads; part of the determinism contract (1 is robust on a shared CPU)",
+    )
+
+    @classmethod
+    def for_preset(cls, preset: Preset) -> FamilyConfig:
+        """`default` is the real family; `ci` is a seconds-long build for mechanics tests only."""
+        if preset == "default":
+            return cls()
+        return cls(
+            preset="ci",
+            hidden_size=64,
+            intermediate_size=128,
+            num_layers=2,
+            pretrain_docs=600,
+            pretrain=TrainSpec(steps=12, batch_size=8, lr=3e-3, warmup=2),
+            sft_samples=200,
+            sft=TrainSpec(steps=6, batch_size=8, lr=5e-4, warmup=1),
+            general_size=50,
+            domain_size=50,
+        )
+
+
+class FamilyPaths(BaseModel):
+    """Where a built family lives."""
+
+    root: Path
+    base: Path
+    instruct: Path
+    data: Path
+    manifest: Path
+
+    @classmethod
+    def at(cls, root: Path) -> FamilyPaths:
+        root = Path(root)
+        return cls(
+            root=root,
+            base=root / "base",
+            instruct=root / "instruct",
+            data=root / "data",
+            manifest=root / MANIFEST,
+        )
+
+    def read_manifest(self) -> dict:
+        return json.loads(self.manifest.read_text())
+
+
+def shadowft_home() -> Path:
+    return Path(os.environ.get("SHADOWFT_HOME", ".shadowft"))
+
+
+def default_family_dir(seed: int = 0, preset: Preset = "default") -> Path:
+    """`$SHADOWFT_HOME/zoo/<version>-<preset>-s<seed>`: where the family is cached when no --out is given."""
+    return shadowft_home() / "zoo" / f"{FAMILY_VERSION}-{preset}-s{seed}"
+
+
+@contextmanager
+def _deterministic(threads: int):
+    """Deterministic kernels and a fixed thread count for the duration of a build."""
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    torch.set_flush_denormal(True)  # denormal floats make CPU kernels 10-30x slower
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(prev_threads)
+
+
+def _lr_at(step: int, spec: TrainSpec) -> float:
+    if step < spec.warmup:
+        return spec.lr * (step + 1) / spec.warmup
+    t = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
+    return spec.lr * (
+        spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    )
+
+
+def _train(
+    model, batches, spec: TrainSpec, cfg: FamilyConfig, desc: str, progress: bool
+) -> list[float]:
+    """A plain AdamW loop over `batches()` (a callable yielding (input_ids, labels, mask))."""
+    from tqdm.auto import tqdm
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": spec.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=spec.lr,
+        betas=(0.9, 0.95),
+    )
+    model.train()
+    losses = []
+    bar = tqdm(range(spec.steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        ids, labels, mask = batches()
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, spec)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    model.eval()
+    return losses
+
+
+def _pretrain_batches(
+    tokenizer, docs: list[str], cfg: FamilyConfig, gen: torch.Generator
+):
+    """Pack documents (separated by <|endoftext|>) into fixed rows; sample rows with `gen`."""
+    sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    stream: list[int] = []
+    for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+        stream.extend(ids)
+        stream.append(sep)
+    n_rows = len(stream) // cfg.seq_len
+    rows = torch.tensor(stream[: n_rows * cfg.seq_len], dtype=torch.long).view(
+        n_rows, cfg.seq_len
+    )
+    bs = cfg.pretrain.batch_size
+
+    def next_batch():
+        idx = torch.randint(0, n_rows, (bs,), generator=gen)
+        ids = rows[idx]
+        return ids, ids, torch.ones_like(ids)
+
+    return next_batch, len(stream)
+
+
+def chat_example(
+    tokenizer, messages: list[dict[str, str]]
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a chat sample: loss on assistant contents and their <|im_end|> only."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for m in messages:
+        head = tokenizer(f"<|im_start|>{m['role']}\n", add_special_tokens=False)[
+            "input_ids"
+        ]
+        body = tokenizer(f"{m['content']}<|im_end|>", add_special_tokens=False)[
+            "input_ids"
+        ]
+        tail = tokenizer("\n", add_special_tokens=False)["input_ids"]
+        train = m["role"] == "assistant"
+        ids += head + body + tail
+        labels += (
+            [-100] * len(head)
+            + (body if train else [-100] * len(body))
+            + [-100] * len(tail)
+        )
+    return ids, labels
+
+
+def _sft_batches(
+    tokenizer, samples: list[list[dict]], spec: TrainSpec, gen: torch.Generator
+):
+    """Right-padded batches of chat samples drawn with `gen`."""
+    encoded = [chat_example(tokenizer, s) for s in samples]
+    pad = tokenizer.pad_token_id
+
+    def next_batch():
+        idx = torch.randint(0, len(encoded), (spec.batch_size,), generator=gen).tolist()
+        width = max(len(encoded[i][0]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        labels = torch.full((len(idx), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            x, y = encoded[i]
+            ids[r, : len(x)] = torch.tensor(x)
+            labels[r, : len(y)] = torch.tensor(y)
+            mask[r, : len(x)] = 1
+        return ids, labels, mask
+
+    return next_batch
+
+
+def _model_config(cfg: FamilyConfig, tokenizer):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.hidden_size // cfg.num_heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        rope_theta=10000.0,
+    )
+
+
+def _save(model, tokenizer, out: Path) -> None:
+    """A normal HF model dir whose config, generation config and tokenizer agree on EOS = <|im_end|>."""
+    from transformers import GenerationConfig
+
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _write_data(
+    data_dir: Path, cfg: FamilyConfig, seed: int, exclude: set[str]
+) -> dict[str, int]:
+    """Fine-tuning sets (general mix, new domain skill) and the held-out eval sets of every skill."""
+    data_dir.mkdir(parents=True)
+    rng = random.Random(f"{seed}:data")
+    general_mix = {"math": 0.25, "coding": 0.25, "reasoning": 0.25, "general": 0.25}
+    general = corpus.sft_samples(rng, cfg.general_size, exclude, general_mix)
+    domain = corpus.sft_samples(rng, cfg.domain_size, exclude, {"domain": 1.0})
+    corpus.write_jsonl(data_dir / "general.jsonl", ({"messages": m} for m in general))
+    corpus.write_jsonl(data_dir / "domain.jsonl", ({"messages": m} for m in domain))
+    paths = corpus.write_suite_data(data_dir / "eval")
+    return {
+        "general": len(general),
+        "domain": len(domain),
+        **{k: corpus.EVAL_SIZE for k in paths},
+    }
+
+
+def _build(tmp: Path, cfg: FamilyConfig, seed: int, progress: bool) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from shadowft.tiny import build_tokenizer
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    exclude = corpus.eval_questions()
+    rng = random.Random(f"{seed}:pretrain")
+    docs = corpus.pretrain_docs(rng, cfg.pretrain_docs, exclude, cfg.chat_frac)
+    sft = corpus.sft_samples(random.Random(f"{seed}:sft"), cfg.sft_samples, exclude)
+    sft_text = [corpus.render_chatml(m) for m in sft[:500]]
+    tokenizer = build_tokenizer(docs[:3000] + sft_text, vocab_size=cfg.vocab_size)
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    timings["corpus_tokenizer_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(
+        _model_config(cfg, tokenizer), dtype=torch.float32
+    )
+    gen = torch.Generator().manual_seed(seed)
+    batches, n_tokens = _pretrain_batches(tokenizer, docs, cfg, gen)
+    pre_losses = _train(model, batches, cfg.pretrain, cfg, "pretrain base", progress)
+    _save(model, tokenizer, tmp / "base")
+    timings["pretrain_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed + 1)
+    sft_losses = _train(
+        model,
+        _sft_batches(tokenizer, sft, cfg.sft, gen),
+        cfg.sft,
+        cfg,
+        "tune instruct",
+        progress,
+    )
+    _save(model, tokenizer, tmp / "instruct")
+    timings["instruct_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    counts = _write_data(tmp / "data", cfg, seed, exclude)
+    timings["data_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    return {
+        "version": FAMILY_VERSION,
+        "seed": seed,
+        "config": cfg.model_dump(),
+        "system_prompt": corpus.SYSTEM_PROMPT,
+        "chance": corpus.CHANCE,
+        "params": sum(p.numel() for p in model.parameters()),
+        "pretrain_tokens": n_tokens,
+        "loss": {
+            "pretrain_first": pre_losses[0],
+            "pretrain_last": sum(pre_losses[-20:]) / len(pre_losses[-20:]),
+            "instruct_first": sft_losses[0],
+            "instruct_last": sum(sft_losses[-20:]) / len(sft_losses[-20:]),
+        },
+        "data": counts,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "torch": torch.__version__,
+    }
+
+
+def build_family(
+    out: Path | None = None,
+    seed: int = 0,
+    force: bool = False,
+    preset: Preset = "default",
+    progress: bool = True,
+    config: FamilyConfig | None = None,
+) -> FamilyPaths:
+    """Build (or return the cached) toy family in `out` (default: `default_family_dir(seed, preset)`).
+
+    A directory counts as built only once `family.json` exists; it is written last, inside a
+    temporary sibling directory that is then renamed into place, so an interrupted build leaves
+    nothing that looks finished.
+    """
+    cfg = config or FamilyConfig.for_preset(preset)
+    out = Path(out) if out is not None else default_family_dir(seed, cfg.preset)
+    paths = FamilyPaths.at(out)
+    if paths.manifest.exists() and not force:
+        found = paths.read_manifest()
+        if (
+            found.get("seed") != seed
+            or found.get("config") != cfg.model_dump()
+            or found.get("version") != FAMILY_VERSION
+        ):
+            raise ShadowFTError(
+                f"{out} holds a different toy family (seed {found.get('seed')}, version {found.get('version')})",
+                hint="pass --force to rebuild it, or choose another --out",
+            )
+        return paths
+    if (
+        out.exists()
+        and not paths.manifest.exists()
+        and any(out.iterdir())
+        and not force
+    ):
+        raise ShadowFTError(
+            f"{out} exists, is not empty and holds no toy family",
+            hint="choose another --out or pass --force",
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with _deterministic(cfg.threads):
+            manifest = _build(tmp, cfg, seed, progress)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            shutil.rmtree(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths

@@ -1,0 +1,194 @@
+"""The embedded toy family: data generators, build mechanics, determinism, and (slow) its skills."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from shadowft.zoo import corpus
+from shadowft.zoo.build import FamilyPaths, build_family
+
+SUITE_DATA = (
+    Path(__file__).resolve().parents[1] / "shadowft" / "suites" / "toy" / "data"
+)
+
+
+def _sigma_mean(a_dir: Path, b_dir: Path) -> float:
+    """sigma per tensor = sum|A-B| / (sum|A|+sum|B|) in float32, mean over model.layers.* tensors (independent of shadowft.pair)."""
+    from safetensors.torch import load_file
+
+    a, b = (
+        load_file(a_dir / "model.safetensors"),
+        load_file(b_dir / "model.safetensors"),
+    )
+    vals = []
+    for k in a:
+        if k.startswith("model.layers."):
+            x, y = a[k].float(), b[k].float()
+            vals.append(float((x - y).abs().sum() / (x.abs().sum() + y.abs().sum())))
+    return sum(vals) / len(vals)
+
+
+# ----------------------------------------------------------------------------------- generators
+
+
+def test_committed_suite_data_is_what_the_generators_write(tmp_path):
+    written = corpus.write_suite_data(tmp_path)
+    for suite, path in written.items():
+        assert (SUITE_DATA / f"{suite}.jsonl").read_bytes() == path.read_bytes(), suite
+    assert (SUITE_DATA / "README.md").exists()
+
+
+def test_suites_have_distinct_questions_and_balanced_true_false():
+    for suite in corpus.SUITES:
+        recs = corpus.read_jsonl(SUITE_DATA / f"{suite}.jsonl")
+        assert len(recs) == corpus.EVAL_SIZE
+        assert len({r["question"] for r in recs}) == len(recs)
+    golds = [r["gold"] for r in corpus.read_jsonl(SUITE_DATA / "toy_reasoning.jsonl")]
+    assert golds.count(0) == golds.count(1)
+    for r in corpus.read_jsonl(SUITE_DATA / "toy_math.jsonl"):
+        assert r["answer"] == r["answer"].strip() and "\n" not in r["answer"]
+
+
+def test_training_generators_never_produce_eval_questions():
+    exclude = corpus.eval_questions()
+    rng = random.Random(1)
+    docs = corpus.pretrain_docs(rng, 2000, exclude)
+    text = "\n\n".join(docs)
+    assert "<|im_start|>" in text  # some chat documents, as real bases see
+    samples = corpus.sft_samples(rng, 3000, exclude) + corpus.sft_samples(
+        rng, 500, exclude, {"domain": 1.0}
+    )
+    assert not {m[1]["content"] for m in samples} & exclude
+    assert not any(
+        "Reverse the digits" in d for d in docs
+    )  # the domain skill is new to both models
+
+
+def test_chatml_rendering_matches_the_tokenizer_template():
+    from shadowft.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    msgs = corpus.chat_messages(corpus.QA("What is 2 + 3?", "5", "math_add"))
+    assert tok.apply_chat_template(msgs, tokenize=False) == corpus.render_chatml(msgs)
+
+
+# ------------------------------------------------------------------------------------ mechanics
+
+
+@pytest.fixture(scope="module")
+def ci_family(tmp_path_factory) -> FamilyPaths:
+    return build_family(
+        tmp_path_factory.mktemp("zoo_ci") / "fam", seed=3, preset="ci", progress=False
+    )
+
+
+def test_ci_family_layout_and_eos_agree_everywhere(ci_family):
+    from transformers import AutoTokenizer
+
+    m = ci_family.read_manifest()
+    assert m["seed"] == 3 and m["config"]["preset"] == "ci"
+    for model_dir in (ci_family.base, ci_family.instruct):
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        eos = tok.convert_tokens_to_ids("<|im_end|>")
+        assert tok.eos_token == "<|im_end|>"
+        assert (
+            json.loads((model_dir / "config.json").read_text())["eos_token_id"] == eos
+        )
+        assert (
+            json.loads((model_dir / "generation_config.json").read_text())[
+                "eos_token_id"
+            ]
+            == eos
+        )
+        assert tok.chat_template and "<|im_end|>" in tok.chat_template
+    for name in ("general.jsonl", "domain.jsonl"):
+        rows = corpus.read_jsonl(ci_family.data / name)
+        assert rows and all(
+            [x["role"] for x in r["messages"]] == ["system", "user", "assistant"]
+            for r in rows
+        )
+    for suite in corpus.SUITES:
+        assert (ci_family.data / "eval" / f"{suite}.jsonl").read_bytes() == (
+            SUITE_DATA / f"{suite}.jsonl"
+        ).read_bytes()
+    assert not list(ci_family.root.parent.glob(".*tmp*"))
+
+
+def test_cached_family_is_returned_at_once(ci_family):
+    import time
+
+    stamp = ci_family.manifest.stat().st_mtime_ns
+    t = time.perf_counter()
+    again = build_family(ci_family.root, seed=3, preset="ci", progress=False)
+    assert time.perf_counter() - t < 2.0
+    assert again.manifest.stat().st_mtime_ns == stamp
+
+
+def test_a_different_family_in_the_same_dir_is_refused(ci_family):
+    from shadowft.errors import ShadowFTError
+
+    with pytest.raises(ShadowFTError, match="different toy family"):
+        build_family(ci_family.root, seed=4, preset="ci", progress=False)
+
+
+def test_same_seed_gives_bit_identical_weights(tmp_path, ci_family):
+    other = build_family(tmp_path / "again", seed=3, preset="ci", progress=False)
+    for name in ("base", "instruct"):
+        a = (getattr(ci_family, name) / "model.safetensors").read_bytes()
+        b = (getattr(other, name) / "model.safetensors").read_bytes()
+        assert a == b, name
+    assert (ci_family.data / "general.jsonl").read_bytes() == (
+        other.data / "general.jsonl"
+    ).read_bytes()
+
+
+def test_cli_zoo_build(tmp_path):
+    from typer.testing import CliRunner
+
+    from shadowft.cli import app
+
+    result = CliRunner().invoke(
+        app, ["zoo", "build", "--out", str(tmp_path / "fam"), "--preset", "ci"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "sigma(base, instruct)" in result.output
+    assert (tmp_path / "fam" / "family.json").exists()
+
+
+# ------------------------------------------------------------------------ the real default family
+
+
+@pytest.fixture(scope="module")
+def family_scores(zoo_family) -> dict[str, dict[str, float]]:
+    from shadowft.zoo.score import score_model
+
+    return {
+        name: score_model(getattr(zoo_family, name)) for name in ("base", "instruct")
+    }
+
+
+@pytest.mark.slow
+def test_default_family_sigma_is_in_the_real_pair_range(zoo_family):
+    assert 0.005 <= _sigma_mean(zoo_family.base, zoo_family.instruct) <= 0.08
+
+
+@pytest.mark.slow
+def test_default_family_cold_build_time(zoo_family):
+    assert zoo_family.read_manifest()["timings"]["total_s"] <= 600
+
+
+@pytest.mark.slow
+def test_instruct_learned_every_skill_without_saturating(family_scores):
+    inst, base = family_scores["instruct"], family_scores["base"]
+    for suite in ("toy_math", "toy_coding", "toy_reasoning"):
+        chance = corpus.CHANCE[suite]
+        assert inst[suite] >= chance + 0.1, (suite, inst)
+        assert 0.10 <= inst[suite] <= 0.90, (suite, inst)
+    for suite in ("toy_math", "toy_coding"):
+        assert inst[suite] >= base[suite] + 0.1, (suite, inst, base)
+    assert inst["toy_reasoning"] > base["toy_reasoning"]
+    assert inst["toy_domain"] < 0.15  # the new skill is unknown before tuning
