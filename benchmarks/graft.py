@@ -99,9 +99,9 @@ def build_trio(root: Path, params: float, shard: str) -> dict[str, Path]:
             for s in t.shape:
                 n *= s
             base = torch.randn(n, generator=g) * 0.02
-            writers["base"].view(t.name).copy_(base)
-            writers["instruct"].view(t.name).copy_(base + torch.randn(n, generator=g) * 0.001)
-            writers["tuned"].view(t.name).copy_(base + torch.randn(n, generator=g) * 0.0005)
+            writers["base"].write(t.name, base)
+            writers["instruct"].write(t.name, base + torch.randn(n, generator=g) * 0.001)
+            writers["tuned"].write(t.name, base + torch.randn(n, generator=g) * 0.0005)
         for c in ctxs:
             c.__exit__(None, None, None)
     for w in writers.values():

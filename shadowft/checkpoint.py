@@ -10,6 +10,8 @@ a temporary directory beside the destination and published by one rename when co
 
 from __future__ import annotations
 
+import errno
+import errno
 import json
 import mmap
 import os
@@ -24,7 +26,7 @@ from typing import Iterator
 
 import torch
 
-from shadowft.errors import CheckpointError, OutputExistsError
+from shadowft.errors import CheckpointError, OutputExistsError, as_disk_full
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -103,6 +105,7 @@ class Checkpoint:
         self.tensors: dict[str, TensorInfo] = {}
         self.metadata: dict[str, dict] = {}
         self._maps: dict[Path, mmap.mmap] = {}
+        self._fds: dict[Path, int] = {}
         self._index_map = self._read_index()
         for file in self.files:
             header, start = _read_header(file)
@@ -199,6 +202,32 @@ class Checkpoint:
         raw = torch.frombuffer(self._map(info.file), dtype=torch.uint8, count=info.nbytes, offset=info.offset)
         return raw.view(info.dtype)
 
+    def _fd(self, file: Path) -> int:
+        fd = self._fds.get(file)
+        if fd is None:
+            fd = self._fds[file] = os.open(file, os.O_RDONLY)
+        return fd
+
+    def read_into(self, name: str, start: int, out: torch.Tensor) -> torch.Tensor:
+        """Read elements [start, start + out.numel()) of tensor `name` into `out` (same dtype).
+
+        A positioned read into a reused buffer: unlike touching a fresh memory map, it costs no
+        page faults, which dominate the time of a streaming pass over a large checkpoint.
+        """
+        info = self.tensors[name]
+        size = out.element_size()
+        nbytes = out.numel() * size
+        raw = out.view(torch.uint8).numpy()
+        got = os.preadv(self._fd(info.file), [raw], info.offset + start * size)
+        if got != nbytes:
+            raise CheckpointError(f"{info.file} ended while reading {name} (the file changed or is truncated)")
+        return out
+
+    def byte_range(self, name: str) -> tuple[int, int, int]:
+        """(file descriptor, offset, length) of tensor `name`'s bytes, for kernel-side copies."""
+        info = self.tensors[name]
+        return self._fd(info.file), info.offset, info.nbytes
+
     def tensor(self, name: str) -> torch.Tensor:
         """A tensor in its shape (still a view on the mapped file; clone it to keep it)."""
         return self.view(name).view(self.tensors[name].shape)
@@ -210,6 +239,9 @@ class Checkpoint:
             except BufferError:  # a view still references it; the GC will unmap it
                 pass
         self._maps.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def __enter__(self) -> "Checkpoint":
         return self
@@ -260,18 +292,25 @@ class OutTensor:
     shape: tuple[int, ...]
 
     @property
+    def element_size(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @property
     def nbytes(self) -> int:
-        n = torch.empty((), dtype=self.dtype).element_size()
+        n = self.element_size
         for s in self.shape:
             n *= s
         return n
 
 
 class ShardedWriter:
-    """Writes a planned list of tensors into preallocated, memory-mapped safetensors shards.
+    """Writes a planned list of tensors, in order, as safetensors shards (+ index when several).
 
-    Shards are filled in order (`open_shard` per shard, then `view` for each of its tensors);
-    the index json is written when more than one shard results.
+    The layout (which tensor goes to which shard, every header) is fixed from the plan before any
+    data exists, so data can be appended sequentially: `open_shard(i)` writes the header, then
+    `write(name, chunk)` appends each tensor's bytes, chunk by chunk, in plan order. Chunks of
+    another dtype are converted through one reused staging buffer. Plain sequential writes cost
+    no page faults on the output and no anonymous memory beyond the staging buffer.
     """
 
     def __init__(
@@ -300,54 +339,82 @@ class ShardedWriter:
             if n == 1
             else [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         )
-        self._map: mmap.mmap | None = None
-        self._offsets: dict[str, tuple[int, int]] = {}
+        self._file = None
+        self._pending: list[OutTensor] = []
+        self._left = 0
+        self._stage = torch.empty(0, dtype=torch.uint8)
 
     @contextmanager
     def open_shard(self, i: int):
-        """Create shard `i` at its final size, map it, yield; flush and unmap on exit."""
+        """Create shard `i` and write its header; on exit check that every tensor was written."""
         header: dict = {"__metadata__": self.metadata}
         pos = 0
         for t in self.shards[i]:
-            header[t.name] = {
-                "dtype": DTYPE_NAMES[t.dtype],
-                "shape": list(t.shape),
-                "data_offsets": [pos, pos + t.nbytes],
-            }
+            header[t.name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [pos, pos + t.nbytes]}
             pos += t.nbytes
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
-        start = 8 + len(blob)
-        path = self.out_dir / self.names[i]
-        with open(path, "wb+") as f:
+        with open(self.out_dir / self.names[i], "wb", buffering=0) as f:
             f.write(struct.pack("<Q", len(blob)) + blob)
-            f.truncate(start + pos)
-            self._offsets = {
-                name: (start + meta["data_offsets"][0], meta["data_offsets"][1] - meta["data_offsets"][0])
-                for name, meta in header.items()
-                if name != "__metadata__"
-            }
-            self._map = mmap.mmap(f.fileno(), start + pos, access=mmap.ACCESS_WRITE) if pos else None
-            self._dtypes = {t.name: t.dtype for t in self.shards[i]}
+            self._file = f
+            self._pending = list(self.shards[i])
+            self._left = self._pending[0].nbytes if self._pending else 0
+            self._skip_empty()
             try:
                 yield self
-                if self._map is not None:
-                    self._map.flush()
+                if self._pending:
+                    raise RuntimeError(f"shard {self.names[i]}: tensor {self._pending[0].name} was not (fully) written")
             finally:
-                if self._map is not None:
-                    try:
-                        self._map.close()
-                    except BufferError:
-                        pass
-                self._map = None
+                self._file = None
 
-    def view(self, name: str) -> torch.Tensor:
-        """A flat, writable view of tensor `name` in the open shard."""
-        off, nbytes = self._offsets[name]
-        dtype = self._dtypes[name]
-        if nbytes == 0:
-            return torch.empty(0, dtype=dtype)
-        return torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes, offset=off).view(dtype)
+    def _skip_empty(self) -> None:
+        while self._pending and self._left == 0:
+            self._pending.pop(0)
+            self._left = self._pending[0].nbytes if self._pending else 0
+
+    def write(self, name: str, data: torch.Tensor) -> None:
+        """Append the next chunk of tensor `name` (flat; converted to the planned dtype)."""
+        if not self._pending or self._pending[0].name != name:
+            expected = self._pending[0].name if self._pending else "nothing"
+            raise RuntimeError(f"write order: got {name}, expected {expected}")
+        t = self._pending[0]
+        if data.dtype != t.dtype:
+            nbytes = data.numel() * t.element_size
+            if self._stage.numel() < nbytes:
+                self._stage = torch.empty(nbytes, dtype=torch.uint8)
+            staged = self._stage[:nbytes].view(t.dtype)
+            staged.copy_(data.reshape(-1))
+            data = staged
+        raw = data.reshape(-1).view(torch.uint8)
+        if raw.numel() > self._left:
+            raise RuntimeError(f"tensor {name}: {raw.numel()} bytes written past its size")
+        _write_all(self._file, raw.numpy())
+        self._left -= raw.numel()
+        self._skip_empty()
+
+    def copy_range(self, name: str, src_fd: int, offset: int, nbytes: int) -> None:
+        """Append tensor `name` whole, copied by the kernel from another file (no user-space copy)."""
+        if not self._pending or self._pending[0].name != name or self._left != nbytes:
+            raise RuntimeError(f"copy_range: {name} is not the next tensor or has another size")
+        out_fd = self._file.fileno()
+        done = 0
+        try:
+            while done < nbytes:
+                n = os.copy_file_range(src_fd, out_fd, nbytes - done, offset + done)
+                if n == 0:
+                    raise CheckpointError(f"input ended while copying {name} (the file changed or is truncated)")
+                done += n
+        except OSError as exc:  # filesystems without copy_file_range: fall back to read + write
+            if done or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            while done < nbytes:
+                block = os.pread(src_fd, min(1 << 24, nbytes - done), offset + done)
+                if not block:
+                    raise CheckpointError(f"input ended while copying {name}") from None
+                _write_all(self._file, block)
+                done += len(block)
+        self._left -= nbytes
+        self._skip_empty()
 
     def write_index(self) -> None:
         if len(self.names) == 1:
@@ -356,6 +423,27 @@ class ShardedWriter:
         total = sum(t.nbytes for shard in self.shards for t in shard)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Give the file its final size with its blocks allocated: a full disk raises ENOSPC here, as an
+    OSError, rather than SIGBUS later when the memory map is written (a sparse file has no blocks)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.ftruncate(fd, size)  # a filesystem without fallocate: sparse file, as before
+    except AttributeError:  # no posix_fallocate on this OS (macOS)
+        os.ftruncate(fd, size)
+
+
+def _write_all(f, data) -> None:
+    """An unbuffered write may be partial; loop until every byte is out (or raise, e.g. ENOSPC)."""
+    view = memoryview(data).cast("B")
+    while view:
+        n = f.write(view)
+        view = view[n:]
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -370,6 +458,30 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         )
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "", os.uname().nodename)[:32] or "host"
+
+
+def _remove_dead_temp_dirs(out: Path) -> list[Path]:
+    """Delete temp dirs beside `out` left by a writer on this host that was killed (SIGKILL, power
+    loss): their process no longer exists. A live writer's dir, or another host's, is left alone."""
+    removed = []
+    pattern = re.compile(re.escape(f".{out.name}.tmp-{_HOST}-") + r"(\d+)-")
+    for d in out.parent.glob(f".{out.name}.tmp-{_HOST}-*"):
+        m = pattern.match(d.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
 @contextmanager
 def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary dir beside `out`; on success rename it to `out`, on failure delete it.
@@ -379,11 +491,15 @@ def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out).absolute()
     check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _remove_dead_temp_dirs(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{_HOST}-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = as_disk_full(exc, str(out))
+        if full is not None:
+            raise full from None
         raise
     if out.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

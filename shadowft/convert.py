@@ -39,7 +39,7 @@ def convert_pickled_to_safetensors(
         for i, shard in enumerate(writer.shards):
             with writer.open_shard(i):
                 for t in shard:
-                    writer.view(t.name).copy_(state[t.name].contiguous().reshape(-1))
+                    writer.write(t.name, state[t.name].contiguous().reshape(-1))
         writer.write_index()
         copy_model_side_files(src if src.is_dir() else src.parent, tmp)
     return len(plan)

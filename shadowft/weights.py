@@ -18,6 +18,7 @@ import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Literal
@@ -176,14 +177,37 @@ class LoraAdapter:
 # Streaming kernels
 # --------------------------------------------------------------------------------------------
 class _Buffers:
-    """Preallocated float32 work buffers, reused for every tensor."""
+    """Preallocated work buffers, reused for every tensor: one float32 accumulator and one staging
+    buffer per input stream (inputs are read into them with positioned reads)."""
 
     def __init__(self, chunk: int = CHUNK) -> None:
         self.chunk = chunk
         self.work = torch.empty(chunk, dtype=torch.float32)
+        self._staging: dict[str, torch.Tensor] = {}
 
     def get(self, n: int) -> torch.Tensor:
         return self.work[:n]
+
+    def stage(self, slot: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+        nbytes = n * torch.empty((), dtype=dtype).element_size()
+        buf = self._staging.get(slot)
+        if buf is None or buf.numel() < nbytes:
+            buf = self._staging[slot] = torch.empty(max(nbytes, self.chunk * 4), dtype=torch.uint8)
+        return buf[:nbytes].view(dtype)
+
+
+class _Stream:
+    """One input tensor read chunk by chunk into its staging slot."""
+
+    def __init__(self, ckpt: Checkpoint, name: str, bufs: _Buffers, slot: str) -> None:
+        self.ckpt, self.name, self.bufs, self.slot = ckpt, name, bufs, slot
+        self.info = ckpt.tensors[name]
+
+    def numel(self) -> int:
+        return self.info.numel
+
+    def chunk(self, s: int, e: int) -> torch.Tensor:
+        return self.ckpt.read_into(self.name, s, self.bufs.stage(self.slot, e - s, self.info.dtype))
 
 
 def _check_finite(w: torch.Tensor, name: str, what: str) -> None:
@@ -195,48 +219,52 @@ def _check_finite(w: torch.Tensor, name: str, what: str) -> None:
         )
 
 
-def _graft_pair(out, inst, base, tuned, alpha, n_delta, bufs, name) -> None:
-    """out = inst + alpha * (tuned - base) on the first `n_delta` elements; the rest copied."""
+# Each kernel computes one output tensor chunk by chunk and hands every chunk, in order, to
+# `emit` (the writer appends it to the shard, converted to the output dtype).
+Emit = Callable[[torch.Tensor], None]
+
+
+def _copy_rest(emit: Emit, inst: _Stream, start: int, bufs: _Buffers) -> None:
+    for s in range(start, inst.numel(), bufs.chunk):
+        emit(inst.chunk(s, min(inst.numel(), s + bufs.chunk)))
+
+
+def _graft_pair(emit: Emit, inst: _Stream, base: _Stream, tuned: _Stream, alpha, n_delta, bufs, name) -> None:
+    """inst + alpha * (tuned - base) on the first `n_delta` elements; the rest copied."""
     for s in range(0, n_delta, bufs.chunk):
         e = min(n_delta, s + bufs.chunk)
         w = bufs.get(e - s)
-        w.copy_(tuned[s:e])
-        w.sub_(base[s:e])
+        w.copy_(tuned.chunk(s, e))
+        w.sub_(base.chunk(s, e))
         _check_finite(w, name, "update (tuned - base)")
-        torch.add(inst[s:e], w, alpha=alpha, out=w)
-        out[s:e].copy_(w)
-    if n_delta < out.numel():
-        out[n_delta:].copy_(inst[n_delta:])
+        emit(torch.add(inst.chunk(s, e), w, alpha=alpha, out=w))
+    _copy_rest(emit, inst, n_delta, bufs)
 
 
-def _graft_delta(out, inst, delta, alpha, n_delta, bufs, name) -> None:
-    """out = inst + alpha * delta on the first `n_delta` elements; the rest copied."""
+def _graft_delta(emit: Emit, inst: _Stream, delta: _Stream, alpha, n_delta, bufs, name) -> None:
+    """inst + alpha * delta on the first `n_delta` elements; the rest copied."""
     for s in range(0, n_delta, bufs.chunk):
         e = min(n_delta, s + bufs.chunk)
         w = bufs.get(e - s)
-        w.copy_(delta[s:e])
+        w.copy_(delta.chunk(s, e))
         _check_finite(w, name, "delta")
-        torch.add(inst[s:e], w, alpha=alpha, out=w)
-        out[s:e].copy_(w)
-    if n_delta < out.numel():
-        out[n_delta:].copy_(inst[n_delta:])
+        emit(torch.add(inst.chunk(s, e), w, alpha=alpha, out=w))
+    _copy_rest(emit, inst, n_delta, bufs)
 
 
-def _graft_lora(out, inst, a, b, shape, scale, fifo, bufs, name) -> None:
-    """out = inst + scale * (B @ A) (transposed for fan_in_fan_out), computed in row blocks."""
+def _graft_lora(emit: Emit, inst, a, b, shape, scale, fifo, bufs, name) -> None:
+    """inst + scale * (B @ A) (transposed for fan_in_fan_out), computed in row blocks."""
     rows, cols = shape
     left = (a.float().t() if fifo else b.float()).contiguous()  # [rows, r]
     right = (b.float().t() if fifo else a.float()).contiguous()  # [r, cols]
     _check_finite(left, name, "adapter")
     _check_finite(right, name, "adapter")
     step = max(1, bufs.chunk // max(cols, 1))
-    out2, inst2 = out.view(rows, cols), inst.view(rows, cols)
     for s in range(0, rows, step):
         e = min(rows, s + step)
         w = bufs.get((e - s) * cols).view(e - s, cols)
         torch.matmul(left[s:e], right, out=w)
-        torch.add(inst2[s:e], w, alpha=scale, out=w)
-        out2[s:e].copy_(w)
+        emit(torch.add(inst.chunk(s * cols, e * cols).view(e - s, cols), w, alpha=scale, out=w))
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,23 +476,26 @@ def graft(
                 with writer.open_shard(i):
                     for t in shard:
                         op = by_name[t.name]
-                        dst, inst = writer.view(t.name), ci.view(t.name)
+                        inst = _Stream(ci, t.name, bufs, "instruct")
+                        emit = partial(writer.write, t.name)
                         bytes_read += ci.tensors[t.name].nbytes
                         if op.kind == "copy":
-                            dst.view(torch.uint8).copy_(inst.view(torch.uint8))
+                            writer.copy_range(t.name, *ci.byte_range(t.name))
                         elif op.kind == "pair":
-                            _graft_pair(dst, inst, cb.view(t.name), ct.view(t.name), alpha, op.n_delta, bufs, t.name)
+                            base_s, tuned_s = _Stream(cb, t.name, bufs, "base"), _Stream(ct, t.name, bufs, "tuned")
+                            _graft_pair(emit, inst, base_s, tuned_s, alpha, op.n_delta, bufs, t.name)
                             bytes_read += cb.tensors[t.name].nbytes + ct.tensors[t.name].nbytes
                         elif op.kind == "delta":
-                            _graft_delta(dst, inst, cd.view(t.name), alpha, op.n_delta, bufs, t.name)
+                            _graft_delta(emit, inst, _Stream(cd, t.name, bufs, "delta"), alpha, op.n_delta, bufs, t.name)
                             bytes_read += cd.tensors[t.name].nbytes
                         elif op.kind == "lora":
                             m: LoraModule = op.extra["module"]
                             a, b = ad.ckpt.tensor(m.a), ad.ckpt.tensor(m.b)
-                            _graft_lora(dst, inst, a, b, t.shape, alpha * m.scale, m.fan_in_fan_out, bufs, t.name)
+                            _graft_lora(emit, inst, a, b, t.shape, alpha * m.scale, m.fan_in_fan_out, bufs, t.name)
                         elif op.kind == "bias":
                             m = op.extra["module"]
-                            _graft_delta(dst, inst, ad.ckpt.view(m.bias), alpha * m.scale, t.nbytes // dst.element_size(), bufs, t.name)
+                            bias = _Stream(ad.ckpt, m.bias, bufs, "delta")
+                            _graft_delta(emit, inst, bias, alpha * m.scale, inst.numel(), bufs, t.name)
                         if progress:
                             progress(t.name, t.nbytes)
             writer.write_index()
@@ -547,14 +578,14 @@ def extract_delta(
             for i, shard in enumerate(writer.shards):
                 with writer.open_shard(i):
                     for t in shard:
-                        dst, b, tt = writer.view(t.name), cb.view(t.name), ct.view(t.name)
-                        for s in range(0, dst.numel(), bufs.chunk):
-                            e = min(dst.numel(), s + bufs.chunk)
+                        b, tt = _Stream(cb, t.name, bufs, "base"), _Stream(ct, t.name, bufs, "tuned")
+                        for s in range(0, tt.numel(), bufs.chunk):
+                            e = min(tt.numel(), s + bufs.chunk)
                             w = bufs.get(e - s)
-                            w.copy_(tt[s:e])
-                            w.sub_(b[s:e])
+                            w.copy_(tt.chunk(s, e))
+                            w.sub_(b.chunk(s, e))
                             _check_finite(w, t.name, "update (tuned - base)")
-                            dst[s:e].copy_(w)
+                            writer.write(t.name, w)
                         if progress:
                             progress(t.name, t.nbytes)
             writer.write_index()
@@ -614,11 +645,7 @@ def retarget_adapter(
             with writer.open_shard(0):
                 for t in plan:
                     src = ad.ckpt.view(t.name)
-                    dst = writer.view(t.name)
-                    if t.name in scaled and alpha != 1.0:
-                        dst.copy_(src.float() * alpha)
-                    else:
-                        dst.view(torch.uint8).copy_(src.view(torch.uint8))
+                    writer.write(t.name, src.float() * alpha if t.name in scaled and alpha != 1.0 else src)
             prov = {
                 "tool": "shadowft",
                 "version": __version__,

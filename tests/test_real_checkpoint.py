@@ -52,7 +52,7 @@ def test_smollm2_pair_check_and_graft_with_a_known_delta(smollm2_dir, tmp_path):
     (tmp_path / "delta").mkdir()
     with writer.open_shard(0):
         for n, d in deltas.items():
-            writer.view(n).copy_(d.reshape(-1))
+            writer.write(n, d.reshape(-1))
 
     out = tmp_path / "grafted"
     rep = graft(smollm2_dir, out, delta=tmp_path / "delta", alpha=0.5, max_shard_size="200MB")
