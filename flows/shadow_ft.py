@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import flow
 
 from shadowft.config import GraftConfig, RunConfig
-from shadowft.stages import resolve_model, zoo_placeholders
+from shadowft.stages import preflight, resolve_model, zoo_placeholders
 from shadowft.store import Artifact
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
@@ -38,10 +38,12 @@ def store_root(config: RunConfig) -> str:
 @flow(name="shadow-ft")
 def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     store = store_root(config)
+    preflight(config)  # unknown eval suites, code suites without opt-in: fail before any stage
     if config.placeholders():
         config = config.resolve(zoo_placeholders(embedded_family().root))
-    base = resolve_model(config.pair.base, config.pair.base_revision, role="base")
-    instruct = resolve_model(config.pair.instruct, config.pair.instruct_revision, role="instruct")
+    trust = config.pair.trust_remote_code
+    base = resolve_model(config.pair.base, config.pair.base_revision, role="base", trust_remote_code=trust)
+    instruct = resolve_model(config.pair.instruct, config.pair.instruct_revision, role="instruct", trust_remote_code=trust)
 
     check_pair(config.pair, base, instruct, config.graft.scope, store)
     data = prepare_data(config.data, instruct, store)

@@ -11,7 +11,6 @@ a temporary directory beside the destination and published by one rename when co
 from __future__ import annotations
 
 import errno
-import errno
 import json
 import mmap
 import os
@@ -423,19 +422,6 @@ class ShardedWriter:
         total = sum(t.nbytes for shard in self.shards for t in shard)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _reserve(fd: int, size: int) -> None:
-    """Give the file its final size with its blocks allocated: a full disk raises ENOSPC here, as an
-    OSError, rather than SIGBUS later when the memory map is written (a sparse file has no blocks)."""
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
-        os.ftruncate(fd, size)  # a filesystem without fallocate: sparse file, as before
-    except AttributeError:  # no posix_fallocate on this OS (macOS)
-        os.ftruncate(fd, size)
 
 
 def _write_all(f, data) -> None:

@@ -22,6 +22,7 @@ err_console = Console(stderr=True)
 # Command groups live beside the stage they drive; each module registers on `app`.
 from shadowft import cli_weights  # noqa: E402,F401  (similarity, check-pair, delta, graft)
 from shadowft import cli_eval  # noqa: E402,F401
+from shadowft import cli_store  # noqa: E402,F401  (store verify)
 from shadowft import cli_zoo  # noqa: E402,F401
 # (more command modules are imported here, one line each)
 
@@ -31,9 +32,12 @@ def main() -> None:
     try:
         app()
     except ShadowFTError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}")
+        from rich.markup import escape
+
+        # soft_wrap: long paths stay on one line (copyable); escape: "[from override ...]" is text
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True, highlight=False)
         if exc.hint:
-            err_console.print(f"[yellow]hint:[/] {exc.hint}")
+            err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True, highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")

@@ -408,6 +408,19 @@ def _code_execution_allowed(explicit: bool) -> bool:
     return explicit or os.environ.get("HF_ALLOW_CODE_EVAL") == "1"
 
 
+def require_code_opt_in(suites: Sequence[Suite], allow_code_execution: bool = False) -> bool:
+    """Refuse suites that execute model-written code unless the user opted in. -> opted in"""
+    code_suites = [s.name for s in suites if s.code_execution]
+    code_ok = _code_execution_allowed(allow_code_execution)
+    if code_suites and not code_ok:
+        raise EvalError(
+            f"suite(s) {', '.join(code_suites)} execute model-written code, which is off by default",
+            hint="opt in with --allow-code-exec (allow_code_execution=True) or HF_ALLOW_CODE_EVAL=1; "
+            "the code runs in shadowft's sandbox (see shadowft/sandbox.py)",
+        )
+    return code_ok
+
+
 def _check_model_dir(model_dir: Path) -> Path:
     model_dir = Path(model_dir).expanduser().resolve()
     if not (model_dir / "config.json").is_file():
@@ -591,14 +604,8 @@ def evaluate_model(
     """
     t0 = time.monotonic()
     resolved = resolve_suites(suites)
+    code_ok = require_code_opt_in(resolved, allow_code_execution)
     code_suites = [s.name for s in resolved if s.code_execution]
-    code_ok = _code_execution_allowed(allow_code_execution)
-    if code_suites and not code_ok:
-        raise EvalError(
-            f"suite(s) {', '.join(code_suites)} execute model-written code, which is off by default",
-            hint="opt in with --allow-code-exec (allow_code_execution=True) or HF_ALLOW_CODE_EVAL=1; "
-            "the code runs in shadowft's sandbox (see shadowft/sandbox.py)",
-        )
     if limit is not None and limit < 1:
         raise EvalError(f"limit must be at least 1, got {limit}")
     model_dir = _check_model_dir(model_dir)

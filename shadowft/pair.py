@@ -155,6 +155,39 @@ def _structure_problems(base: Checkpoint, instruct: Checkpoint, scope: str) -> t
     return errors, warnings
 
 
+def remote_code(model_dir: str | Path) -> list[str]:
+    """The custom classes a model dir asks transformers to import from its own code (`auto_map`)."""
+    import json
+
+    found: list[str] = []
+    for name in ("config.json", "tokenizer_config.json"):
+        f = Path(model_dir) / name
+        if not f.is_file():
+            continue
+        try:
+            auto_map = json.loads(f.read_text()).get("auto_map") or {}
+        except (ValueError, AttributeError):
+            continue
+        for key, value in auto_map.items():
+            found.append(f"{name} auto_map {key} -> {value}")
+    return found
+
+
+def check_remote_code(model_dir: str | Path, role: str, trust_remote_code: bool = False) -> list[str]:
+    """Refuse a model that needs its own Python code unless `trust_remote_code`. -> warnings"""
+    needs = remote_code(model_dir)
+    if not needs:
+        return []
+    if not trust_remote_code:
+        raise PairError(
+            f"{role} model {model_dir} needs to run code shipped with the model ({needs[0]}); "
+            "shadowft does not run a model's own code by default",
+            hint="set pair.trust_remote_code: true only if you have read and trust that code, "
+            "or use a model that transformers supports natively",
+        )
+    return [f"{role} model runs its own code (trust_remote_code): {', '.join(needs[:3])}"]
+
+
 def check_pair(
     base: str | Path,
     instruct: str | Path,
@@ -164,14 +197,18 @@ def check_pair(
     compute_sigma: bool = True,
     raise_on_error: bool = True,
     progress: Callable[[str], None] | None = None,
+    trust_remote_code: bool = False,
 ) -> PairReport:
     """Check that `base` and `instruct` form a graftable pair; raise `PairError` if not.
 
     Structural differences inside the graft scope are always fatal. A sigma above `max_sigma`
-    (unrelated models sit near 0.7, real pairs below 0.06) is fatal unless `force`.
+    (unrelated models sit near 0.7, real pairs below 0.06) is fatal unless `force`. A model that
+    needs its own code (`auto_map` in its config) is refused unless `trust_remote_code`.
     """
+    code_warnings = [w for p, r in ((base, "base"), (instruct, "instruct")) for w in check_remote_code(p, r, trust_remote_code)]
     with Checkpoint(base, role="base") as cb, Checkpoint(instruct, role="instruct") as ci:
         errors, warnings = _structure_problems(cb, ci, scope)
+        warnings = code_warnings + warnings
         report = PairReport(
             base=str(base),
             instruct=str(instruct),

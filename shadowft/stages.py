@@ -26,7 +26,7 @@ from shadowft.fingerprint import fingerprint_path
 from shadowft.store import Artifact, ArtifactStore, artifact_key
 
 # Bump a stage's version when its code changes what it produces: its artifacts are rebuilt.
-STAGE_VERSIONS = {"pair": "1", "data": "1", "train": "1", "delta": "1", "graft": "1", "eval": "1", "report": "1"}
+STAGE_VERSIONS = {"pair": "2", "data": "1", "train": "1", "delta": "1", "graft": "1", "eval": "1", "report": "1"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
 
@@ -78,8 +78,9 @@ def artifact_ref(a: Artifact) -> str:
     return f"{a.stage}:{a.key}"
 
 
-def resolve_model(ref: str, revision: str | None = None, role: str = "model") -> Path:
-    """A local model dir for `ref`: the path itself, or a snapshot of a hub id (safetensors only)."""
+def resolve_model(ref: str, revision: str | None = None, role: str = "model", trust_remote_code: bool = False) -> Path:
+    """A local model dir for `ref`: the path itself, or a snapshot of a hub id (safetensors only; the
+    repo's Python files only with `trust_remote_code`, and the pair check refuses them without it)."""
     p = Path(ref).expanduser()
     if p.exists():
         return p.absolute()
@@ -92,7 +93,8 @@ def resolve_model(ref: str, revision: str | None = None, role: str = "model") ->
             snapshot_download(
                 ref,
                 revision=revision,
-                allow_patterns=["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"],
+                allow_patterns=["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken",
+                                *(["*.py"] if trust_remote_code else [])],
             )
         )
     except Exception as exc:  # offline, gated, missing: say which and how to fix
@@ -102,14 +104,23 @@ def resolve_model(ref: str, revision: str | None = None, role: str = "model") ->
         ) from None
 
 
+def preflight(config: RunConfig) -> None:
+    """Checks that need neither models nor data, run before any stage so that a typo does not cost a
+    training run: the evaluation suites exist, and code suites are opted in (HF_ALLOW_CODE_EVAL=1)."""
+    from shadowft.evaluate import require_code_opt_in, resolve_suites
+
+    require_code_opt_in(resolve_suites(config.eval.suites))
+
+
 def zoo_placeholders(family_root: Path) -> dict[str, Path]:
-    """`zoo:NAME` values of the embedded family: base, instruct, every data set by name, and
-    `train` (the default fine-tuning set)."""
+    """`zoo:NAME` values of the embedded family: base, instruct, every data set by name
+    (`zoo:general`, `zoo:domain`), and `zoo:train`, the default fine-tuning set (the domain set:
+    a skill Instruct does not have yet)."""
     root = Path(family_root)
     names: dict[str, Path] = {"base": root / "base", "instruct": root / "instruct"}
     for f in sorted((root / "data").glob("*.jsonl")):
         names[f.stem] = f
-    names.setdefault("train", names.get("domain_mix", names.get("general", root / "data" / "train.jsonl")))
+    names.setdefault("train", names.get("domain", root / "data" / "train.jsonl"))
     return names
 
 
@@ -118,11 +129,12 @@ def pair_spec(pair: PairConfig, base: Path, instruct: Path, scope: str) -> Stage
     from shadowft.pair import check_pair
 
     def produce(tmp: Path) -> dict:
-        report = check_pair(base, instruct, scope=scope, max_sigma=pair.max_sigma, force=pair.force)
+        report = check_pair(base, instruct, scope=scope, max_sigma=pair.max_sigma, force=pair.force,
+                            trust_remote_code=pair.trust_remote_code)
         (tmp / "pair.json").write_text(json.dumps(report.to_dict(with_tensors=True), indent=2) + "\n")
         return {"sigma_mean": report.sigma.mean if report.sigma else None}
 
-    config = {"max_sigma": pair.max_sigma, "force": pair.force, "scope": scope}
+    config = {"max_sigma": pair.max_sigma, "force": pair.force, "scope": scope, "trust_remote_code": pair.trust_remote_code}
     return StageSpec("pair", config, {"base": model_ref(base), "instruct": model_ref(instruct)}, produce)
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 from pydantic import BaseModel
 
 from shadowft import __version__
+from shadowft.errors import as_disk_full
 
 MANIFEST = "manifest.json"
 DEFAULT_HOME = Path(".shadowft")
@@ -153,6 +154,8 @@ class ArtifactStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # an incomplete leftover without a manifest: it does not exist
                 shutil.rmtree(final)
+            for dead in final.parent.glob(f".{key}.tmp-*"):  # we hold the key's lock: its builder died
+                shutil.rmtree(dead, ignore_errors=True)
             tmp = final.parent / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
             tmp.mkdir()
             t0 = time.perf_counter()
@@ -175,9 +178,14 @@ class ArtifactStore:
                 _write_json_atomic(tmp / MANIFEST, manifest)
                 os.replace(tmp, final)
                 pending.unlink(missing_ok=True)
+                # the stage's scratch (checkpoints to resume from) is garbage once its artifact exists
+                shutil.rmtree(self.root / "work" / stage / key, ignore_errors=True)
                 self._log_build(manifest)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
+                full = as_disk_full(exc, f"the {stage} artifact in {self.root}")
+                if full is not None:
+                    raise full from None
                 raise
             return Artifact(stage=stage, key=key, path=final, build_id=manifest["build_id"]), True
 
@@ -193,14 +201,34 @@ class ArtifactStore:
 
     # -- maintenance -----------------------------------------------------------------------
     def verify(self, remove: bool = False) -> dict[str, list[str]]:
-        """Find incomplete builds (temp dirs, dirs without manifest) and, with `remove`, delete them."""
-        found: dict[str, list[str]] = {"complete": [], "incomplete": [], "removed": []}
+        """Check the store; with `remove`, delete what is garbage (never what a live build holds).
+
+        - complete: published artifacts (a manifest);
+        - incomplete: temp dirs of crashed builds and dirs without manifest (garbage: removed);
+        - stale_work: work dirs (checkpoints) of artifacts already published (garbage: removed);
+        - resumable: work dirs of artifacts not yet published: a re-run resumes from them (kept);
+        - pending: build ids announced to an orchestrator's cache for artifacts not yet published
+          (a crashed or running build; harmless, removed when no build holds the key);
+        - removed: what `remove` deleted.
+        """
+        found: dict[str, list[str]] = {
+            "complete": [], "incomplete": [], "stale_work": [], "resumable": [], "pending": [], "removed": []
+        }
+        self._verify_work(found, remove)
         base = self.root / "artifacts"
         if not base.exists():
             return found
         for stage_dir in sorted(p for p in base.iterdir() if p.is_dir()):
             for d in sorted(stage_dir.iterdir()):
                 if d.name.startswith(".") and d.name.endswith(".pending"):
+                    key = d.name[1 : -len(".pending")]
+                    if self.get(stage_dir.name, key) is not None:
+                        continue  # published between our listing and now
+                    rel = str(d.relative_to(self.root))
+                    found["pending"].append(rel)
+                    if remove and not self._in_progress(stage_dir.name, d):
+                        d.unlink(missing_ok=True)
+                        found["removed"].append(rel)
                     continue
                 ok = d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).is_file()
                 rel = str(d.relative_to(self.root))
@@ -213,9 +241,24 @@ class ArtifactStore:
                     found["removed"].append(rel)
         return found
 
+    def _verify_work(self, found: dict[str, list[str]], remove: bool) -> None:
+        base = self.root / "work"
+        if not base.exists():
+            return
+        for stage_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+            for d in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
+                rel = str(d.relative_to(self.root))
+                if self.get(stage_dir.name, d.name) is None:
+                    found["resumable"].append(rel)
+                    continue
+                found["stale_work"].append(rel)
+                if remove and not self._in_progress(stage_dir.name, d):
+                    shutil.rmtree(d, ignore_errors=True)
+                    found["removed"].append(rel)
+
     def _in_progress(self, stage: str, d: Path) -> bool:
-        """A temp dir whose builder still holds the key's lock is not garbage."""
-        key = d.name.lstrip(".").split(".tmp-")[0]
+        """A temp dir (or work dir, or pending file) whose builder still holds the key's lock is not garbage."""
+        key = d.name.lstrip(".").split(".tmp-")[0].removesuffix(".pending")
         path = self._lock_path(stage, key)
         if not path.exists():
             return False

@@ -1,0 +1,57 @@
+"""`shadowft store ...`: inspect and repair the content-addressed artifact store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from shadowft.cli import app, console, err_console
+
+store_app = typer.Typer(help="Inspect and repair the artifact store (SHADOWFT_HOME).", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+_EXPLAIN = {
+    "incomplete": "incomplete builds (a crashed or killed write; never used)",
+    "stale_work": "work dirs of published artifacts (leftover checkpoints)",
+    "resumable": "work dirs of unpublished artifacts (a re-run resumes from them; kept)",
+    "pending": "build ids announced but not published (a crashed or running build; harmless, reused by the next build)",
+}
+
+
+@store_app.command()
+def verify(
+    root: Annotated[Optional[Path], typer.Option(help="Store root; default $SHADOWFT_HOME or ./.shadowft.")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Delete incomplete builds, stale work dirs and stale pending ids.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Report incomplete or orphaned artifacts; with --remove, delete them (live builds are left alone).
+
+    Exits 1 when garbage remains (run again with --remove), 0 when the store is clean.
+    """
+    from shadowft.store import ArtifactStore
+
+    store = ArtifactStore(root)
+    if not (store.root / "artifacts").exists() and not (store.root / "work").exists():
+        err_console.print(f"[yellow]no store at {store.root}[/] (set SHADOWFT_HOME or pass --root)")
+        raise typer.Exit(1)
+    report = store.verify(remove=remove)
+    removed = set(report["removed"])
+    garbage = [p for k in ("incomplete", "stale_work") for p in report[k] if p not in removed]
+    if as_json:
+        print(json.dumps({"root": str(store.root), **report, "remaining_garbage": garbage}, indent=2))
+    else:
+        console.print(f"store {store.root}: {len(report['complete'])} complete artifact(s)")
+        for kind, what in _EXPLAIN.items():
+            if report[kind]:
+                console.print(f"{len(report[kind])} {what}:")
+                for p in report[kind]:
+                    console.print(f"  {p}" + ("  [green]removed[/]" if p in removed else ""), soft_wrap=True)
+        if garbage:
+            console.print(f"[yellow]{len(garbage)} item(s) can be removed:[/] shadowft store verify --remove")
+        else:
+            console.print("[green]store is consistent[/]")
+    if garbage:
+        raise typer.Exit(1)
