@@ -67,6 +67,7 @@ def main() -> None:
     args = ap.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="shadowft-bench-pipeline-"))
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
     os.environ["SHADOWFT_HOME"] = str(home / "shadowft")
     os.environ["PREFECT_HOME"] = str(home / "prefect")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
