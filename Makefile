@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo serve bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ test-fast: setup
 
 demo: setup
 	$(VENV)/bin/shadowft demo
+
+# Prefect UI with the Shadow-FT deployments and a worker: http://127.0.0.1:$(PORT) (Ctrl-C stops).
+PORT ?= 4200
+serve: setup
+	$(VENV)/bin/shadowft serve --port $(PORT)
 
 bench: setup
 	$(PY) benchmarks/graft.py

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from shadowft.cli import app, console, main as _library_main
+from flows import serve  # noqa: F401,E402  (registers `shadowft serve`)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -52,11 +53,39 @@ def run(
     """Run the Shadow-FT flow on CONFIG (ephemeral Prefect API, or the server at PREFECT_API_URL)."""
     from shadowft.config import load_config
 
+    from shadowft.stages import preflight
+
     cfg = load_config(config, set_ or [])  # config errors stop here, before Prefect starts
+    preflight(cfg)  # unknown suites, code suites without opt-in: also before Prefect starts
     _quiet_prefect_defaults()
     from flows.shadow_ft import shadow_ft
 
+    _quiet_user_error_tracebacks()
+    # A ShadowFTError raised in a task fails the task and the flow, and Prefect re-raises it here:
+    # `main` prints its message and hint and exits 2.
     _print_summary(shadow_ft(config=cfg))
+
+
+class _UserErrorWithoutTraceback:
+    """A logging filter: Prefect logs a failed task or flow with its traceback; for a ShadowFTError
+    (the user's input is wrong, the message says how to fix it) the message alone is shown."""
+
+    def filter(self, record) -> bool:
+        from shadowft.errors import ShadowFTError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ShadowFTError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_error_tracebacks() -> None:
+    import logging
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _UserErrorWithoutTraceback) for f in logger.filters):
+            logger.addFilter(_UserErrorWithoutTraceback())
 
 
 @app.command()

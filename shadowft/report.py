@@ -117,3 +117,81 @@ def write_report(results: dict[str, dict[str, Any]], out_dir: Path, title: str =
     (out_dir / "report.md").write_text(to_markdown(summary, title))
     draw_chart(summary, out_dir / "chart.png")
     return summary
+
+
+# -- run history: each run's summary under its name, and the comparison with the previous run ------
+
+
+def history_path(store_root: Path | str, name: str) -> Path:
+    """`<store root>/runs/<name>/history.jsonl`: one line per run of that name (oldest first)."""
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
+    return Path(store_root) / "runs" / slug / "history.jsonl"
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line of a crashed writer
+            continue
+    return entries
+
+
+def record_run(path: Path, summary: dict[str, Any], run_id: str, **info: Any) -> dict[str, Any] | None:
+    """Append this run's summary to the history (once per `run_id`) and return the previous run's
+    entry (the latest one of another run), or None for the first run of this name."""
+    import time
+
+    entries = read_history(path)
+    previous = next((e for e in reversed(entries) if e.get("run_id") != run_id), None)
+    if not any(e.get("run_id") == run_id for e in entries):
+        entry = {
+            "run_id": run_id,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **info,
+            "suites": summary["suites"],
+            "scores": summary["scores"],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:  # one write of one line: appends do not interleave
+            f.write(json.dumps(entry) + "\n")
+    return previous
+
+
+def compare_markdown(summary: dict[str, Any], previous: dict[str, Any] | None, report_key: str | None = None) -> str:
+    """A "vs previous run" section: each model's scores now and the change since the previous run
+    (`report_key`: this run's report artifact key; equal to the previous one = nothing changed)."""
+    if previous is None:
+        return "## vs previous run\n\nFirst run of this name: nothing to compare with yet.\n"
+    cols = [*summary["suites"], "mean"]
+    label = previous.get("run_name") or previous.get("run_id", "?")
+    same = report_key is not None and previous.get("report_key") == report_key
+    lines = [
+        "## vs previous run",
+        "",
+        f"Previous run: `{label}` at {previous.get('time', '?')}"
+        + (" (same inputs: results reused from the cache)." if same else "."),
+        "Scores in % now (change since the previous run in parentheses; `new` = not in the previous run).",
+        "",
+        "| model | " + " | ".join(cols) + " |",
+        "| --- | " + " | ".join("---:" for _ in cols) + " |",
+    ]
+    for model, scores in summary["scores"].items():
+        before = previous.get("scores", {}).get(model)
+        cells = []
+        for s in cols:
+            now, old = scores.get(s), (before or {}).get(s)
+            if now is None:
+                cells.append("-")
+            elif old is None:
+                cells.append(f"{_fmt(now)} (new)")
+            else:
+                d = now - old
+                cells.append(f"{_fmt(now)} ({'+' if d >= 0 else ''}{100 * d:.1f})")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
 
-from shadowft.report import table_rows, to_markdown
+from shadowft.report import compare_markdown, history_path, record_run, table_rows, to_markdown
 from shadowft.stages import report_spec
 from shadowft.store import Artifact
 from tasks._stage import build_stage
+
+# Charts up to this size are embedded in the markdown artifact (the UI shows them inline).
+MAX_INLINE_CHART = 512 * 1024
 
 
 @task(name="report", persist_result=True, result_serializer="json")
 def report(evals: dict[str, Artifact], title: str, store_root: str) -> Artifact:
     """Not cached by Prefect: it reuses the stored report (built once) and re-publishes the UI
-    artifacts, so every run, cached or not, shows its results table."""
+    artifacts, so every run, cached or not, shows its results table. Every run's summary is also
+    recorded under the run name (`title`), and the report compares with the previous run of it."""
     art, _ = build_stage(report_spec, evals=evals, title=title, store_root=store_root)
     summary = json.loads((art.path / "summary.json").read_text())
     create_table_artifact(table_rows(summary), key="shadow-ft-results", description=f"{title}: scores in % (change vs Instruct)")
-    md = to_markdown(summary, title) + f"\nChart: `{art.path / 'chart.png'}`\n\nSummary JSON: `{art.path / 'summary.json'}`\n"
+
+    history = history_path(store_root, title)
+    run_id = str(flow_run.get_id() or art.build_id)
+    previous = record_run(history, summary, run_id, run_name=flow_run.get_name(), report_key=art.key)
+    chart = art.path / "chart.png"
+    md = to_markdown(summary, title) + "\n" + compare_markdown(summary, previous, art.key) + "\n"
+    if chart.exists() and chart.stat().st_size <= MAX_INLINE_CHART:
+        md += f"## Chart\n\n![chart](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})\n\n"
+    md += f"Chart: [`{chart}`](file://{chart})\n\nSummary JSON: `{art.path / 'summary.json'}`\n\nRun history: `{history}`\n"
     create_markdown_artifact(md, key="shadow-ft-report", description=title)
     return art

@@ -190,3 +190,34 @@ def test_two_runs_at_once_compute_each_stage_once(prefect_env, llama_trio, tmp_p
     assert len(keys) == len(set(keys)), "a stage was computed twice"
     assert {s for s, _ in keys} >= {"pair", "data", "train", "graft", "eval", "report"}
     assert ArtifactStore(store_root).verify()["incomplete"] == []
+
+
+def test_ui_artifacts_are_published(prefect_env, llama_trio, tmp_path):
+    """The training progress artifact ends at 100%, the results table has a row per model."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.seed=23")
+    assert run_flow(cfg)[0] == "Completed"
+    with get_client(sync_client=True) as client:
+        def latest(key: str):
+            arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return max(arts, key=lambda a: a.created)
+
+        assert latest("train-progress-base").data == 100.0
+        table = latest("shadow-ft-results").data
+        rows = json.loads(table) if isinstance(table, str) else table
+        assert [r["model"] for r in rows] == ["instruct", "direct", "shadow-ft"]
+        assert "shadow-ft" in latest("shadow-ft-report").data
+
+
+def test_cli_run_prints_the_results_table(llama_trio, tmp_path):
+    cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.seed=5", "baselines=[instruct]")
+    (tmp_path / "run.yaml").write_text(cfg.to_yaml())
+    env = {**os.environ, "SHADOWFT_HOME": str(tmp_path / "store"), "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    r = subprocess.run([sys.executable, "-m", "flows", "run", str(tmp_path / "run.yaml"), "--set", "eval.limit=2"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "shadow-ft" in r.stdout and "instruct" in r.stdout and "toy-math" in r.stdout
+    assert str(tmp_path / "store" / "artifacts" / "report") in r.stdout
