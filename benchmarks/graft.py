@@ -220,16 +220,24 @@ def main() -> None:
     outs = {k: work / f"out-{k}" for k in ("io-limit", "shadowft", "mergekit")}
     for o in outs.values():
         shutil.rmtree(o, ignore_errors=True)
-    # Warm the page cache once so every job reads from memory, as measured for the targets.
-    run_measured([sys.executable, "-c", IO_LIMIT_SCRIPT, *map(str, (paths["instruct"], paths["base"], paths["tuned"], work / "warm"))])
-    shutil.rmtree(work / "warm", ignore_errors=True)
     args_io = [str(paths["instruct"]), str(paths["base"]), str(paths["tuned"])]
+
+    def warm() -> None:
+        """Read the inputs right before each job, so that every job starts from the page cache
+        (this VM reclaims cached file pages quickly; without it the later jobs read from disk)."""
+        run_measured([sys.executable, "-c", IO_LIMIT_SCRIPT, *args_io, str(work / "warm")])
+        shutil.rmtree(work / "warm", ignore_errors=True)
+
+    warm()
     results["io-limit"] = run_measured([sys.executable, "-c", IO_LIMIT_SCRIPT, *args_io, str(outs["io-limit"])])
+    shutil.rmtree(outs["io-limit"], ignore_errors=True)
+    warm()
     results["shadowft"] = run_measured([sys.executable, "-c", GRAFT_SCRIPT, *args_io, str(outs["shadowft"])])
     if not args.skip_mergekit:
         cfg = work / "mergekit.yml"
         cfg.write_text(mergekit_config(paths))
         mk = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
+        warm()
         results["mergekit"] = run_measured([mk, str(cfg), str(outs["mergekit"]), "--out-shard-size", "1B"])
         results["mergekit"]["max_abs_diff_vs_shadowft"] = compare_outputs(outs["shadowft"], outs["mergekit"])
 
@@ -258,12 +266,13 @@ def main() -> None:
             f"{r.get('speedup_vs_mergekit', float('nan')):.2f}",
         )
     Console().print(table)
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (a busy machine slows the compute-heavy jobs most)")
     record = {
         "params": n_params,
         "model_bytes": model_bytes,
         "bytes_moved": moved,
         "build_s": build_s,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__, "loadavg_at_end": os.getloadavg()},
         "results": results,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
