@@ -188,6 +188,11 @@ class _Buffers:
     def get(self, n: int) -> torch.Tensor:
         return self.work[:n]
 
+    def result(self, work: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Where to put `inst + alpha * work`: the float32 sum is rounded to the output dtype in
+        the same pass (torch computes in float32 and casts on store), saving a conversion pass."""
+        return work if dtype == torch.float32 else self.stage("out", work.numel(), dtype)
+
     def stage(self, slot: str, n: int, dtype: torch.dtype) -> torch.Tensor:
         nbytes = n * torch.empty((), dtype=dtype).element_size()
         buf = self._staging.get(slot)
@@ -237,7 +242,7 @@ def _graft_pair(emit: Emit, inst: _Stream, base: _Stream, tuned: _Stream, alpha,
         w.copy_(tuned.chunk(s, e))
         w.sub_(base.chunk(s, e))
         _check_finite(w, name, "update (tuned - base)")
-        emit(torch.add(inst.chunk(s, e), w, alpha=alpha, out=w))
+        emit(torch.add(inst.chunk(s, e), w, alpha=alpha, out=bufs.result(w, inst.info.dtype)))
     _copy_rest(emit, inst, n_delta, bufs)
 
 
@@ -248,7 +253,7 @@ def _graft_delta(emit: Emit, inst: _Stream, delta: _Stream, alpha, n_delta, bufs
         w = bufs.get(e - s)
         w.copy_(delta.chunk(s, e))
         _check_finite(w, name, "delta")
-        emit(torch.add(inst.chunk(s, e), w, alpha=alpha, out=w))
+        emit(torch.add(inst.chunk(s, e), w, alpha=alpha, out=bufs.result(w, inst.info.dtype)))
     _copy_rest(emit, inst, n_delta, bufs)
 
 
