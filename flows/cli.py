@@ -14,6 +14,7 @@ from rich.table import Table
 
 from shadowft.cli import app, console, main as _library_main
 from flows import serve  # noqa: F401,E402  (registers `shadowft serve`)
+from flows import compare_cli  # noqa: F401,E402  (registers `shadowft compare`)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -26,7 +26,8 @@ from shadowft.fingerprint import fingerprint_path
 from shadowft.store import Artifact, ArtifactStore, artifact_key
 
 # Bump a stage's version when its code changes what it produces: its artifacts are rebuilt.
-STAGE_VERSIONS = {"pair": "2", "data": "1", "train": "1", "delta": "1", "graft": "1", "eval": "1", "report": "1"}
+STAGE_VERSIONS = {"pair": "2", "data": "1", "train": "1", "delta": "1", "graft": "1", "eval": "1", "report": "1",
+                  "distance": "1", "compare": "1"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
 
@@ -221,3 +222,24 @@ def report_spec(evals: dict[str, Artifact], title: str = "Shadow-FT results") ->
         return {"summary": write_report(results, tmp, title=title)}
 
     return StageSpec("report", {"models": list(evals), "title": title}, {n: artifact_ref(a) for n, a in evals.items()}, produce)
+
+
+def _model_dir_and_ref(model: Path | Artifact) -> tuple[Path, str]:
+    if isinstance(model, Artifact):
+        return model.path / "model", artifact_ref(model)
+    return Path(model), model_ref(model)
+
+
+def distance_spec(a: Path | Artifact, b: Path | Artifact) -> StageSpec:
+    """The paper's sigma between two full models (model dirs or train/graft artifacts): `sigma.json`."""
+    from shadowft.pair import similarity
+
+    dir_a, ref_a = _model_dir_and_ref(a)
+    dir_b, ref_b = _model_dir_and_ref(b)
+
+    def produce(tmp: Path) -> dict:
+        report = similarity(dir_a, dir_b).to_dict()
+        (tmp / "sigma.json").write_text(json.dumps(report, indent=2) + "\n")
+        return {"sigma": {k: report[k] for k in ("mean", "median", "max", "min", "n_summarised")}}
+
+    return StageSpec("distance", {}, {"a": ref_a, "b": ref_b}, produce)

@@ -1,0 +1,88 @@
+"""The paper's experiment as one Prefect flow: Shadow-FT against conventional tuning, over seeds.
+
+    check the pair -> prepare data (once) -> for each seed and method:
+        tune Base -> (full: delta) -> graft onto Instruct (alpha sweep, scopes)
+        tune Instruct -> (LoRA: merge)                         = conventional tuning
+    -> evaluate every model (Instruct and Base once) -> sigma to the start points -> comparison
+
+Every stage is the pipeline's own task, so the same inputs give the same artifact keys: a model the
+`shadow-ft` flow or an earlier comparison already built is reused, and a comparison extended later
+(a seed, an alpha) computes only what is new.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.shadow_ft import MERGE, store_root
+from shadowft.compare import CompareConfig
+from shadowft.stages import preflight, resolve_model, zoo_placeholders
+from shadowft.store import Artifact
+from tasks.compare import comparison, distance
+from tasks.data import prepare_data
+from tasks.evaluate import evaluate
+from tasks.pair import check_pair
+from tasks.train import train
+from tasks.weights import extract_delta, graft
+from tasks.zoo import embedded_family
+
+
+@flow(name="shadow-ft-compare")
+def compare(config: CompareConfig = CompareConfig()) -> dict:
+    run = config.run
+    store = store_root(run)
+    preflight(run)
+    if run.placeholders():
+        run = run.resolve(zoo_placeholders(embedded_family().root))
+    trust = run.pair.trust_remote_code
+    base = resolve_model(run.pair.base, run.pair.base_revision, role="base", trust_remote_code=trust)
+    instruct = resolve_model(run.pair.instruct, run.pair.instruct_revision, role="instruct", trust_remote_code=trust)
+
+    check_pair(run.pair, base, instruct, run.graft.scope, store)
+    data = prepare_data(run.data, instruct, store)
+
+    evals: dict[str, dict[str, Artifact]] = {"instruct": {"-": evaluate(run.eval, instruct, "instruct", store)}}
+    info: dict[str, dict[str, Any]] = {"instruct": {"kind": "reference", "chat_template": True}}
+    if config.include_base:
+        no_template = run.eval.model_copy(update={"apply_chat_template": False})
+        evals["base"] = {"-": evaluate(no_template, base, "base", store)}
+        info["base"] = {"kind": "reference", "chat_template": False}
+    distances: dict[str, dict[str, dict[str, Artifact]]] = {}
+    variants = config.variants()
+    for v in variants:
+        info[v.name] = {"kind": v.kind, "method": v.method, "lr": config.lr_for(v.method), "baseline": v.baseline,
+                        **({"alpha": v.alpha, "scope": v.scope} if v.kind == "shadow" else {}),
+                        "trained_what": ("Instruct" if v.kind == "direct" else "Base") + (" + LoRA" if v.method == "lora" else "")}
+        evals[v.name], distances[v.name] = {}, {}
+
+    for seed in config.seeds:
+        for method in config.methods:
+            tc = config.train_for(method, seed)
+            tag = f"{method}-s{seed}"
+            # Shadow-FT: tune Base; the update is the delta (full) or the adapter (LoRA)
+            tuned_base = train(tc, base, data, f"base-{tag}", store)
+            update = extract_delta(base, tuned_base, store) if method == "full" else tuned_base
+            # conventional: tune Instruct (a LoRA adapter is merged into it)
+            tuned_inst = train(tc, instruct, data, f"instruct-{tag}", store)
+            direct = tuned_inst if method == "full" else graft(MERGE, instruct, tuned_inst, f"direct-{tag}", store)
+            # the trained models as full weights, to measure how far each moved from its start
+            moved_base = tuned_base if method == "full" else graft(MERGE, base, tuned_base, f"base-merged-{tag}", store)
+
+            for v in (v for v in variants if v.method == method):
+                if v.kind == "direct":
+                    model, trained = direct, (direct, instruct)
+                else:
+                    label = f"{v.name}-s{seed}".replace(" ", "-").replace("=", "")
+                    model, trained = graft(v.graft, instruct, update, label, store), (moved_base, base)
+                label = f"{v.name}-s{seed}".replace(" ", "-").replace("=", "")
+                evals[v.name][str(seed)] = evaluate(run.eval, model, label, store)
+                if config.distances:
+                    distances[v.name][str(seed)] = {
+                        "trained": distance(*trained, f"trained-{label}", store),
+                        "final": distance(model, instruct, f"final-{label}", store),
+                    }
+
+    result = comparison(evals, distances, info, config.title, store)
+    return {"comparison": str(result.path), "models": list(evals)}

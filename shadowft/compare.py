@@ -1,0 +1,441 @@
+"""The paper's experiment at small scale: Shadow-FT against conventional tuning, over seeds.
+
+For one pair and one dataset, a comparison scores
+
+- ``instruct`` (as is) and ``base`` (without chat template, for reference);
+- conventional tuning of Instruct, ``direct-lora`` and ``direct-full``;
+- Shadow-FT, ``shadow-lora`` and ``shadow-full`` (alpha 1, the run's graft scope), and optionally an
+  alpha sweep (``shadow-lora a=0.5``) and other graft scopes (``shadow-full scope=all``);
+
+each tuned model once per seed. This module holds the typed config, the list of variants, the
+aggregation (mean and sample standard deviation over seeds, the change against Instruct, the paired
+shadow-minus-direct difference), the markdown table, the chart and the weight-side view (sigma of
+each tuned model to its start point). No Prefect here: the flow is `flows/compare.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shadowft.config import (
+    DEFAULT_LR,
+    GraftConfig,
+    Method,
+    RunConfig,
+    TrainConfig,
+    parse_override,
+)
+from shadowft.errors import ShadowFTError
+
+REFERENCE = "instruct"
+#: A difference counts as larger than the seed spread when |mean| > SIGNIFICANCE x standard error.
+SIGNIFICANCE = 2.0
+
+
+class CompareConfig(BaseModel):
+    """A comparison: one run config (pair, data, training, eval) tuned with every method, per seed."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    run: RunConfig = Field(
+        default_factory=RunConfig,
+        description="The pair, data, training, graft and evaluation settings shared by every model "
+        "(train.method, train.lr, train.seed, graft.alpha are set per variant; baselines are ignored).",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="Training seeds (train.seed).")
+    methods: list[Method] = Field(
+        default_factory=lambda: ["lora", "full"], min_length=1, description="Tuning methods compared: lora, full."
+    )
+    lr: dict[Method, float] = Field(
+        default_factory=dict,
+        description="Peak learning rate per method; a method not listed uses run.train.lr if run.train.method is "
+        "that method, else its published default (LoRA 2e-4, full 1e-5).",
+    )
+    alphas: list[float] = Field(
+        default_factory=lambda: [1.0], min_length=1, description="Graft alphas of Shadow-FT (1.0 is the published one)."
+    )
+    scopes: list[str] = Field(
+        default_factory=lambda: ["projections"],
+        min_length=1,
+        description="Graft scopes of Shadow-FT: projections, all, or a regex. The first is the main one; the "
+        "others are evaluated at alpha 1.",
+    )
+    include_base: bool = Field(default=True, description="Also evaluate Base (without chat template) for reference.")
+    distances: bool = Field(default=True, description="Compute sigma of each tuned model to its start point.")
+    title: str = Field(default="Shadow-FT vs conventional tuning", description="Title of the table and chart.")
+
+    @field_validator("seeds", "methods", "alphas", "scopes")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        return list(dict.fromkeys(v))
+
+    @field_validator("alphas")
+    @classmethod
+    def _alpha_range(cls, v: list[float]) -> list[float]:
+        for a in v:
+            GraftConfig(alpha=a)
+        return v
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes_valid(cls, v: list[str]) -> list[str]:
+        for s in v:
+            GraftConfig(scope=s)
+        return v
+
+    # -- the models of the comparison ------------------------------------------------------------
+    def lr_for(self, method: str) -> float:
+        if method in self.lr:
+            return self.lr[method]
+        if method == self.run.train.method and self.run.train.lr is not None:
+            return self.run.train.lr
+        return DEFAULT_LR[method]
+
+    def train_for(self, method: str, seed: int) -> TrainConfig:
+        """The training config of `method` at `seed` (the run's settings otherwise)."""
+        data = self.run.train.model_dump()
+        data.update(method=method, lr=self.lr_for(method), seed=seed)
+        return TrainConfig.model_validate(data)
+
+    def variants(self) -> list[Variant]:
+        """Tuned models, in table order: per method the direct baseline, then Shadow-FT (alpha 1 or the
+        first alpha, first scope), then the other alphas, then the other scopes."""
+        main_alpha = 1.0 if 1.0 in self.alphas else self.alphas[0]
+        out: list[Variant] = []
+        for m in self.methods:
+            out.append(Variant(name=f"direct-{m}", method=m, kind="direct"))
+            out.append(Variant(name=f"shadow-{m}", method=m, kind="shadow", alpha=main_alpha, scope=self.scopes[0]))
+            out += [Variant(name=f"shadow-{m} a={a:g}", method=m, kind="shadow", alpha=a, scope=self.scopes[0])
+                    for a in self.alphas if a != main_alpha]
+            out += [Variant(name=f"shadow-{m} scope={s}", method=m, kind="shadow", alpha=main_alpha, scope=s)
+                    for s in self.scopes[1:]]
+        return out
+
+
+class Variant(BaseModel):
+    """One tuned model of the comparison (evaluated once per seed)."""
+
+    name: str
+    method: Method
+    kind: Literal["direct", "shadow"]
+    alpha: float = 1.0
+    scope: str = "projections"
+
+    @property
+    def graft(self) -> GraftConfig:
+        return GraftConfig(alpha=self.alpha, scope=self.scope)
+
+    @property
+    def baseline(self) -> str:
+        """The conventional model this one is compared with (same method)."""
+        return f"direct-{self.method}"
+
+
+def load_compare_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
+    """Read a comparison YAML (`run:` holds a run config), apply ``key.sub=value`` overrides (e.g.
+    ``seeds=[0]``, ``run.eval.limit=20``) and validate; problems raise `ShadowFTError`."""
+    data: dict[str, Any] = {}
+    where = str(path) if path is not None else "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ShadowFTError(f"comparison config {p} does not exist", hint="see examples/compare-toy.yaml")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ShadowFTError(f"{p}: invalid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ShadowFTError(f"{p}: a comparison config must be a mapping (run, seeds, methods, ...)")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ShadowFTError(f"override {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    try:
+        return CompareConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(x) for x in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()]
+        raise ShadowFTError(
+            f"invalid comparison config ({where}):\n  " + "\n  ".join(problems),
+            hint="every key is listed with a comment in examples/compare-toy.yaml",
+        ) from None
+
+
+# -- aggregation -----------------------------------------------------------------------------------
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1); std is None for fewer than two values."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, None
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def _with_mean(scores: dict[str, float | None], suites: list[str]) -> dict[str, float | None]:
+    row = {s: scores.get(s) for s in suites}
+    vals = [v for v in row.values() if v is not None]
+    row["mean"] = sum(vals) / len(vals) if vals else None
+    return row
+
+
+def aggregate(
+    results: dict[str, dict[str, dict[str, Any]]],
+    info: dict[str, dict[str, Any]] | None = None,
+    distances: dict[str, dict[str, dict[str, float]]] | None = None,
+    title: str = "Shadow-FT vs conventional tuning",
+) -> dict[str, Any]:
+    """The comparison summary.
+
+    - `results`: model -> seed (as text; "-" for untrained models) -> an evaluate `results.json` dict;
+    - `info`: model -> {kind, method, alpha, scope, chat_template, baseline} (shown in the JSON);
+    - `distances`: model -> seed -> {"trained": sigma to its start, "final": sigma to Instruct}.
+
+    Per model and suite: per-seed scores (the suite mean is taken per seed, then over seeds), mean and
+    sample std over seeds, the change of the mean against Instruct. Per Shadow-FT model: the paired
+    per-seed difference to its conventional baseline, with mean, std, standard error and whether
+    |mean| > 2 standard errors.
+    """
+    info = info or {}
+    suites: list[str] = []
+    chance: dict[str, float | None] = {}
+    items: dict[str, int | None] = {}
+    for per_seed in results.values():
+        for r in per_seed.values():
+            for s, v in r["suites"].items():
+                if s not in suites:
+                    suites.append(s)
+                    chance[s], items[s] = v.get("chance"), v.get("n")
+    cols = [*suites, "mean"]
+    models: dict[str, Any] = {}
+    for name, per_seed in results.items():
+        rows = {seed: _with_mean({s: v["score"] for s, v in r["suites"].items()}, suites) for seed, r in per_seed.items()}
+        stats = {c: mean_std([row[c] for row in rows.values()]) for c in cols}
+        models[name] = {
+            **info.get(name, {}),
+            "seeds": list(rows),
+            "per_seed": rows,
+            "mean": {c: stats[c][0] for c in cols},
+            "std": {c: stats[c][1] for c in cols},
+        }
+    ref = models.get(REFERENCE, {}).get("mean")
+    for m in models.values():
+        m["change"] = {c: (m["mean"][c] - ref[c]) if ref and m["mean"][c] is not None and ref.get(c) is not None else None
+                       for c in cols}
+
+    paired: dict[str, Any] = {}
+    for name, m in models.items():
+        base_name = m.get("baseline")
+        if m.get("kind") != "shadow" or base_name not in models:
+            continue
+        other = models[base_name]["per_seed"]
+        common = [s for s in m["per_seed"] if s in other]
+        if not common:
+            continue
+        entry: dict[str, Any] = {"vs": base_name, "seeds": common, "diff": {}, "std": {}, "se": {}, "beyond_spread": {}}
+        for c in cols:
+            diffs = [m["per_seed"][s][c] - other[s][c] for s in common
+                     if m["per_seed"][s][c] is not None and other[s][c] is not None]
+            mu, sd = mean_std(diffs)
+            se = sd / math.sqrt(len(diffs)) if sd is not None else None
+            entry["diff"][c], entry["std"][c], entry["se"][c] = mu, sd, se
+            entry["beyond_spread"][c] = (
+                None if mu is None or se is None else (abs(mu) > SIGNIFICANCE * se if se > 0 else mu != 0)
+            )
+        paired[name] = entry
+
+    dist: dict[str, Any] = {}
+    for name, per_seed in (distances or {}).items():
+        d: dict[str, Any] = {}
+        for k in ("trained", "final"):
+            vals = [v[k] for v in per_seed.values() if v.get(k) is not None]
+            if vals:
+                mu, sd = mean_std(vals)
+                d[k] = {"mean": mu, "std": sd, "per_seed": {s: v.get(k) for s, v in per_seed.items()}}
+        d["trained_what"] = info.get(name, {}).get("trained_what")
+        dist[name] = d
+
+    return {
+        "title": title,
+        "suites": suites,
+        "chance": chance,
+        "items": items,
+        "reference": REFERENCE,
+        "significance": f"|mean paired difference| > {SIGNIFICANCE:g} x standard error over seeds",
+        "models": models,
+        "paired": paired,
+        "distances": dist,
+    }
+
+
+# -- presentation ----------------------------------------------------------------------------------
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def cell(model: dict[str, Any], col: str, reference: bool = False) -> str:
+    """``mean ± std (change vs Instruct)`` in %, e.g. ``31.0 ± 2.1 (+4.0)``."""
+    text = _pct(model["mean"].get(col))
+    if model["std"].get(col) is not None:
+        text += f" ± {100 * model['std'][col]:.1f}"
+    if not reference and model["change"].get(col) is not None:
+        text += f" ({_pct(model['change'][col], signed=True)})"
+    return text
+
+
+def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """Rows for a table artifact: model, seeds, then mean ± std (change vs Instruct) per suite and the mean."""
+    rows = []
+    for name, m in summary["models"].items():
+        row = {"model": name, "seeds": str(len(m["seeds"])) if m.get("kind") in ("direct", "shadow") else "-"}
+        for c in [*summary["suites"], "mean"]:
+            row[c] = cell(m, c, reference=name == summary["reference"])
+        rows.append(row)
+    return rows
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    cols = [*summary["suites"], "mean"]
+    lines = [
+        f"# {summary['title']}",
+        "",
+        ("Scores in %: mean ± standard deviation over seeds (change of the mean against Instruct). "
+         "Instruct and Base are not trained: one evaluation, no spread. Base is evaluated without chat template."),
+        "",
+        "| model | seeds | " + " | ".join(cols) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in cols) + " |",
+    ]
+    for row in table_rows(summary):
+        lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(row[c] for c in cols) + " |")
+    lines += [
+        "| *chance* | | " + " | ".join(_pct(summary["chance"].get(s)) for s in summary["suites"]) + " | |",
+        "| *items* | | " + " | ".join(str(summary["items"].get(s) or "-") for s in summary["suites"]) + " | |",
+        "",
+    ]
+    if summary["paired"]:
+        lines += [
+            "## Shadow-FT minus conventional tuning (same method, paired by seed)",
+            "",
+            f"Mean ± std of the per-seed difference in points; **bold**: {summary['significance']}.",
+            "",
+            "| model | vs | " + " | ".join(cols) + " |",
+            "| --- | --- | " + " | ".join("---:" for _ in cols) + " |",
+        ]
+        for name, p in summary["paired"].items():
+            cells = []
+            for c in cols:
+                t = _pct(p["diff"][c], signed=True)
+                if p["std"][c] is not None:
+                    t += f" ± {100 * p['std'][c]:.1f}"
+                cells.append(f"**{t}**" if p["beyond_spread"][c] else t)
+            lines.append(f"| {name} | {p['vs']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if summary["distances"]:
+        lines += [
+            "## How far each method moved the weights (sigma, mean over layer tensors)",
+            "",
+            ("sigma(A, B) = sum|A - B| / (sum|A| + sum|B|). *trained*: the model that was trained, against its "
+             "start point (a LoRA adapter merged into it); *final*: the evaluated model against Instruct."),
+            "",
+            "| model | trained | sigma(trained, start) | sigma(final, Instruct) |",
+            "| --- | --- | ---: | ---: |",
+        ]
+        for name, d in summary["distances"].items():
+            def f(k: str, d: dict[str, Any] = d) -> str:
+                if k not in d:
+                    return "-"
+                s = f"{d[k]['mean']:.5f}"
+                return s + (f" ± {d[k]['std']:.5f}" if d[k]["std"] is not None else "")
+            lines.append(f"| {name} | {d.get('trained_what') or '-'} | {f('trained')} | {f('final')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def draw_chart(summary: dict[str, Any], path: Path) -> Path:
+    """Grouped bars (mean over seeds, std as error bars) per suite and the mean; chance dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [*summary["suites"], "mean"]
+    models = list(summary["models"])
+    width = 0.85 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(2.0 + 1.9 * len(cols), 4.2), dpi=110)
+    cmap = plt.get_cmap("tab20")
+    for i, name in enumerate(models):
+        m = summary["models"][name]
+        xs = [x + i * width - 0.425 + width / 2 for x in range(len(cols))]
+        vals = [100 * (m["mean"].get(c) or 0.0) for c in cols]
+        err = [100 * (m["std"].get(c) or 0.0) for c in cols]
+        hatch = "//" if m.get("kind") == "shadow" else None
+        ax.bar(xs, vals, width, yerr=err, capsize=2, label=name, color=cmap(i % 20), hatch=hatch, edgecolor="white", linewidth=0.3)
+    for x, s in enumerate(summary["suites"]):
+        c = summary["chance"].get(s)
+        if c:
+            ax.hlines(100 * c, x - 0.45, x + 0.45, colors="gray", linestyles="dashed", linewidth=1)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_ylabel("score (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(f"{summary['title']} (mean ± std over seeds; dashed: chance)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_comparison(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """`summary.json`, `table.md` and `chart.png` in `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"summary": out_dir / "summary.json", "table": out_dir / "table.md", "chart": out_dir / "chart.png"}
+    files["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    files["table"].write_text(to_markdown(summary))
+    draw_chart(summary, files["chart"])
+    return files
+
+
+# -- the comparison as a stored stage ---------------------------------------------------------------
+
+
+def comparison_spec(
+    evals: dict[str, dict[str, Any]],
+    distances: dict[str, dict[str, dict[str, Any]]] | None = None,
+    info: dict[str, dict[str, Any]] | None = None,
+    title: str = "Shadow-FT vs conventional tuning",
+):
+    """The stored comparison (`summary.json`, `table.md`, `chart.png`), keyed by the evaluation and
+    distance artifacts it aggregates. `evals`: model -> seed -> eval `Artifact`; `distances`: model ->
+    seed -> {"trained" | "final": distance `Artifact`}."""
+    from shadowft.stages import StageSpec, artifact_ref
+
+    def produce(tmp: Path) -> dict:
+        results = {m: {s: json.loads((a.path / "results.json").read_text()) for s, a in per.items()} for m, per in evals.items()}
+        sig = {
+            m: {s: {k: json.loads((a.path / "sigma.json").read_text())["mean"] for k, a in d.items()} for s, d in per.items()}
+            for m, per in (distances or {}).items()
+        }
+        summary = aggregate(results, info, sig, title)
+        write_comparison(summary, tmp)
+        return {"models": list(summary["models"])}
+
+    inputs = {f"eval:{m}:{s}": artifact_ref(a) for m, per in evals.items() for s, a in per.items()}
+    inputs |= {f"distance:{m}:{s}:{k}": artifact_ref(a) for m, per in (distances or {}).items() for s, d in per.items() for k, a in d.items()}
+    return StageSpec("compare", {"title": title, "info": info or {}, "models": list(evals)}, inputs, produce)

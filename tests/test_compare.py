@@ -1,0 +1,155 @@
+"""The comparison flow (Shadow-FT vs conventional tuning over seeds): aggregation by hand, a real
+Prefect run on tiny models, and a re-run that reuses every cached stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from shadowft.compare import (
+    CompareConfig,
+    aggregate,
+    load_compare_config,
+    mean_std,
+    to_markdown,
+)
+from shadowft.errors import ShadowFTError
+from tests.test_pipeline import prefect_env, write_dataset  # noqa: F401  (module fixture reused)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _res(**scores: float) -> dict:
+    return {"suites": {s: {"score": v, "chance": 0.5 if s == "r" else 0.0, "n": 10} for s, v in scores.items()}}
+
+
+def test_mean_std_by_hand():
+    m, s = mean_std([0.2, 0.4, 0.6])
+    assert m == pytest.approx(0.4) and s == pytest.approx(0.2)  # sqrt((0.04 + 0 + 0.04) / 2)
+    assert mean_std([0.3]) == (0.3, None)
+    assert mean_std([]) == (None, None)
+
+
+def test_aggregate_by_hand():
+    results = {
+        "instruct": {"-": _res(a=0.5, r=0.6)},
+        "direct-lora": {"0": _res(a=0.2, r=0.6), "1": _res(a=0.4, r=0.6), "2": _res(a=0.6, r=0.6)},
+        "shadow-lora": {"0": _res(a=0.5, r=0.7), "1": _res(a=0.5, r=0.6), "2": _res(a=0.8, r=0.8)},
+    }
+    info = {"instruct": {"kind": "reference"}, "direct-lora": {"kind": "direct", "baseline": "direct-lora"},
+            "shadow-lora": {"kind": "shadow", "baseline": "direct-lora"}}
+    dist = {"shadow-lora": {"0": {"trained": 0.01, "final": 0.02}, "1": {"trained": 0.03, "final": 0.04}}}
+    s = aggregate(results, info, dist, title="t")
+    d, sh = s["models"]["direct-lora"], s["models"]["shadow-lora"]
+    assert d["mean"]["a"] == pytest.approx(0.4) and d["std"]["a"] == pytest.approx(0.2)
+    assert d["std"]["r"] == pytest.approx(0.0)
+    # the suite mean is taken per seed (0.4, 0.5, 0.6), then over seeds
+    assert d["mean"]["mean"] == pytest.approx(0.5) and d["std"]["mean"] == pytest.approx(0.1)
+    assert d["change"]["a"] == pytest.approx(-0.1) and d["change"]["mean"] == pytest.approx(-0.05)
+    assert sh["mean"]["r"] == pytest.approx(0.7) and sh["std"]["r"] == pytest.approx(0.1)
+    assert s["models"]["instruct"]["std"]["a"] is None  # one evaluation: no spread
+    # paired by seed: a diffs 0.3, 0.1, 0.2 -> mean 0.2, std 0.1, se 0.1/sqrt(3); 0.2 > 2 se
+    p = s["paired"]["shadow-lora"]
+    assert p["vs"] == "direct-lora"
+    assert p["diff"]["a"] == pytest.approx(0.2) and p["std"]["a"] == pytest.approx(0.1)
+    assert p["se"]["a"] == pytest.approx(0.1 / math.sqrt(3)) and p["beyond_spread"]["a"] is True
+    # r diffs 0.1, 0.0, 0.2 -> mean 0.1, std 0.1, se 0.0577: 0.1 < 0.115, within the spread
+    assert p["diff"]["r"] == pytest.approx(0.1) and p["beyond_spread"]["r"] is False
+    assert s["distances"]["shadow-lora"]["trained"]["mean"] == pytest.approx(0.02)
+    assert s["distances"]["shadow-lora"]["final"]["std"] == pytest.approx(math.sqrt(2) * 0.01)
+    md = to_markdown(s)
+    assert "| direct-lora | 3 | 40.0 ± 20.0 (-10.0) | 60.0 ± 0.0 (+0.0) | 50.0 ± 10.0 (-5.0) |" in md
+    assert "**+20.0 ± 10.0**" in md and "| shadow-lora | vs" not in md
+
+
+def test_config_examples_and_variants():
+    cfg = load_compare_config(EXAMPLES / "compare-toy.yaml")
+    names = [v.name for v in cfg.variants()]
+    assert names[:2] == ["direct-lora", "shadow-lora"] and "shadow-full a=1.5" in names and "shadow-full scope=all" in names
+    assert cfg.train_for("full", 2).lr == 1e-4 and cfg.train_for("lora", 2).seed == 2
+    assert load_compare_config(EXAMPLES / "compare-toy-domain.yaml").run.data.sources == ["zoo:domain", "zoo:general"]
+    # lr not given: the run's lr for its own method, else the published default
+    c = CompareConfig.model_validate({"run": {"train": {"method": "full", "lr": 3e-4}}})
+    assert c.lr_for("full") == 3e-4 and c.lr_for("lora") == 2e-4
+    with pytest.raises(ShadowFTError, match="alphas"):
+        load_compare_config(EXAMPLES / "compare-toy.yaml", ["alphas=[0]"])
+    with pytest.raises(ShadowFTError, match="seedz"):
+        load_compare_config(None, ["seedz=[1]"])
+
+
+def run_compare(cfg: CompareConfig) -> tuple[str, dict[str, list[str]], dict]:
+    """Run the comparison flow; return (flow state, {task run name: [state names]}, result)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.compare import compare
+
+    state = compare(config=cfg, return_state=True)
+    with get_client(sync_client=True) as client:
+        # task runs and their states arrive through the server's event recorder: read until settled
+        seen, stable = -1, 0
+        for _ in range(100):
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            settled = all(r.state is not None and r.state.is_final() for r in runs)
+            stable = stable + 1 if settled and len(runs) == seen else 0
+            if stable >= 3:
+                break
+            seen = len(runs)
+            time.sleep(0.3)
+    states: dict[str, list[str]] = {}
+    for r in runs:
+        name = "comparison" if r.name.startswith("comparison") else r.name  # uncached: a generated suffix
+        states.setdefault(name, []).append(r.state.name)
+    return state.name, states, (state.result() if state.is_completed() else {})
+
+
+def test_compare_flow_on_tiny_models_then_rerun_is_cached(prefect_env, llama_trio, tmp_path):  # noqa: F811
+    data = write_dataset(tmp_path / "d.jsonl")
+    cfg = load_compare_config(None, [
+        f"run.pair.base={llama_trio['base']}", f"run.pair.instruct={llama_trio['instruct']}",
+        f"run.data.sources=[{data}]", "run.data.max_length=64",
+        "run.train.max_steps=3", "run.train.batch_size=4",
+        "run.eval.suites=[toy-math,toy-reasoning]", "run.eval.limit=4",
+        "seeds=[0]", "alphas=[1.0,0.5]", "scopes=[projections,all]", "methods=[lora,full]", "lr={lora: 1e-3, full: 1e-4}",
+    ])
+    flow_state, states, result = run_compare(cfg)
+    assert flow_state == "Completed", states
+    # per seed and method: Base and Instruct trained once each
+    trains = [n for n in states if n.startswith("train-")]
+    assert sorted(trains) == sorted(f"train-{r}-{m}-s{s}" for r in ("base", "instruct") for m in ("lora", "full") for s in (0,))
+    stage_states = [st for n, sts in states.items() if n != "comparison" for st in sts]
+    assert set(stage_states) <= {"Completed", "Cached"}, states
+    folder = Path(result["comparison"])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert list(summary["models"]) == ["instruct", "base", "direct-lora", "shadow-lora", "shadow-lora a=0.5",
+                                       "shadow-lora scope=all", "direct-full", "shadow-full", "shadow-full a=0.5",
+                                       "shadow-full scope=all"]
+    assert summary["models"]["shadow-full"]["seeds"] == ["0"]
+    assert summary["models"]["base"]["chat_template"] is False
+    assert set(summary["paired"]) == {"shadow-lora", "shadow-lora a=0.5", "shadow-lora scope=all",
+                                      "shadow-full", "shadow-full a=0.5", "shadow-full scope=all"}
+    dist = summary["distances"]
+    assert dist["direct-full"]["trained"]["mean"] > 0 and dist["shadow-lora"]["trained"]["mean"] > 0
+    # conventional tuning: the trained model is the evaluated one
+    assert dist["direct-full"]["trained"]["mean"] == pytest.approx(dist["direct-full"]["final"]["mean"])
+    # LoRA's graft scope `all` equals `projections` (the adapter only touches projections)
+    assert dist["shadow-lora scope=all"]["final"]["mean"] == pytest.approx(dist["shadow-lora"]["final"]["mean"])
+    assert (folder / "chart.png").stat().st_size > 1000 and "± " in (folder / "table.md").read_text()
+
+    flow_state, states2, result2 = run_compare(cfg)
+    assert flow_state == "Completed"
+    assert states2.keys() == states.keys()
+    reran = {n: sts for n, sts in states2.items() if n not in ("comparison", "embedded_family") and set(sts) != {"Cached"}}
+    assert not reran, reran
+    assert states2["comparison"] == ["Completed"] and result2["comparison"] == result["comparison"]
+
+    # extended by an alpha: only its grafts, evaluations and distances are computed, no training
+    flow_state, states3, result3 = run_compare(cfg.model_copy(update={"alphas": [1.0, 0.5, 1.5]}))
+    computed = {n for n, sts in states3.items() if "Completed" in sts and n != "comparison"}
+    assert computed == {f"{t}-shadow-{m}-a1.5-s0" for m in ("lora", "full")
+                        for t in ("graft", "evaluate", "sigma-final")}, computed
+    assert "shadow-full a=1.5" in json.loads((Path(result3["comparison"]) / "summary.json").read_text())["models"]
