@@ -16,9 +16,8 @@ from typing import Any
 
 from prefect import flow
 
-from flows.shadow_ft import MERGE, store_root
+from flows.shadow_ft import MERGE, resolve_run
 from shadowft.compare import CompareConfig
-from shadowft.stages import preflight, resolve_model, zoo_placeholders
 from shadowft.store import Artifact
 from tasks.compare import comparison, distance
 from tasks.data import prepare_data
@@ -26,19 +25,11 @@ from tasks.evaluate import evaluate
 from tasks.pair import check_pair
 from tasks.train import train
 from tasks.weights import extract_delta, graft
-from tasks.zoo import embedded_family
 
 
 @flow(name="shadow-ft-compare")
 def compare(config: CompareConfig = CompareConfig()) -> dict:
-    run = config.run
-    store = store_root(run)
-    preflight(run)
-    if run.placeholders():
-        run = run.resolve(zoo_placeholders(embedded_family().root))
-    trust = run.pair.trust_remote_code
-    base = resolve_model(run.pair.base, run.pair.base_revision, role="base", trust_remote_code=trust)
-    instruct = resolve_model(run.pair.instruct, run.pair.instruct_revision, role="instruct", trust_remote_code=trust)
+    run, base, instruct, store = resolve_run(config.run)
 
     check_pair(run.pair, base, instruct, run.graft.scope, store)
     data = prepare_data(run.data, instruct, store)

@@ -35,15 +35,22 @@ def store_root(config: RunConfig) -> str:
     return str(default_home() if "SHADOWFT_HOME" in os.environ else Path(config.output.root).absolute() / "store")
 
 
-@flow(name="shadow-ft")
-def shadow_ft(config: RunConfig = RunConfig()) -> dict:
-    store = store_root(config)
+def resolve_run(config: RunConfig) -> tuple[RunConfig, Path, Path, str]:
+    """Checks that need no model, the embedded family for `zoo:` placeholders, local model dirs.
+    -> (resolved config, base dir, instruct dir, store root)"""
     preflight(config)  # unknown eval suites, code suites without opt-in: fail before any stage
+    store = store_root(config)
     if config.placeholders():
         config = config.resolve(zoo_placeholders(embedded_family().root))
     trust = config.pair.trust_remote_code
     base = resolve_model(config.pair.base, config.pair.base_revision, role="base", trust_remote_code=trust)
     instruct = resolve_model(config.pair.instruct, config.pair.instruct_revision, role="instruct", trust_remote_code=trust)
+    return config, base, instruct, store
+
+
+@flow(name="shadow-ft")
+def shadow_ft(config: RunConfig = RunConfig()) -> dict:
+    config, base, instruct, store = resolve_run(config)
 
     check_pair(config.pair, base, instruct, config.graft.scope, store)
     data = prepare_data(config.data, instruct, store)

@@ -368,37 +368,20 @@ def to_markdown(summary: dict[str, Any]) -> str:
 
 
 def draw_chart(summary: dict[str, Any], path: Path) -> Path:
-    """Grouped bars (mean over seeds, std as error bars) per suite and the mean; chance dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Grouped bars (mean over seeds, std as error bars, Shadow-FT hatched) per suite and the mean."""
+    from shadowft.report import bar_chart
 
     cols = [*summary["suites"], "mean"]
-    models = list(summary["models"])
-    width = 0.85 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(2.0 + 1.9 * len(cols), 4.2), dpi=110)
-    cmap = plt.get_cmap("tab20")
-    for i, name in enumerate(models):
-        m = summary["models"][name]
-        xs = [x + i * width - 0.425 + width / 2 for x in range(len(cols))]
-        vals = [100 * (m["mean"].get(c) or 0.0) for c in cols]
-        err = [100 * (m["std"].get(c) or 0.0) for c in cols]
-        hatch = "//" if m.get("kind") == "shadow" else None
-        ax.bar(xs, vals, width, yerr=err, capsize=2, label=name, color=cmap(i % 20), hatch=hatch, edgecolor="white", linewidth=0.3)
-    for x, s in enumerate(summary["suites"]):
-        c = summary["chance"].get(s)
-        if c:
-            ax.hlines(100 * c, x - 0.45, x + 0.45, colors="gray", linestyles="dashed", linewidth=1)
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_ylabel("score (%)")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(f"{summary['title']} (mean ± std over seeds; dashed: chance)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    models = summary["models"]
+    return bar_chart(
+        path,
+        cols,
+        {n: [m["mean"].get(c) or 0.0 for c in cols] for n, m in models.items()},
+        summary["chance"],
+        f"{summary['title']} (mean ± std over seeds; dashed: chance)",
+        errors={n: [m["std"].get(c) or 0.0 for c in cols] for n, m in models.items()},
+        hatched={n for n, m in models.items() if m.get("kind") == "shadow"},
+    )
 
 
 def write_comparison(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:

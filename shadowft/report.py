@@ -73,39 +73,56 @@ def to_markdown(summary: dict[str, Any], title: str = "Shadow-FT results") -> st
     for row in table_rows(summary):
         lines.append(f"| {row['model']} | " + " | ".join(row[c] for c in cols) + " |")
     lines += [
-        f"| *chance* | " + " | ".join(_fmt(summary["chance"].get(s)) for s in summary["suites"]) + " | |",
-        f"| *items* | " + " | ".join(str(summary["n"].get(s) or "-") for s in summary["suites"]) + " | |",
+        "| *chance* | " + " | ".join(_fmt(summary["chance"].get(s)) for s in summary["suites"]) + " | |",
+        "| *items* | " + " | ".join(str(summary["n"].get(s) or "-") for s in summary["suites"]) + " | |",
     ]
     return "\n".join(lines) + "\n"
 
 
-def draw_chart(summary: dict[str, Any], path: Path) -> Path:
-    """A grouped bar chart: suites on the x axis, one bar per model, chance as a dashed tick."""
+def bar_chart(
+    path: Path,
+    columns: list[str],
+    series: dict[str, list[float]],
+    chance: dict[str, float | None],
+    title: str,
+    errors: dict[str, list[float]] | None = None,
+    hatched: set[str] | frozenset[str] = frozenset(),
+) -> Path:
+    """Grouped bars in %: one group per column, one bar per series (optional error bars and
+    hatching), each column's chance level as a dashed tick. Shared by the run and comparison reports."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    suites = [*summary["suites"], "mean"]
-    models = list(summary["scores"])
-    width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(suites), 3.6), dpi=110)
-    for i, m in enumerate(models):
-        vals = [100 * (summary["scores"][m].get(s) or 0.0) for s in suites]
-        ax.bar([x + i * width - 0.4 + width / 2 for x in range(len(suites))], vals, width, label=m)
-    for x, s in enumerate(summary["suites"]):
-        c = summary["chance"].get(s)
+    width = 0.85 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(columns), 3.8), dpi=110)
+    cmap = plt.get_cmap("tab20")
+    for i, (name, vals) in enumerate(series.items()):
+        xs = [x + i * width - 0.425 + width / 2 for x in range(len(columns))]
+        err = [100 * e for e in errors[name]] if errors else None
+        ax.bar(xs, [100 * v for v in vals], width, yerr=err, capsize=2, label=name, color=cmap(i % 20),
+               hatch="//" if name in hatched else None, edgecolor="white", linewidth=0.3)
+    for x, col in enumerate(columns):
+        c = chance.get(col)
         if c:
             ax.hlines(100 * c, x - 0.45, x + 0.45, colors="gray", linestyles="dashed", linewidth=1)
-    ax.set_xticks(range(len(suites)), suites)
+    ax.set_xticks(range(len(columns)), columns)
     ax.set_ylabel("score (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("Shadow-FT vs baselines (dashed: chance)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def draw_chart(summary: dict[str, Any], path: Path) -> Path:
+    """The run report's chart: suites (and their mean) on the x axis, one bar per model."""
+    cols = [*summary["suites"], "mean"]
+    series = {m: [summary["scores"][m].get(c) or 0.0 for c in cols] for m in summary["scores"]}
+    return bar_chart(path, cols, series, summary["chance"], "Shadow-FT vs baselines (dashed: chance)")
 
 
 def write_report(results: dict[str, dict[str, Any]], out_dir: Path, title: str = "Shadow-FT results") -> dict[str, Any]:

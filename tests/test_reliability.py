@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from shadowft.store import ArtifactStore
 from tests.helpers import copy_dir, resize_vocab
-from tests.test_pipeline import make_config, run_flow, write_dataset
+from tests.test_pipeline import make_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHADOWFT = [sys.executable, "-c", "from flows.cli import main; main()"]
