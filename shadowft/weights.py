@@ -17,9 +17,11 @@ import math
 import re
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -177,13 +179,16 @@ class LoraAdapter:
 # Streaming kernels
 # --------------------------------------------------------------------------------------------
 class _Buffers:
-    """Preallocated work buffers, reused for every tensor: one float32 accumulator and one staging
-    buffer per input stream (inputs are read into them with positioned reads)."""
+    """Preallocated work buffers, reused for every tensor: one float32 accumulator, two staging
+    buffers per input stream (double buffering), and one reader thread that fills the next chunk
+    of each stream while the current one is computed (positioned reads release the GIL)."""
 
-    def __init__(self, chunk: int = CHUNK) -> None:
+    def __init__(self, chunk: int = CHUNK, prefetch: bool = True) -> None:
         self.chunk = chunk
         self.work = torch.empty(chunk, dtype=torch.float32)
         self._staging: dict[str, torch.Tensor] = {}
+        self.pending: dict[str, tuple[int, int, int, Future]] = {}
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="shadowft-read") if prefetch else None
 
     def get(self, n: int) -> torch.Tensor:
         return self.work[:n]
@@ -200,19 +205,54 @@ class _Buffers:
             buf = self._staging[slot] = torch.empty(max(nbytes, self.chunk * 4), dtype=torch.uint8)
         return buf[:nbytes].view(dtype)
 
+    def settle(self, slot: str) -> None:
+        """Finish (and drop) a prefetch still in flight for `slot`, so its buffers can be reused."""
+        pend = self.pending.pop(slot, None)
+        if pend is not None:
+            pend[3].result()
+
+    def close(self) -> None:
+        for slot in list(self.pending):
+            try:
+                self.settle(slot)
+            except Exception:  # the error that matters was raised where the chunk was used
+                pass
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
 
 class _Stream:
-    """One input tensor read chunk by chunk into its staging slot."""
+    """One input tensor read chunk by chunk; the next chunk is read ahead into the other buffer."""
 
     def __init__(self, ckpt: Checkpoint, name: str, bufs: _Buffers, slot: str) -> None:
         self.ckpt, self.name, self.bufs, self.slot = ckpt, name, bufs, slot
         self.info = ckpt.tensors[name]
+        bufs.settle(slot)  # a read-ahead left by the previous tensor of this role
+        self._next = 0
 
     def numel(self) -> int:
         return self.info.numel
 
+    def _buf(self, which: int, n: int) -> torch.Tensor:
+        return self.bufs.stage(f"{self.slot}{which}", n, self.info.dtype)
+
     def chunk(self, s: int, e: int) -> torch.Tensor:
-        return self.ckpt.read_into(self.name, s, self.bufs.stage(self.slot, e - s, self.info.dtype))
+        pend = self.bufs.pending.pop(self.slot, None)
+        if pend is not None and pend[:2] == (s, e):
+            pend[3].result()
+            which = pend[2]
+            out = self._buf(which, e - s)
+        else:
+            if pend is not None:
+                pend[3].result()
+            which = self._next
+            out = self.ckpt.read_into(self.name, s, self._buf(which, e - s))
+        self._next = 1 - which
+        if self.bufs.pool is not None and e < self.info.numel:
+            ne = min(self.info.numel, e + self.bufs.chunk)
+            fut = self.bufs.pool.submit(self.ckpt.read_into, self.name, e, self._buf(self._next, ne - e))
+            self.bufs.pending[self.slot] = (e, ne, self._next, fut)
+        return out
 
 
 def _check_finite(w: torch.Tensor, name: str, what: str) -> None:
@@ -468,6 +508,7 @@ def graft(
     ct = Checkpoint(tuned, role="tuned") if tuned is not None else None
     ad = LoraAdapter(adapter) if adapter is not None else None
     opened = [c for c in (ci, cd, cb, ct) if c is not None]
+    bufs: _Buffers | None = None
     try:
         ops, warnings, without_update = _plan(ci, scope, vocab_mismatch, cd, cb, ct, ad)
         method = "delta" if cd is not None else "lora" if ad is not None else "base-tuned"
@@ -522,6 +563,8 @@ def graft(
             inputs = {"instruct": Path(instruct), "delta": delta, "base": base, "tuned": tuned, "adapter": adapter}
             (tmp / PROVENANCE_NAME).write_text(json.dumps(_provenance(report, inputs), indent=2) + "\n")
     finally:
+        if bufs is not None:
+            bufs.close()  # no read-ahead may still use a file we close
         for c in opened:
             c.close()
         if ad is not None:
@@ -578,7 +621,7 @@ def extract_delta(
         plan = [OutTensor(n, store, ct.tensors[n].shape) for n in names]
         bufs = _Buffers()
         meta = {"shadowft": "delta", "shadowft_version": __version__}
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with closing(bufs), atomic_output_dir(out, overwrite=overwrite) as tmp:
             writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size, metadata=meta)
             for i, shard in enumerate(writer.shards):
                 with writer.open_shard(i):
