@@ -186,6 +186,9 @@ def serve(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # A process started in the background inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: install the handler ourselves so that Ctrl-C always stops what we started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     procs: list[tuple[str, subprocess.Popen]] = []
     try:
         console.print(f"starting the Prefect server on {host}:{port} (PREFECT_HOME={env.get('PREFECT_HOME', 'default')})")

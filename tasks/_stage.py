@@ -65,3 +65,17 @@ def artifact_key_name(*parts: str) -> str:
     import re
 
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+# Charts up to this size are embedded in markdown artifacts (the Prefect UI shows them inline).
+MAX_INLINE_CHART = 512 * 1024
+
+
+def inline_chart(chart: Path) -> str:
+    """A markdown section embedding the PNG as a data URI, or "" when absent or too large."""
+    import base64
+
+    if not chart.exists() or chart.stat().st_size > MAX_INLINE_CHART:
+        return ""
+    return f"## Chart\n\n![chart](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})\n\n"
+

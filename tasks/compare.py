@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from shadowft.compare import comparison_spec, table_rows, to_markdown
 from shadowft.stages import distance_spec
 from shadowft.store import Artifact
-from tasks._stage import artifact_key_name, build_stage, stage_options
+from tasks._stage import artifact_key_name, build_stage, inline_chart, stage_options
 
-MAX_INLINE_CHART = 512 * 1024
 
 
 @task(**stage_options(distance_spec, "distance", task_run_name="sigma-{label}"))
@@ -42,8 +40,7 @@ def comparison(
                           description=f"{title}: mean ± std over seeds in % (change vs Instruct)")
     md = to_markdown(summary) + "\n"
     chart = art.path / "chart.png"
-    if chart.exists() and chart.stat().st_size <= MAX_INLINE_CHART:
-        md += f"## Chart\n\n![chart](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})\n\n"
+    md += inline_chart(chart)
     md += f"Files: `{art.path / 'table.md'}`, `{chart}`, `{art.path / 'summary.json'}`\n"
     create_markdown_artifact(md, key=f"{key}-report", description=title)
     return art

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 from prefect import task
@@ -12,10 +11,8 @@ from prefect.runtime import flow_run
 from shadowft.report import compare_markdown, history_path, record_run, table_rows, to_markdown
 from shadowft.stages import report_spec
 from shadowft.store import Artifact
-from tasks._stage import build_stage
+from tasks._stage import build_stage, inline_chart
 
-# Charts up to this size are embedded in the markdown artifact (the UI shows them inline).
-MAX_INLINE_CHART = 512 * 1024
 
 
 @task(name="report", persist_result=True, result_serializer="json")
@@ -32,8 +29,7 @@ def report(evals: dict[str, Artifact], title: str, store_root: str) -> Artifact:
     previous = record_run(history, summary, run_id, run_name=flow_run.get_name(), report_key=art.key)
     chart = art.path / "chart.png"
     md = to_markdown(summary, title) + "\n" + compare_markdown(summary, previous, art.key) + "\n"
-    if chart.exists() and chart.stat().st_size <= MAX_INLINE_CHART:
-        md += f"## Chart\n\n![chart](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})\n\n"
+    md += inline_chart(chart)
     md += f"Chart: [`{chart}`](file://{chart})\n\nSummary JSON: `{art.path / 'summary.json'}`\n\nRun history: `{history}`\n"
     create_markdown_artifact(md, key="shadow-ft-report", description=title)
     return art
