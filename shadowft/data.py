@@ -19,14 +19,12 @@ differently from the last one (Qwen3's think blocks) fall back to locating the m
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shadowft.checkpoint import atomic_output_dir
 from shadowft.config import ZOO_PREFIX, DataConfig
 from shadowft.errors import OutputExistsError, ShadowFTError
 
@@ -391,7 +389,8 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
     from datasets import Dataset, Features, Sequence, Value
 
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
     tok = load_tokenizer(tokenizer_dir)
 
     problems = _Problems()
@@ -479,18 +478,12 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
     )
 
     features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32"))})
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_output_dir(out_dir) as tmp:  # published by rename only when complete
         Dataset.from_dict({"input_ids": input_ids, "labels": labels}, features=features).save_to_disk(
             str(tmp / "dataset")
         )
         tok.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return stats
 
 
@@ -509,15 +502,3 @@ def load_prepared(data_dir: Path):
 
 def load_stats(data_dir: Path) -> DataStats:
     return DataStats.from_dict(json.loads((Path(data_dir) / "stats.json").read_text()))
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Atomically move a finished temp dir to `out_dir` (an existing empty dir is replaced)."""
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    os.rename(tmp, out_dir)

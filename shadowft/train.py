@@ -19,12 +19,12 @@ import math
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shadowft.checkpoint import atomic_output_dir
 from shadowft.config import TrainConfig
 from shadowft.data import IGNORE_INDEX, load_prepared
 from shadowft.errors import CheckpointError, OutputExistsError, ShadowFTError
@@ -377,9 +377,7 @@ def train_model(
         loss_curve=curve,
     )
 
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_output_dir(out_dir) as tmp:  # published by rename only when complete
         trained = trainer.model
         if spec.method == "lora":
             trained.save_pretrained(str(tmp), safe_serialization=True)
@@ -392,12 +390,6 @@ def train_model(
             tokenizer.save_pretrained(str(tmp))
         _write_json(tmp / "loss_curve.json", curve)
         _write_json(tmp / "train_result.json", {**result.to_dict(), "spec": spec.model_dump(mode="json")})
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if not keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return result
