@@ -53,7 +53,7 @@ def bf16_trio(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def zoo_family(tmp_path_factory):
-    """The real default toy family, built once per session (minutes), or reused from SHADOWFT_ZOO_DIR."""
+    """The real default toy family, installed from the package once per session (seconds), or SHADOWFT_ZOO_DIR."""
     from shadowft.zoo import build_family
 
     cached = os.environ.get("SHADOWFT_ZOO_DIR")

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from shadowft.errors import ShadowFTError
 from shadowft.zoo import corpus
 
-FAMILY_VERSION = "toy-v1"
+FAMILY_VERSION = "toy-v2"
 MANIFEST = "family.json"
 Preset = Literal["default", "ci"]
 
@@ -65,7 +65,7 @@ class FamilyConfig(BaseModel):
     )
     pretrain: TrainSpec = TrainSpec(steps=800, lr=3e-3, warmup=50)
     sft_samples: int = Field(6000, description="chat samples for Instruct tuning")
-    sft: TrainSpec = TrainSpec(steps=250, lr=5e-4, warmup=20)
+    sft: TrainSpec = TrainSpec(steps=400, lr=5e-4, warmup=20)
     general_size: int = Field(2000, description="samples in data/general.jsonl")
     domain_size: int = Field(2000, description="samples in data/domain.jsonl")
     bf16_autocast: bool = Field(
@@ -385,13 +385,18 @@ def build_family(
     preset: Preset = "default",
     progress: bool = True,
     config: FamilyConfig | None = None,
+    from_scratch: bool = False,
 ) -> FamilyPaths:
-    """Build (or return the cached) toy family in `out` (default: `default_family_dir(seed, preset)`).
+    """Install (or return the cached) toy family in `out` (default: `default_family_dir(seed, preset)`).
 
-    A directory counts as built only once `family.json` exists; it is written last, inside a
+    The default family (seed 0, default config) is copied from the package, checksums verified,
+    in a second; any other seed or config, or `from_scratch=True`, trains it (minutes). A
+    directory counts as built only once `family.json` exists; it is written last, inside a
     temporary sibling directory that is then renamed into place, so an interrupted build leaves
     nothing that looks finished.
     """
+    from shadowft.zoo import shipped
+
     cfg = config or FamilyConfig.for_preset(preset)
     out = Path(out) if out is not None else default_family_dir(seed, cfg.preset)
     paths = FamilyPaths.at(out)
@@ -406,7 +411,8 @@ def build_family(
                 f"{out} holds a different toy family (seed {found.get('seed')}, version {found.get('version')})",
                 hint="pass --force to rebuild it, or choose another --out",
             )
-        return paths
+        if not from_scratch or found.get("source") != "shipped":
+            return paths
     if (
         out.exists()
         and not paths.manifest.exists()
@@ -417,13 +423,20 @@ def build_family(
             f"{out} exists, is not empty and holds no toy family",
             hint="choose another --out or pass --force",
         )
+    source = None if from_scratch else shipped.find_shipped(FAMILY_VERSION, cfg.preset, seed, cfg.model_dump())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        with _deterministic(cfg.threads):
-            manifest = _build(tmp, cfg, seed, progress)
+        if source is not None:
+            manifest = shipped.install_shipped(source, tmp)
+        else:
+            if progress:
+                _announce(cfg)
+            with _deterministic(cfg.threads):
+                manifest = _build(tmp, cfg, seed, progress)
+            manifest["source"] = "built"
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -433,3 +446,17 @@ def build_family(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return paths
+
+
+def _announce(cfg: FamilyConfig) -> None:
+    """Say up front what a from-scratch build does and roughly how long it takes."""
+    import sys
+
+    steps = cfg.pretrain.steps + cfg.sft.steps
+    minutes = "a few seconds" if cfg.preset == "ci" else "about 4-5 minutes on a quiet 2-core CPU"
+    print(
+        f"Building the toy family from scratch ({cfg.preset}: {steps} training steps on "
+        f"{cfg.threads} thread(s), {minutes}): tokenizer, Base pretraining, Instruct tuning, data sets.",
+        file=sys.stderr,
+        flush=True,
+    )

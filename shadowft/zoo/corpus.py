@@ -65,7 +65,6 @@ WORDS = [
 ]
 NONCE = ["wugs", "blickets", "daxes", "feps", "zorbs", "mibs", "toves", "glorps"]
 COLORS = ["red", "blue", "green", "small", "round", "soft"]
-RELATIONS = ["taller", "older", "faster", "heavier"]
 
 
 @dataclass(frozen=True)
@@ -195,9 +194,9 @@ def code_branch(rng: random.Random) -> QA:
 # ---------------------------------------------------------------------------------- reasoning
 
 
-def _pair_close(rng: random.Random) -> tuple[int, int]:
-    """Two different numbers, often sharing the tens digit (the hard case)."""
-    if rng.random() < 0.5:
+def _pair_compare(rng: random.Random) -> tuple[int, int]:
+    """Two different numbers; a quarter of them share the tens digit (the hard case)."""
+    if rng.random() < 0.25:
         tens = rng.randint(1, 9)
         a, b = rng.sample(range(10), 2)
         return 10 * tens + a, 10 * tens + b
@@ -205,35 +204,26 @@ def _pair_close(rng: random.Random) -> tuple[int, int]:
 
 
 def reason_compare(rng: random.Random, want: bool) -> TF:
-    a, b = _pair_close(rng)
-    rel = rng.choice(["greater", "less"])
-    truth = (a > b) if rel == "greater" else (a < b)
-    if truth != want:
+    """Is a greater than b (one relation only: a tiny model cannot also flip on the wording)."""
+    a, b = _pair_compare(rng)
+    if (a > b) != want:
         a, b = b, a
-    return TF(f"Is {a} {rel} than {b}?", want, "reason_compare")
+    return TF(f"Is {a} greater than {b}?", want, "reason_compare")
 
 
-def reason_order(rng: random.Random, want: bool) -> TF:
-    """Transitive ordering over three people: premises in random order, any pair asked."""
-    x, y, z = rng.sample(NAMES, 3)
-    rel = rng.choice(RELATIONS)
-    premises = [f"{x} is {rel} than {y}.", f"{y} is {rel} than {z}."]
-    rng.shuffle(premises)
-    rank = {x: 0, y: 1, z: 2}
-    p, q = rng.sample([x, y, z], 2)
-    if (rank[p] < rank[q]) != want:
-        p, q = q, p
-    return TF(f"{' '.join(premises)} Is {p} {rel} than {q}?", want, "reason_order")
+def reason_member(rng: random.Random, want: bool) -> TF:
+    """Membership: is a digit in a short list (the answer needs a look back over the list)."""
+    xs = rng.sample(range(10), rng.randint(3, 5))
+    v = rng.choice(xs) if want else rng.choice([d for d in range(10) if d not in xs])
+    return TF(f"Is {v} in the list {xs}?", want, "reason_member")
 
 
-def reason_equation(rng: random.Random, want: bool) -> TF:
-    a, b = rng.randint(0, 9), rng.randint(0, 20)
-    c = a + b
-    if not want:
-        c = max(0, c + rng.choice([-2, -1, 1, 2, 10]))
-        if c == a + b:
-            c += 1
-    return TF(f"Is {a} + {b} equal to {c}?", want, "reason_equation")
+def reason_parity(rng: random.Random, want: bool) -> TF:
+    """Is a 1- or 2-digit number even (the last digit decides)."""
+    n = rng.randint(0, 9) if rng.random() < 0.3 else rng.randint(10, 99)
+    if (n % 2 == 0) != want:
+        n = n + 1 if n < 99 else n - 1
+    return TF(f"Is {n} an even number?", want, "reason_parity")
 
 
 def reason_logic(rng: random.Random, want: bool) -> TF:
@@ -285,7 +275,7 @@ TFGen = Callable[[random.Random, bool], TF]
 
 MATH: list[QAGen] = [math_add, math_sub, math_word]
 CODING: list[QAGen] = [code_builtin, code_vars, code_lists, code_branch]
-REASONING: list[TFGen] = [reason_compare, reason_order, reason_equation, reason_logic]
+REASONING: list[TFGen] = [reason_compare, reason_member, reason_parity, reason_logic]
 DOMAIN: list[QAGen] = [domain_reverse]
 GENERAL: list[QAGen] = [general_misc]
 
