@@ -1,7 +1,7 @@
 """The run configuration: one typed model that is the YAML file format, the CLI input and the flow's
 parameter (the Prefect UI renders it as a form from the field descriptions).
 
-Defaults are the published method's defaults (see PAPER.md): LoRA lr 2e-4, rank 8, lora_alpha 2*rank,
+Defaults are the published Shadow-FT method's defaults: LoRA lr 2e-4, rank 8, lora_alpha 2*rank,
 dropout 0, all linear layers except lm_head; full FT lr 1e-5; 1 epoch, cosine, warmup ratio 0.1,
 cutoff length 4096, 2000 samples; graft alpha 1.0 over the attention/MLP projections.
 
@@ -13,8 +13,6 @@ paths (the orchestration layer builds or finds the family and passes the mapping
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +36,7 @@ DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 DEFAULT_LR = {"lora": 2e-4, "full": 1e-5}
 
 Method = Literal["lora", "full"]
+Objective = Literal["sft"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal[
     "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "polynomial", "inverse_sqrt"
@@ -126,6 +125,10 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     """Fine-tuning of the Base model (and of the Instruct model for the `direct` baseline)."""
 
+    objective: Objective = Field(
+        default="sft",
+        description="The training loss: sft (next-token cross-entropy on the assistant replies).",
+    )
     method: Method = Field(default="lora", description="lora (train a low-rank adapter) or full (all weights).")
     lr: float | None = Field(
         default=None, gt=0, description="Peak learning rate; empty = method default (LoRA 2e-4, full 1e-5)."
@@ -240,11 +243,16 @@ class OutputConfig(_Section):
 
 
 #: The stages of a run, in order; `RunConfig.stage_view` knows the config each one depends on.
-STAGES = ("pair", "data", "train", "direct", "delta", "graft", "eval", "report")
+#: (The `direct` baseline is the train stage applied to Instruct, not a stage of its own.)
+STAGES = ("pair", "data", "train", "delta", "graft", "eval", "report")
 
 # Fields that change how a stage runs but not what it produces (left out of cache keys).
 _NOT_IN_KEY = {"train": {"save_steps", "save_total_limit"}, "pair": {"force"}, "eval": {"batch_size"}}
-_LORA_ONLY = {"lora_rank", "lora_alpha", "lora_dropout", "lora_targets"}
+#: TrainConfig fields that only one training method reads (the others' are left out of its key).
+METHOD_FIELDS: dict[str, set[str]] = {
+    "lora": {"lora_rank", "lora_alpha", "lora_dropout", "lora_targets"},
+    "full": {"full_save_dtype"},
+}
 
 
 class RunConfig(BaseModel):
@@ -286,7 +294,8 @@ class RunConfig(BaseModel):
 
         - pair: the pair section (model ids, revisions, threshold)
         - data: the data section (+ the Instruct tokenizer, an input)
-        - train / direct: the train section (+ prepared data and the model dir, inputs)
+        - train: the train section, objective included (+ prepared data and the model dir, inputs);
+          the `direct` baseline is this stage on the Instruct model
         - delta: nothing of its own (base and tuned base are inputs)
         - graft: the graft section (+ Instruct and the delta or adapter, inputs)
         - eval: the eval section (+ the model dir, an input)
@@ -296,15 +305,12 @@ class RunConfig(BaseModel):
             return _dump(self.pair, exclude=_NOT_IN_KEY["pair"])
         if stage == "data":
             return _dump(self.data)
-        if stage in ("train", "direct"):
-            view = _dump(self.train, exclude=_NOT_IN_KEY["train"])
+        if stage == "train":
+            other_methods = set().union(*(f for m, f in METHOD_FIELDS.items() if m != self.train.method))
+            view = _dump(self.train, exclude=_NOT_IN_KEY["train"] | other_methods)
             view["lr"] = self.train.effective_lr
             if self.train.method == "lora":
                 view["lora_alpha"] = self.train.effective_lora_alpha
-                view.pop("full_save_dtype")
-            else:
-                for k in _LORA_ONLY:
-                    view.pop(k)
             return view
         if stage == "delta":
             return {}
@@ -315,11 +321,6 @@ class RunConfig(BaseModel):
         if stage == "report":
             return {"suites": list(self.eval.suites), "baselines": list(self.baselines)}
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-
-    def stage_digest(self, stage: str) -> str:
-        """A short stable hash of `stage_view(stage)` (sha256 of canonical JSON, 16 hex digits)."""
-        text = json.dumps(self.stage_view(stage), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(f"{stage}:{text}".encode()).hexdigest()[:16]
 
     def placeholders(self) -> list[str]:
         """The ``zoo:NAME`` placeholders this config uses (model and data sources), in order."""

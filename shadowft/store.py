@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from shadowft import __version__
 from shadowft.errors import as_disk_full
+from shadowft.files import write_json_atomic
 
 MANIFEST = "manifest.json"
 DEFAULT_HOME = Path(".shadowft")
@@ -175,7 +176,7 @@ class ArtifactStore:
                     "shadowft_version": __version__,
                     **extra,
                 }
-                _write_json_atomic(tmp / MANIFEST, manifest)
+                write_json_atomic(tmp / MANIFEST, manifest)
                 os.replace(tmp, final)
                 pending.unlink(missing_ok=True)
                 # the stage's scratch (checkpoints to resume from) is garbage once its artifact exists
@@ -273,9 +274,3 @@ class ArtifactStore:
 
 def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
