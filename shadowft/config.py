@@ -37,6 +37,7 @@ DEFAULT_LR = {"lora": 2e-4, "full": 1e-5}
 
 Method = Literal["lora", "full"]
 Objective = Literal["sft"]
+EvalBackendName = Literal["hf"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal[
     "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "polynomial", "inverse_sqrt"
@@ -232,6 +233,9 @@ class EvalConfig(_Section):
         default=None,
         description="Wrap prompts in the model's chat template; empty = yes for Instruct and grafted models "
         "(as in the paper).",
+    )
+    backend: EvalBackendName = Field(
+        default="hf", description="How the model runs under lm-eval: hf (transformers, one device)."
     )
 
 

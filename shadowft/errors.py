@@ -51,3 +51,7 @@ def as_disk_full(exc: BaseException, where: str) -> DiskFullError | None:
     )
     err.reason = reason
     return err
+
+
+class EvalError(ShadowFTError):
+    """A suite cannot be resolved or run."""

@@ -205,6 +205,7 @@ def eval_spec(eval_cfg: EvalConfig, model: Path | Artifact, allow_code_execution
             batch_size=eval_cfg.batch_size,
             apply_chat_template=eval_cfg.apply_chat_template,
             allow_code_execution=allow_code_execution,
+            backend=eval_cfg.backend,
         )
         return {"scores": {s: r.score for s, r in result.suites.items()}}
 
