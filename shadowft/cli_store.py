@@ -8,10 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from shadowft.cli import app, console, err_console
+from shadowft.console import console, err_console
 
 store_app = typer.Typer(help="Inspect and repair the artifact store (SHADOWFT_HOME).", no_args_is_help=True)
-app.add_typer(store_app, name="store")
 
 _EXPLAIN = {
     "incomplete": "incomplete builds (a crashed or killed write; never used)",

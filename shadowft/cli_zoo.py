@@ -7,13 +7,12 @@ from typing import Annotated
 
 import typer
 
-from shadowft.cli import app, console
+from shadowft.console import console
 
 zoo_app = typer.Typer(
     help="The embedded toy Base/Instruct family (built offline, cached).",
     no_args_is_help=True,
 )
-app.add_typer(zoo_app, name="zoo")
 
 
 def _sigma(base: Path, instruct: Path) -> float:

@@ -20,8 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shadowft.config import (
     DEFAULT_LR,
@@ -29,9 +28,9 @@ from shadowft.config import (
     Method,
     RunConfig,
     TrainConfig,
-    parse_override,
+    load_model,
 )
-from shadowft.errors import ShadowFTError
+from shadowft.tables import chance_cells, markdown_row, markdown_table, pct, with_change
 
 REFERENCE = "instruct"
 #: A difference counts as larger than the seed spread when |mean| > SIGNIFICANCE x standard error.
@@ -140,34 +139,7 @@ class Variant(BaseModel):
 def load_compare_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
     """Read a comparison YAML (`run:` holds a run config), apply ``key.sub=value`` overrides (e.g.
     ``seeds=[0]``, ``run.eval.limit=20``) and validate; problems raise `ShadowFTError`."""
-    data: dict[str, Any] = {}
-    where = str(path) if path is not None else "<defaults>"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ShadowFTError(f"comparison config {p} does not exist", hint="see examples/compare-toy.yaml")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ShadowFTError(f"{p}: invalid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ShadowFTError(f"{p}: a comparison config must be a mapping (run, seeds, methods, ...)")
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ShadowFTError(f"override {text!r}: {k} is not a section")
-        node[keys[-1]] = value
-    try:
-        return CompareConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(str(x) for x in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()]
-        raise ShadowFTError(
-            f"invalid comparison config ({where}):\n  " + "\n  ".join(problems),
-            hint="every key is listed with a comment in examples/compare-toy.yaml",
-        ) from None
+    return load_model(CompareConfig, path, overrides, what="comparison config", example="examples/compare-toy.yaml")
 
 
 # -- aggregation -----------------------------------------------------------------------------------
@@ -283,20 +255,12 @@ def aggregate(
 # -- presentation ----------------------------------------------------------------------------------
 
 
-def _pct(x: float | None, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
-
-
 def cell(model: dict[str, Any], col: str, reference: bool = False) -> str:
     """``mean ± std (change vs Instruct)`` in %, e.g. ``31.0 ± 2.1 (+4.0)``."""
-    text = _pct(model["mean"].get(col))
+    text = pct(model["mean"].get(col))
     if model["std"].get(col) is not None:
         text += f" ± {100 * model['std'][col]:.1f}"
-    if not reference and model["change"].get(col) is not None:
-        text += f" ({_pct(model['change'][col], signed=True)})"
-    return text
+    return with_change(text, None if reference else model["change"].get(col))
 
 
 def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
@@ -318,14 +282,11 @@ def to_markdown(summary: dict[str, Any]) -> str:
         ("Scores in %: mean ± standard deviation over seeds (change of the mean against Instruct). "
          "Instruct and Base are not trained: one evaluation, no spread. Base is evaluated without chat template."),
         "",
-        "| model | seeds | " + " | ".join(cols) + " |",
-        "| --- | ---: | " + " | ".join("---:" for _ in cols) + " |",
-    ]
-    for row in table_rows(summary):
-        lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(row[c] for c in cols) + " |")
-    lines += [
-        "| *chance* | | " + " | ".join(_pct(summary["chance"].get(s)) for s in summary["suites"]) + " | |",
-        "| *items* | | " + " | ".join(str(summary["items"].get(s) or "-") for s in summary["suites"]) + " | |",
+        *markdown_table(
+            ["model", "seeds", *cols], [[row[c] for c in ["model", "seeds", *cols]] for row in table_rows(summary)]
+        ),
+        markdown_row(["*chance*", "", *chance_cells(summary, summary["suites"]), ""]),
+        markdown_row(["*items*", "", *(str(summary["items"].get(s) or "-") for s in summary["suites"]), ""]),
         "",
     ]
     if summary["paired"]:
@@ -334,18 +295,17 @@ def to_markdown(summary: dict[str, Any]) -> str:
             "",
             f"Mean ± std of the per-seed difference in points; **bold**: {summary['significance']}.",
             "",
-            "| model | vs | " + " | ".join(cols) + " |",
-            "| --- | --- | " + " | ".join("---:" for _ in cols) + " |",
         ]
+        rows = []
         for name, p in summary["paired"].items():
             cells = []
             for c in cols:
-                t = _pct(p["diff"][c], signed=True)
+                t = pct(p["diff"][c], signed=True)
                 if p["std"][c] is not None:
                     t += f" ± {100 * p['std'][c]:.1f}"
                 cells.append(f"**{t}**" if p["beyond_spread"][c] else t)
-            lines.append(f"| {name} | {p['vs']} | " + " | ".join(cells) + " |")
-        lines.append("")
+            rows.append([name, p["vs"], *cells])
+        lines += [*markdown_table(["model", "vs", *cols], rows, text_columns=2), ""]
     if summary["distances"]:
         lines += [
             "## How far each method moved the weights (sigma, mean over layer tensors)",

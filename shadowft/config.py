@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -378,15 +378,32 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML run config (or the defaults when `path` is None), apply ``key.sub=value`` overrides,
     and validate. Every problem raises `ShadowFTError` naming the key path and the file."""
+    return load_model(RunConfig, path, overrides, example="examples/toy.yaml")
+
+
+def load_model(
+    model: type[M],
+    path: Path | str | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    what: str = "config",
+    example: str,
+) -> M:
+    """Read a YAML file into the pydantic `model` (the run config, the comparison config, ...), apply
+    ``key.sub=value`` overrides and validate. Every problem raises `ShadowFTError` naming the key path,
+    the file and the override it came from; `example` is the file the hints point to."""
     where = str(path) if path is not None else "<defaults>"
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ShadowFTError(f"config file {p} does not exist", hint="see examples/toy.yaml for a starting point")
+            raise ShadowFTError(f"{what} file {p} does not exist", hint=f"see {example} for a starting point")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
@@ -397,7 +414,8 @@ def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ShadowFTError(f"{p}: a config must be a mapping of sections (pair, data, train, ...)")
+            sections = ", ".join(list(model.model_fields)[:3])
+            raise ShadowFTError(f"{p}: a {what} must be a mapping of sections ({sections}, ...)")
         data = loaded
 
     overridden: dict[str, str] = {}
@@ -415,23 +433,23 @@ def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str
         overridden[".".join(keys)] = text
 
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(err, overridden) for err in exc.errors()]
-        head = f"invalid config ({where}): " if len(problems) == 1 else f"invalid config ({where}):\n  "
+        problems = [_describe(err, overridden, model) for err in exc.errors()]
+        head = f"invalid {what} ({where}): " if len(problems) == 1 else f"invalid {what} ({where}):\n  "
         raise ShadowFTError(
             head + "\n  ".join(problems),
-            hint="every key and its default is listed in examples/toy.yaml",
+            hint=f"every key and its default is listed in {example}",
         ) from None
 
 
-def _describe(err: dict[str, Any], overridden: dict[str, str]) -> str:
+def _describe(err: dict[str, Any], overridden: dict[str, str], root: type[BaseModel]) -> str:
     loc = [str(x) for x in err.get("loc", ())]
     key = ".".join(loc) if loc else "(top level)"
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(root, loc[:-1])
         close = difflib.get_close_matches(loc[-1], allowed, n=1)
         msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
         if allowed:
@@ -472,8 +490,8 @@ def _override_for(loc: list[str], overridden: dict[str, str]) -> str | None:
     return None
 
 
-def _allowed_keys(loc: list[str]) -> list[str]:
-    model: Any = RunConfig
+def _allowed_keys(root: type[BaseModel], loc: list[str]) -> list[str]:
+    model: Any = root
     for part in loc:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:

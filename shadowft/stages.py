@@ -16,9 +16,10 @@ Artifact layout (under the store's `artifacts/<stage>/<key>/`):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shadowft.config import DataConfig, EvalConfig, GraftConfig, PairConfig, RunConfig, TrainConfig
 from shadowft.errors import ShadowFTError

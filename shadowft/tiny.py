@@ -108,7 +108,7 @@ def random_model(config, seed: int = 0) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_config(config)
     # Norm weights start at exactly 1.0; give them some spread so that every tensor is informative.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval()

@@ -8,8 +8,9 @@ deployments, and a deleted artifact gets a new key, so Prefect never answers wit
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shadowft.stages import StageSpec
 from shadowft.store import Artifact, ArtifactStore

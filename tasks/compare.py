@@ -15,7 +15,6 @@ from shadowft.store import Artifact
 from tasks._stage import artifact_key_name, build_stage, inline_chart, stage_options
 
 
-
 @task(**stage_options(distance_spec, "distance", task_run_name="sigma-{label}"))
 def distance(a: Path | Artifact, b: Path | Artifact, label: str, store_root: str) -> Artifact:
     """sigma(a, b) over the layer tensors, stored (`sigma.json`); `label` names it in the UI."""

@@ -14,7 +14,6 @@ from shadowft.store import Artifact
 from tasks._stage import build_stage, inline_chart
 
 
-
 @task(name="report", persist_result=True, result_serializer="json")
 def report(evals: dict[str, Artifact], title: str, store_root: str) -> Artifact:
     """Not cached by Prefect: it reuses the stored report (built once) and re-publishes the UI
