@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +50,7 @@ class CompareConfig(BaseModel):
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="Training seeds (train.seed).")
     methods: list[Method] = Field(
-        default_factory=lambda: ["lora", "full"], min_length=1, description="Tuning methods compared: lora, full."
+        default_factory=lambda: list[Method](["lora", "full"]), min_length=1, description="Tuning methods compared: lora, full."
     )
     lr: dict[Method, float] = Field(
         default_factory=dict,
@@ -145,8 +146,8 @@ def load_compare_config(path: Path | str | None = None, overrides: list[str] | t
 # -- aggregation -----------------------------------------------------------------------------------
 
 
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n - 1); std is None for fewer than two values."""
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the values present; std is None for fewer than two."""
     vals = [v for v in values if v is not None]
     if not vals:
         return None, None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -270,7 +271,7 @@ class RunConfig(BaseModel):
     graft: GraftConfig = Field(default_factory=GraftConfig, description="How the update is grafted onto Instruct.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation suites and settings.")
     baselines: list[Baseline] = Field(
-        default_factory=lambda: ["instruct", "direct"],
+        default_factory=lambda: list[Baseline](["instruct", "direct"]),
         description="Comparisons evaluated beside Shadow-FT: instruct (the untouched Instruct model) and "
         "direct (the same fine-tuning applied to Instruct).",
     )
@@ -331,7 +332,7 @@ class RunConfig(BaseModel):
         values = [self.pair.base, self.pair.instruct, *self.data.sources]
         return [v for v in dict.fromkeys(values) if v.startswith(ZOO_PREFIX)]
 
-    def resolve(self, zoo: dict[str, str | Path]) -> RunConfig:
+    def resolve(self, zoo: Mapping[str, str | Path]) -> RunConfig:
         """A copy with every ``zoo:NAME`` replaced by ``zoo[NAME]`` (e.g. {'base': '/cache/tiny/base'})."""
 
         def sub(v: str) -> str:
@@ -435,7 +436,7 @@ def load_model(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(err, overridden, model) for err in exc.errors()]
+        problems = [_describe(dict(err), overridden, model) for err in exc.errors()]
         head = f"invalid {what} ({where}): " if len(problems) == 1 else f"invalid {what} ({where}):\n  "
         raise ShadowFTError(
             head + "\n  ".join(problems),

@@ -401,7 +401,7 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
         name, records = _read_source(source, spec.split, problems)
         st = SourceStats(source=name, format=spec.format)
         per_source.append(st)
-        fmt = None if spec.format == "auto" else spec.format
+        fmt: str | None = None if spec.format == "auto" else spec.format
         for rec in records:
             if budget is not None and len(conversations) >= budget:
                 break

@@ -33,7 +33,7 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ref = rows.get(REFERENCE_MODEL)
     change = {
         model: {
-            s: (v - ref[s]) if (ref is not None and v is not None and ref.get(s) is not None) else None
+            s: (v - start) if (ref is not None and v is not None and (start := ref.get(s)) is not None) else None
             for s, v in scores.items()
         }
         for model, scores in rows.items()

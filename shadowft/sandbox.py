@@ -256,7 +256,7 @@ def run_untrusted(
     """
     python = python or sys.executable
     iso = dict(probe_isolation(python))
-    flags = int(iso.pop("_flags", 0))
+    flags = int(iso.pop("_flags", 0))  # type: ignore[call-overload]
     uid = NOBODY if iso["uid"] == "nobody" else None
     iso["python_guard"] = python_guard
 

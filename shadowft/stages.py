@@ -182,7 +182,9 @@ def graft_spec(graft_cfg: GraftConfig, instruct: Path, update: Artifact) -> Stag
     from shadowft.weights import graft
 
     def produce(tmp: Path) -> dict:
-        kwargs = {"delta": update.path / "delta"} if update.stage == "delta" else {"adapter": update.path / "model"}
+        kwargs: dict[str, Any] = (
+            {"delta": update.path / "delta"} if update.stage == "delta" else {"adapter": update.path / "model"}
+        )
         report = graft(instruct, tmp / "model", alpha=graft_cfg.alpha, scope=graft_cfg.scope, **kwargs)
         return {"graft": report.to_dict()}
 

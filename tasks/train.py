@@ -24,7 +24,7 @@ def _progress_reporter(role: str):
         now = time.monotonic()
         step, total = event.get("step") or 0, event.get("max_steps") or 0
         if total and (now - last[0] >= 1.0 or step >= total):
-            update_progress_artifact(art_id, progress=100.0 * step / total)
+            update_progress_artifact(art_id, progress=100.0 * step / total)  # type: ignore[arg-type]  # sync call
             last[0] = now
 
     return report

@@ -248,8 +248,7 @@ def resolve_suites(names: str | Sequence[str]) -> list[Suite]:
                 code_execution=_is_unsafe(entry),
             )
         )
-    seen: set[str] = set()
-    return [s for s in out if not (s.name in seen or seen.add(s.name))]
+    return list({s.name: s for s in reversed(out)}.values())[::-1]  # first of each name, in order
 
 
 def _is_unsafe(entry: Any) -> bool:

@@ -72,7 +72,7 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
         )
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"cannot load a causal LM from {job.model_dir}: {exc}") from None
-    vocab = model.get_input_embeddings().weight.shape[0]
+    vocab = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]
     max_id = objective.max_token_id(dataset)
     if max_id >= vocab:
         raise ShadowFTError(
