@@ -43,9 +43,14 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
     distances: dict[str, dict[str, dict[str, Artifact]]] = {}
     variants = config.variants()
     for v in variants:
-        info[v.name] = {"kind": v.kind, "method": v.method, "lr": config.lr_for(v.method), "baseline": v.baseline,
-                        **({"alpha": v.alpha, "scope": v.scope} if v.kind == "shadow" else {}),
-                        "trained_what": ("Instruct" if v.kind == "direct" else "Base") + (" + LoRA" if v.method == "lora" else "")}
+        info[v.name] = {
+            "kind": v.kind,
+            "method": v.method,
+            "lr": config.lr_for(v.method),
+            "baseline": v.baseline,
+            **({"alpha": v.alpha, "scope": v.scope} if v.kind == "shadow" else {}),
+            "trained_what": ("Instruct" if v.kind == "direct" else "Base") + (" + LoRA" if v.method == "lora" else ""),
+        }
         evals[v.name], distances[v.name] = {}, {}
 
     for seed in config.seeds:

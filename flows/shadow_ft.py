@@ -56,7 +56,9 @@ def resolve_run(config: RunConfig) -> tuple[RunConfig, Path, Path, str]:
         config = config.resolve(zoo_placeholders(embedded_family().root))
     trust = config.pair.trust_remote_code
     base = resolve_model(config.pair.base, config.pair.base_revision, role="base", trust_remote_code=trust)
-    instruct = resolve_model(config.pair.instruct, config.pair.instruct_revision, role="instruct", trust_remote_code=trust)
+    instruct = resolve_model(
+        config.pair.instruct, config.pair.instruct_revision, role="instruct", trust_remote_code=trust
+    )
     return config, base, instruct, store
 
 
@@ -79,4 +81,7 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
 
     evals = {name: evaluate(config.eval, model, name, store) for name, model in models.items()}
     final = report(evals, config.output.name or "Shadow-FT results", store)
-    return {"report": str(final.path), "models": {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()}}
+    return {
+        "report": str(final.path),
+        "models": {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()},
+    }

@@ -23,7 +23,9 @@ _EXPLAIN = {
 @store_app.command()
 def verify(
     root: Annotated[Optional[Path], typer.Option(help="Store root; default $SHADOWFT_HOME or ./.shadowft.")] = None,
-    remove: Annotated[bool, typer.Option("--remove", help="Delete incomplete builds, stale work dirs and stale pending ids.")] = False,
+    remove: Annotated[
+        bool, typer.Option("--remove", help="Delete incomplete builds, stale work dirs and stale pending ids.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Report incomplete or orphaned artifacts; with --remove, delete them (live builds are left alone).

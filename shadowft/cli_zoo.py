@@ -26,24 +26,16 @@ def _sigma(base: Path, instruct: Path) -> float:
 def build(
     out: Annotated[
         Path | None,
-        typer.Option(
-            help="family directory (default: $SHADOWFT_HOME/zoo/<version>-<preset>-s<seed>)"
-        ),
+        typer.Option(help="family directory (default: $SHADOWFT_HOME/zoo/<version>-<preset>-s<seed>)"),
     ] = None,
     seed: Annotated[
         int,
-        typer.Option(
-            help="seed; the same seed gives bit-identical weights on the same machine"
-        ),
+        typer.Option(help="seed; the same seed gives bit-identical weights on the same machine"),
     ] = 0,
-    force: Annotated[
-        bool, typer.Option(help="rebuild even if a finished family is cached there")
-    ] = False,
+    force: Annotated[bool, typer.Option(help="rebuild even if a finished family is cached there")] = False,
     preset: Annotated[
         str,
-        typer.Option(
-            help="'default' (the real family) or 'ci' (seconds; mechanics tests only)"
-        ),
+        typer.Option(help="'default' (the real family) or 'ci' (seconds; mechanics tests only)"),
     ] = "default",
 ) -> None:
     """Build (or return the cached) toy Base/Instruct family with its fine-tuning and eval data."""
@@ -51,9 +43,7 @@ def build(
     from shadowft.zoo import build_family
 
     if preset not in ("default", "ci"):
-        raise ShadowFTError(
-            f"unknown preset {preset!r}", hint="use --preset default or --preset ci"
-        )
+        raise ShadowFTError(f"unknown preset {preset!r}", hint="use --preset default or --preset ci")
     paths = build_family(out, seed=seed, force=force, preset=preset)  # type: ignore[arg-type]
     manifest = paths.read_manifest()
     console.print(f"[bold]toy family[/] {paths.root}")
@@ -62,7 +52,4 @@ def build(
     console.print(f"  data      {paths.data}")
     console.print(f"  sigma(base, instruct) = {_sigma(paths.base, paths.instruct):.4f}")
     timings = manifest["timings"]
-    console.print(
-        "  build time "
-        + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in timings.items())
-    )
+    console.print("  build time " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in timings.items()))

@@ -48,9 +48,13 @@ class CompareConfig(BaseModel):
         description="The pair, data, training, graft and evaluation settings shared by every model "
         "(train.method, train.lr, train.seed, graft.alpha are set per variant; baselines are ignored).",
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="Training seeds (train.seed).")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1, description="Training seeds (train.seed)."
+    )
     methods: list[Method] = Field(
-        default_factory=lambda: list[Method](["lora", "full"]), min_length=1, description="Tuning methods compared: lora, full."
+        default_factory=lambda: list[Method](["lora", "full"]),
+        min_length=1,
+        description="Tuning methods compared: lora, full.",
     )
     lr: dict[Method, float] = Field(
         default_factory=dict,
@@ -111,10 +115,15 @@ class CompareConfig(BaseModel):
         for m in self.methods:
             out.append(Variant(name=f"direct-{m}", method=m, kind="direct"))
             out.append(Variant(name=f"shadow-{m}", method=m, kind="shadow", alpha=main_alpha, scope=self.scopes[0]))
-            out += [Variant(name=f"shadow-{m} a={a:g}", method=m, kind="shadow", alpha=a, scope=self.scopes[0])
-                    for a in self.alphas if a != main_alpha]
-            out += [Variant(name=f"shadow-{m} scope={s}", method=m, kind="shadow", alpha=main_alpha, scope=s)
-                    for s in self.scopes[1:]]
+            out += [
+                Variant(name=f"shadow-{m} a={a:g}", method=m, kind="shadow", alpha=a, scope=self.scopes[0])
+                for a in self.alphas
+                if a != main_alpha
+            ]
+            out += [
+                Variant(name=f"shadow-{m} scope={s}", method=m, kind="shadow", alpha=main_alpha, scope=s)
+                for s in self.scopes[1:]
+            ]
         return out
 
 
@@ -194,7 +203,9 @@ def aggregate(
     cols = [*suites, "mean"]
     models: dict[str, Any] = {}
     for name, per_seed in results.items():
-        rows = {seed: _with_mean({s: v["score"] for s, v in r["suites"].items()}, suites) for seed, r in per_seed.items()}
+        rows = {
+            seed: _with_mean({s: v["score"] for s, v in r["suites"].items()}, suites) for seed, r in per_seed.items()
+        }
         stats = {c: mean_std([row[c] for row in rows.values()]) for c in cols}
         models[name] = {
             **info.get(name, {}),
@@ -205,8 +216,10 @@ def aggregate(
         }
     ref = models.get(REFERENCE, {}).get("mean")
     for m in models.values():
-        m["change"] = {c: (m["mean"][c] - ref[c]) if ref and m["mean"][c] is not None and ref.get(c) is not None else None
-                       for c in cols}
+        m["change"] = {
+            c: (m["mean"][c] - ref[c]) if ref and m["mean"][c] is not None and ref.get(c) is not None else None
+            for c in cols
+        }
 
     paired: dict[str, Any] = {}
     for name, m in models.items():
@@ -219,8 +232,11 @@ def aggregate(
             continue
         entry: dict[str, Any] = {"vs": base_name, "seeds": common, "diff": {}, "std": {}, "se": {}, "beyond_spread": {}}
         for c in cols:
-            diffs = [m["per_seed"][s][c] - other[s][c] for s in common
-                     if m["per_seed"][s][c] is not None and other[s][c] is not None]
+            diffs = [
+                m["per_seed"][s][c] - other[s][c]
+                for s in common
+                if m["per_seed"][s][c] is not None and other[s][c] is not None
+            ]
             mu, sd = mean_std(diffs)
             se = sd / math.sqrt(len(diffs)) if sd is not None else None
             entry["diff"][c], entry["std"][c], entry["se"][c] = mu, sd, se
@@ -280,8 +296,10 @@ def to_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# {summary['title']}",
         "",
-        ("Scores in %: mean ± standard deviation over seeds (change of the mean against Instruct). "
-         "Instruct and Base are not trained: one evaluation, no spread. Base is evaluated without chat template."),
+        (
+            "Scores in %: mean ± standard deviation over seeds (change of the mean against Instruct). "
+            "Instruct and Base are not trained: one evaluation, no spread. Base is evaluated without chat template."
+        ),
         "",
         *markdown_table(
             ["model", "seeds", *cols], [[row[c] for c in ["model", "seeds", *cols]] for row in table_rows(summary)]
@@ -311,18 +329,22 @@ def to_markdown(summary: dict[str, Any]) -> str:
         lines += [
             "## How far each method moved the weights (sigma, mean over layer tensors)",
             "",
-            ("sigma(A, B) = sum|A - B| / (sum|A| + sum|B|). *trained*: the model that was trained, against its "
-             "start point (a LoRA adapter merged into it); *final*: the evaluated model against Instruct."),
+            (
+                "sigma(A, B) = sum|A - B| / (sum|A| + sum|B|). *trained*: the model that was trained, against its "
+                "start point (a LoRA adapter merged into it); *final*: the evaluated model against Instruct."
+            ),
             "",
             "| model | trained | sigma(trained, start) | sigma(final, Instruct) |",
             "| --- | --- | ---: | ---: |",
         ]
         for name, d in summary["distances"].items():
+
             def f(k: str, d: dict[str, Any] = d) -> str:
                 if k not in d:
                     return "-"
                 s = f"{d[k]['mean']:.5f}"
                 return s + (f" ± {d[k]['std']:.5f}" if d[k]["std"] is not None else "")
+
             lines.append(f"| {name} | {d.get('trained_what') or '-'} | {f('trained')} | {f('final')} |")
         lines.append("")
     return "\n".join(lines)
@@ -371,9 +393,15 @@ def comparison_spec(
     from shadowft.stages import StageSpec, artifact_ref
 
     def produce(tmp: Path) -> dict:
-        results = {m: {s: json.loads((a.path / "results.json").read_text()) for s, a in per.items()} for m, per in evals.items()}
+        results = {
+            m: {s: json.loads((a.path / "results.json").read_text()) for s, a in per.items()}
+            for m, per in evals.items()
+        }
         sig = {
-            m: {s: {k: json.loads((a.path / "sigma.json").read_text())["mean"] for k, a in d.items()} for s, d in per.items()}
+            m: {
+                s: {k: json.loads((a.path / "sigma.json").read_text())["mean"] for k, a in d.items()}
+                for s, d in per.items()
+            }
             for m, per in (distances or {}).items()
         }
         summary = aggregate(results, info, sig, title)
@@ -381,5 +409,10 @@ def comparison_spec(
         return {"models": list(summary["models"])}
 
     inputs = {f"eval:{m}:{s}": artifact_ref(a) for m, per in evals.items() for s, a in per.items()}
-    inputs |= {f"distance:{m}:{s}:{k}": artifact_ref(a) for m, per in (distances or {}).items() for s, d in per.items() for k, a in d.items()}
+    inputs |= {
+        f"distance:{m}:{s}:{k}": artifact_ref(a)
+        for m, per in (distances or {}).items()
+        for s, d in per.items()
+        for k, a in d.items()
+    }
     return StageSpec("compare", {"title": title, "info": info or {}, "models": list(evals)}, inputs, produce)

@@ -64,7 +64,9 @@ class PairConfig(_Section):
         description="Instruct model paired with the Base (same architecture and vocabulary): local dir or hub id; "
         "'zoo:instruct' is the embedded tiny family.",
     )
-    base_revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of the Base model.")
+    base_revision: str | None = Field(
+        default=None, description="Hub revision (branch, tag or commit) of the Base model."
+    )
     instruct_revision: str | None = Field(
         default=None, description="Hub revision (branch, tag or commit) of the Instruct model."
     )
@@ -338,7 +340,7 @@ class RunConfig(BaseModel):
         def sub(v: str) -> str:
             if not v.startswith(ZOO_PREFIX):
                 return v
-            name = v[len(ZOO_PREFIX):]
+            name = v[len(ZOO_PREFIX) :]
             if name not in zoo:
                 raise ShadowFTError(
                     f"unknown placeholder {v!r}",
@@ -369,9 +371,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ShadowFTError(
-            f"override {text!r} is not of the form key.sub=value", hint="for example: train.lr=1e-4"
-        )
+        raise ShadowFTError(f"override {text!r} is not of the form key.sub=value", hint="for example: train.lr=1e-4")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:

@@ -32,8 +32,11 @@ class DiskFullError(ShadowFTError):
     reason: str = "no space left on the device"
 
 
-_NO_SPACE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-             errno.EFBIG: "file size limit exceeded"}
+_NO_SPACE = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit exceeded",
+}
 
 
 def as_disk_full(exc: BaseException, where: str) -> DiskFullError | None:

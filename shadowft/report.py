@@ -23,7 +23,9 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for s in r["suites"]:
             if s not in suites:
                 suites.append(s)
-    chance = {s: next((r["suites"][s].get("chance") for r in results.values() if s in r["suites"]), None) for s in suites}
+    chance = {
+        s: next((r["suites"][s].get("chance") for r in results.values() if s in r["suites"]), None) for s in suites
+    }
     rows: dict[str, dict[str, float | None]] = {}
     for model, r in results.items():
         scores = {s: (r["suites"][s]["score"] if s in r["suites"] else None) for s in suites}
@@ -39,7 +41,14 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for model, scores in rows.items()
     }
     n = {s: next((r["suites"][s].get("n") for r in results.values() if s in r["suites"]), None) for s in suites}
-    return {"suites": suites, "chance": chance, "n": n, "scores": rows, "change_vs_instruct": change, "reference": REFERENCE_MODEL}
+    return {
+        "suites": suites,
+        "chance": chance,
+        "n": n,
+        "scores": rows,
+        "change_vs_instruct": change,
+        "reference": REFERENCE_MODEL,
+    }
 
 
 def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
@@ -99,8 +108,18 @@ def bar_chart(
     for i, (name, vals) in enumerate(series.items()):
         xs = [x + i * width - 0.425 + width / 2 for x in range(len(columns))]
         err = [100 * e for e in errors[name]] if errors else None
-        ax.bar(xs, [100 * v for v in vals], width, yerr=err, capsize=2, label=name, color=cmap(i % 20),
-               hatch="//" if name in hatched else None, edgecolor="white", linewidth=0.3)
+        ax.bar(
+            xs,
+            [100 * v for v in vals],
+            width,
+            yerr=err,
+            capsize=2,
+            label=name,
+            color=cmap(i % 20),
+            hatch="//" if name in hatched else None,
+            edgecolor="white",
+            linewidth=0.3,
+        )
     for x, col in enumerate(columns):
         c = chance.get(col)
         if c:

@@ -199,9 +199,7 @@ def probe_isolation(python: str = sys.executable) -> dict[str, object]:
     return result
 
 
-def _child_setup(
-    flags: int, uid: int | None, cpu_s: int, memory_mb: int, file_mb: int, max_procs: int
-) -> None:
+def _child_setup(flags: int, uid: int | None, cpu_s: int, memory_mb: int, file_mb: int, max_procs: int) -> None:
     """Runs in the forked child before exec (keep it to async-signal-safe-ish system calls)."""
     import resource
 

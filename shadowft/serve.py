@@ -109,7 +109,11 @@ def create_pool(env: dict[str, str]) -> None:
     """Create the process work pool (or keep the existing one)."""
     res = subprocess.run(
         _prefect("work-pool", "create", POOL, "--type", "process", "--overwrite"),
-        env=env, cwd=PROJECT, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if res.returncode != 0:
         raise ShadowFTError(f"creating work pool {POOL!r} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
@@ -119,7 +123,11 @@ def deploy(env: dict[str, str]) -> None:
     """`prefect deploy --all` on deployments/prefect.yaml, run from the repository root."""
     res = subprocess.run(
         _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)),
-        env=env, cwd=PROJECT, capture_output=True, text=True, timeout=300,
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if res.returncode != 0:
         raise ShadowFTError(f"prefect deploy failed:\n{res.stdout[-3000:]}{res.stderr[-3000:]}")
@@ -141,7 +149,9 @@ def override_parameters(env: dict[str, str], config: dict, nightly_data: Path) -
         "        c.update_deployment(d.id, DeploymentUpdate(parameters={'config': cfg}))\n"
     )
     payload = json.dumps({f"{FLOW}/manual": config, f"{FLOW}/nightly": nightly})
-    res = subprocess.run([sys.executable, "-c", code], input=payload, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], input=payload, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=120
+    )
     if res.returncode != 0:
         raise ShadowFTError(f"setting the deployments' parameters failed:\n{res.stderr[-3000:]}")
 
@@ -185,9 +195,13 @@ def serve(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     procs: list[tuple[str, subprocess.Popen]] = []
     try:
-        console.print(f"starting the Prefect server on {host}:{port} (PREFECT_HOME={env.get('PREFECT_HOME', 'default')})")
+        console.print(
+            f"starting the Prefect server on {host}:{port} (PREFECT_HOME={env.get('PREFECT_HOME', 'default')})"
+        )
         server = _start(
-            _prefect("server", "start", "--host", host, "--port", str(port)), env, PROJECT,
+            _prefect("server", "start", "--host", host, "--port", str(port)),
+            env,
+            PROJECT,
             log_dir / "server.log" if log_dir else None,
         )
         procs.append(("server", server))
@@ -196,16 +210,31 @@ def serve(
         deploy(env)
         if cfg_data is not None:
             override_parameters(env, cfg_data, nightly_data)
-        console.print(f"deployed {FLOW}/manual and {FLOW}/nightly (nightly data: {nightly_data}) on pool {POOL}", soft_wrap=True)
+        console.print(
+            f"deployed {FLOW}/manual and {FLOW}/nightly (nightly data: {nightly_data}) on pool {POOL}", soft_wrap=True
+        )
         if not nightly_data.exists():
-            err_console.print(f"[yellow]note:[/] {nightly_data} does not exist yet; the nightly run fails until it does")
+            err_console.print(
+                f"[yellow]note:[/] {nightly_data} does not exist yet; the nightly run fails until it does"
+            )
         if worker:
-            procs.append(("worker", _start(
-                _prefect("worker", "start", "--pool", POOL, "--type", "process"), env, PROJECT,
-                log_dir / "worker.log" if log_dir else None,
-            )))
+            procs.append(
+                (
+                    "worker",
+                    _start(
+                        _prefect("worker", "start", "--pool", POOL, "--type", "process"),
+                        env,
+                        PROJECT,
+                        log_dir / "worker.log" if log_dir else None,
+                    ),
+                )
+            )
         ui = f"http://{client_host}:{port}"
-        console.print(f"[bold green]Prefect UI: {ui}[/]  deployments: {ui}/deployments  (Ctrl-C stops)", highlight=False, soft_wrap=True)
+        console.print(
+            f"[bold green]Prefect UI: {ui}[/]  deployments: {ui}/deployments  (Ctrl-C stops)",
+            highlight=False,
+            soft_wrap=True,
+        )
         while True:
             for name, p in procs:
                 if p.poll() is not None:

@@ -214,7 +214,12 @@ class ArtifactStore:
         - removed: what `remove` deleted.
         """
         found: dict[str, list[str]] = {
-            "complete": [], "incomplete": [], "stale_work": [], "resumable": [], "pending": [], "removed": []
+            "complete": [],
+            "incomplete": [],
+            "stale_work": [],
+            "resumable": [],
+            "pending": [],
+            "removed": [],
         }
         self._verify_work(found, remove)
         base = self.root / "artifacts"

@@ -79,4 +79,3 @@ def inline_chart(chart: Path) -> str:
     if not chart.exists() or chart.stat().st_size > MAX_INLINE_CHART:
         return ""
     return f"## Chart\n\n![chart](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})\n\n"
-

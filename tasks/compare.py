@@ -32,11 +32,14 @@ def comparison(
 ) -> Artifact:
     """Not cached by Prefect (like `report`): reuses the stored comparison and re-publishes the table
     and the markdown report, so every run shows them."""
-    art, _ = build_stage(comparison_spec, evals=evals, distances=distances, info=info, title=title, store_root=store_root)
+    art, _ = build_stage(
+        comparison_spec, evals=evals, distances=distances, info=info, title=title, store_root=store_root
+    )
     summary = json.loads((art.path / "summary.json").read_text())
     key = artifact_key_name("compare", title)[:60].strip("-")
-    create_table_artifact(table_rows(summary), key=f"{key}-table",
-                          description=f"{title}: mean ± std over seeds in % (change vs Instruct)")
+    create_table_artifact(
+        table_rows(summary), key=f"{key}-table", description=f"{title}: mean ± std over seeds in % (change vs Instruct)"
+    )
     md = to_markdown(summary) + "\n"
     chart = art.path / "chart.png"
     md += inline_chart(chart)
