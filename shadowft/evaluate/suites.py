@@ -248,7 +248,10 @@ def resolve_suites(names: str | Sequence[str]) -> list[Suite]:
                 code_execution=_is_unsafe(entry),
             )
         )
-    return list({s.name: s for s in reversed(out)}.values())[::-1]  # first of each name, in order
+    unique: dict[str, Suite] = {}
+    for suite in out:  # the first of each name, in the order given
+        unique.setdefault(suite.name, suite)
+    return list(unique.values())
 
 
 def _is_unsafe(entry: Any) -> bool:
