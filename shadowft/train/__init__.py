@@ -6,7 +6,7 @@
 - `methods`: what is trained (`lora` adapter or `full` weights), selected by `train.method`;
 - `launchers/`: how the fit phase's processes start (today `inprocess`).
 
-Importing this package loads no torch or transformers; the phases import them when they run.
+Importing this package loads no transformers, PEFT or TRL; the phases import them when they run.
 """
 
 from shadowft.train.checkpoints import CHECKPOINT_PREFIX, complete_checkpoints
