@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo serve bench clean
+.PHONY: setup lint typecheck test test-fast demo serve bench clean
 
 setup: $(STAMP)
 
@@ -16,10 +16,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	touch $(STAMP)
 
+# Lint first (seconds): a style or import error fails before the long test run starts.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check shadowft tasks flows
+
+typecheck: setup
+	$(PY) -m mypy
+
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 test-fast: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: setup

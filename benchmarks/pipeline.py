@@ -52,7 +52,9 @@ def timed_run(cfg) -> tuple[float, str, list[dict]]:
     state = shadow_ft(config=cfg, return_state=True)
     wall = time.perf_counter() - t0
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
     tasks = [
         {
             "name": r.name,
@@ -101,7 +103,9 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     ap.add_argument("--home", type=Path, default=None, help="fresh SHADOWFT_HOME (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=ROOT / "results" / "pipeline.json")
-    ap.add_argument("--family-build", action="store_true", help="also time from-scratch family builds, quiet and loaded")
+    ap.add_argument(
+        "--family-build", action="store_true", help="also time from-scratch family builds, quiet and loaded"
+    )
     args = ap.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="shadowft-bench-pipeline-"))
@@ -131,7 +135,9 @@ def main() -> None:
         failing.eval.suites = [*cfg.eval.suites, str(probe)]
         failing.eval.limit = cfg.eval.limit
         fail_s, fail_state, _ = timed_run(failing)
-        (probe / "probe.jsonl").write_text("".join(json.dumps({"q": f"{i} is even?", "a": "yes" if i % 2 == 0 else "no"}) + "\n" for i in range(8)))
+        (probe / "probe.jsonl").write_text(
+            "".join(json.dumps({"q": f"{i} is even?", "a": "yes" if i % 2 == 0 else "no"}) + "\n" for i in range(8))
+        )
         resume_s, resume_state, resume_tasks = timed_run(failing)
 
     done_before = [t for t in resume_tasks if not t["name"].startswith(EVAL_STAGES)]
@@ -141,9 +147,16 @@ def main() -> None:
         "overrides": args.overrides,
         "family_install_s": family_s,
         "family_from_scratch_s": builds,
-        "family_manifest": json.loads(family.manifest.read_text()).get("timings", {}) if family.manifest.exists() else {},
+        "family_manifest": json.loads(family.manifest.read_text()).get("timings", {})
+        if family.manifest.exists()
+        else {},
         "cold": {"pipeline_s": cold_s, "with_family_s": cold_s + family_s, "state": cold_state, "tasks": cold_tasks},
-        "warm": {"wall_s": warm_s, "state": warm_state, "all_cached": all(t["state"] == "Cached" for t in warm_tasks if not t["name"].startswith("report")), "tasks": warm_tasks},
+        "warm": {
+            "wall_s": warm_s,
+            "state": warm_state,
+            "all_cached": all(t["state"] == "Cached" for t in warm_tasks if not t["name"].startswith("report")),
+            "tasks": warm_tasks,
+        },
         "resume": {
             "failed_run_s": fail_s,
             "failed_state": fail_state,
@@ -163,10 +176,17 @@ def main() -> None:
         t.add_column(c, justify="right")
     if builds:
         t.add_row("family from scratch, quiet", f"{builds['quiet']:.1f}", "", "")
-        t.add_row("family from scratch, beside a CPU-bound process", f"{builds['loaded']:.1f}", f"{builds['loaded'] / builds['quiet']:.2f} x quiet", "<= 600 s")
+        t.add_row(
+            "family from scratch, beside a CPU-bound process",
+            f"{builds['loaded']:.1f}",
+            f"{builds['loaded'] / builds['quiet']:.2f} x quiet",
+            "<= 600 s",
+        )
     t.add_row("family install (shipped copy)", f"{family_s:.1f}", "", "")
     t.add_row("pipeline, family installed", f"{cold_s:.1f}", "1.00", "<= 180 s")
-    t.add_row("cold demo incl. family install", f"{cold_s + family_s:.1f}", f"{(cold_s + family_s) / cold_s:.2f}", "<= 240 s")
+    t.add_row(
+        "cold demo incl. family install", f"{cold_s + family_s:.1f}", f"{(cold_s + family_s) / cold_s:.2f}", "<= 240 s"
+    )
     t.add_row("warm (all cached)", f"{warm_s:.1f}", f"{warm_s / cold_s:.3f}", "<= 30 s")
     t.add_row("resume: time on stages already done", f"{cached_s:.2f}", f"{cached_s / cold_s:.3f}", "< 0.10")
     t.add_row("resume: whole resumed run", f"{resume_s:.1f}", f"{resume_s / cold_s:.2f}", "")

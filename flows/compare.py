@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.shadow_ft import MERGE, resolve_run
+from flows.shadow_ft import as_model, resolve_run, update_of
 from shadowft.compare import CompareConfig
 from shadowft.store import Artifact
 from tasks.compare import comparison, distance
@@ -24,7 +24,7 @@ from tasks.data import prepare_data
 from tasks.evaluate import evaluate
 from tasks.pair import check_pair
 from tasks.train import train
-from tasks.weights import extract_delta, graft
+from tasks.weights import graft
 
 
 @flow(name="shadow-ft-compare")
@@ -43,9 +43,14 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
     distances: dict[str, dict[str, dict[str, Artifact]]] = {}
     variants = config.variants()
     for v in variants:
-        info[v.name] = {"kind": v.kind, "method": v.method, "lr": config.lr_for(v.method), "baseline": v.baseline,
-                        **({"alpha": v.alpha, "scope": v.scope} if v.kind == "shadow" else {}),
-                        "trained_what": ("Instruct" if v.kind == "direct" else "Base") + (" + LoRA" if v.method == "lora" else "")}
+        info[v.name] = {
+            "kind": v.kind,
+            "method": v.method,
+            "lr": config.lr_for(v.method),
+            "baseline": v.baseline,
+            **({"alpha": v.alpha, "scope": v.scope} if v.kind == "shadow" else {}),
+            "trained_what": ("Instruct" if v.kind == "direct" else "Base") + (" + LoRA" if v.method == "lora" else ""),
+        }
         evals[v.name], distances[v.name] = {}, {}
 
     for seed in config.seeds:
@@ -54,12 +59,12 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
             tag = f"{method}-s{seed}"
             # Shadow-FT: tune Base; the update is the delta (full) or the adapter (LoRA)
             tuned_base = train(tc, base, data, f"base-{tag}", store)
-            update = extract_delta(base, tuned_base, store) if method == "full" else tuned_base
+            update = update_of(method, base, tuned_base, store)
             # conventional: tune Instruct (a LoRA adapter is merged into it)
             tuned_inst = train(tc, instruct, data, f"instruct-{tag}", store)
-            direct = tuned_inst if method == "full" else graft(MERGE, instruct, tuned_inst, f"direct-{tag}", store)
+            direct = as_model(method, instruct, tuned_inst, f"direct-{tag}", store)
             # the trained models as full weights, to measure how far each moved from its start
-            moved_base = tuned_base if method == "full" else graft(MERGE, base, tuned_base, f"base-merged-{tag}", store)
+            moved_base = as_model(method, base, tuned_base, f"base-merged-{tag}", store)
 
             for v in (v for v in variants if v.method == method):
                 if v.kind == "direct":

@@ -16,6 +16,7 @@ from prefect import flow
 from shadowft.config import GraftConfig, RunConfig
 from shadowft.stages import preflight, resolve_model, zoo_placeholders
 from shadowft.store import Artifact
+from shadowft.train.methods import get_method
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
 from tasks.pair import check_pair
@@ -28,9 +29,20 @@ from tasks.zoo import embedded_family
 MERGE = GraftConfig(alpha=1.0, scope="all")
 
 
+def update_of(method: str, start: Path, tuned: Artifact, store: str) -> Artifact:
+    """What is grafted: a LoRA adapter is the update itself; a full model's update is its delta."""
+    return tuned if get_method(method).produces == "adapter" else extract_delta(start, tuned, store)
+
+
+def as_model(method: str, start: Path, tuned: Artifact, label: str, store: str) -> Artifact:
+    """The tuned model as full weights: a LoRA adapter merged into its start, a full model as is."""
+    return graft(MERGE, start, tuned, label, store) if get_method(method).produces == "adapter" else tuned
+
+
 def store_root(config: RunConfig) -> str:
-    from shadowft.store import default_home
     import os
+
+    from shadowft.store import default_home
 
     return str(default_home() if "SHADOWFT_HOME" in os.environ else Path(config.output.root).absolute() / "store")
 
@@ -44,7 +56,9 @@ def resolve_run(config: RunConfig) -> tuple[RunConfig, Path, Path, str]:
         config = config.resolve(zoo_placeholders(embedded_family().root))
     trust = config.pair.trust_remote_code
     base = resolve_model(config.pair.base, config.pair.base_revision, role="base", trust_remote_code=trust)
-    instruct = resolve_model(config.pair.instruct, config.pair.instruct_revision, role="instruct", trust_remote_code=trust)
+    instruct = resolve_model(
+        config.pair.instruct, config.pair.instruct_revision, role="instruct", trust_remote_code=trust
+    )
     return config, base, instruct, store
 
 
@@ -56,15 +70,18 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     data = prepare_data(config.data, instruct, store)
 
     tuned_base = train(config.train, base, data, "base", store)
-    update = extract_delta(base, tuned_base, store) if config.train.method == "full" else tuned_base
+    update = update_of(config.train.method, base, tuned_base, store)
     models: dict[str, Path | Artifact] = {}
     if "instruct" in config.baselines:
         models["instruct"] = instruct
     if "direct" in config.baselines:
         tuned_instruct = train(config.train, instruct, data, "instruct", store)
-        models["direct"] = tuned_instruct if config.train.method == "full" else graft(MERGE, instruct, tuned_instruct, "direct", store)
+        models["direct"] = as_model(config.train.method, instruct, tuned_instruct, "direct", store)
     models["shadow-ft"] = graft(config.graft, instruct, update, "shadow-ft", store)
 
     evals = {name: evaluate(config.eval, model, name, store) for name, model in models.items()}
     final = report(evals, config.output.name or "Shadow-FT results", store)
-    return {"report": str(final.path), "models": {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()}}
+    return {
+        "report": str(final.path),
+        "models": {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()},
+    }

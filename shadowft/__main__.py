@@ -1,5 +1,6 @@
-"""`python -m shadowft` runs the CLI."""
+"""`python -m shadowft` runs the same CLI as the `shadowft` console script."""
 
 from shadowft.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -1,13 +1,41 @@
-"""The `shadowft` command line: typed functions whose signatures are the CLI and its help."""
+"""The `shadowft` command line: one explicit table of every command.
+
+`shadowft` (the console script) and `python -m shadowft` both run `main`. Command modules import
+only typer and rich at import time and load their heavy modules (torch, lm-eval, Prefect, the flows)
+inside the command, so `shadowft --help` stays fast and `shadowft/` never imports Prefect on import.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from shadowft import __version__, cli_eval, cli_flows, cli_store, cli_weights, cli_zoo
+from shadowft.console import console, err_console
 from shadowft.errors import ShadowFTError
+
+#: name -> command function; the function's signature and docstring are its CLI and help.
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "similarity": cli_weights.similarity,
+    "check-pair": cli_weights.check_pair,
+    "delta": cli_weights.delta,
+    "graft": cli_weights.graft,
+    "convert": cli_weights.convert,
+    "eval": cli_eval.eval_,
+    "suites": cli_eval.suites,
+    "run": cli_flows.run,
+    "demo": cli_flows.demo,
+    "compare": cli_flows.compare,
+    "serve": cli_flows.serve,
+}
+#: name -> a group of subcommands
+GROUPS: dict[str, typer.Typer] = {
+    "zoo": cli_zoo.zoo_app,
+    "store": cli_store.store_app,
+}
 
 app = typer.Typer(
     name="shadowft",
@@ -16,15 +44,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
-# Command groups live beside the stage they drive; each module registers on `app`.
-from shadowft import cli_weights  # noqa: E402,F401  (similarity, check-pair, delta, graft)
-from shadowft import cli_eval  # noqa: E402,F401
-from shadowft import cli_store  # noqa: E402,F401  (store verify)
-from shadowft import cli_zoo  # noqa: E402,F401
-# (more command modules are imported here, one line each)
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"shadowft {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Shadow-FT: tune the Base model, graft its update onto the Instruct model."""
+
+
+for _name, _fn in COMMANDS.items():
+    app.command(_name)(_fn)
+for _name, _group in GROUPS.items():
+    app.add_typer(_group, name=_name)
+
+__all__ = ["COMMANDS", "GROUPS", "app", "console", "err_console", "main"]
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""CLI commands for evaluation: `shadowft eval` and `shadowft suites`."""
+"""CLI commands for evaluation: `shadowft eval` and `shadowft suites` (registered in `shadowft.cli`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from shadowft.cli import app, console
+from shadowft.console import console
 
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-@app.command("eval")
 def eval_(
     model: Annotated[Path, typer.Argument(help="Model directory (Hugging Face format) to evaluate.")],
     suite: Annotated[
@@ -91,7 +90,6 @@ def eval_(
     console.print(f"results: {output}  ({result.timings['total_s']:.1f} s)")
 
 
-@app.command("suites")
 def suites() -> None:
     """List the named evaluation suites."""
     from shadowft.evaluate import list_suites

@@ -8,10 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from shadowft.cli import app, console, err_console
+from shadowft.console import console, err_console
 
 store_app = typer.Typer(help="Inspect and repair the artifact store (SHADOWFT_HOME).", no_args_is_help=True)
-app.add_typer(store_app, name="store")
 
 _EXPLAIN = {
     "incomplete": "incomplete builds (a crashed or killed write; never used)",
@@ -24,7 +23,9 @@ _EXPLAIN = {
 @store_app.command()
 def verify(
     root: Annotated[Optional[Path], typer.Option(help="Store root; default $SHADOWFT_HOME or ./.shadowft.")] = None,
-    remove: Annotated[bool, typer.Option("--remove", help="Delete incomplete builds, stale work dirs and stale pending ids.")] = False,
+    remove: Annotated[
+        bool, typer.Option("--remove", help="Delete incomplete builds, stale work dirs and stale pending ids.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Report incomplete or orphaned artifacts; with --remove, delete them (live builds are left alone).

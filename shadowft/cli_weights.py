@@ -1,4 +1,5 @@
-"""CLI commands for weight surgery: similarity, check-pair, delta, graft, convert."""
+"""CLI commands for weight surgery: similarity, check-pair, delta, graft, convert (registered in
+`shadowft.cli.COMMANDS`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from shadowft.cli import app, console, err_console
+from shadowft.console import console, err_console
 
 
 class DeltaDtype(str, Enum):
@@ -50,7 +51,6 @@ def _instruct_bytes(path: Path) -> int:
         return c.total_bytes
 
 
-@app.command()
 def similarity(
     a: Annotated[Path, typer.Argument(help="First model dir (e.g. the Base model).")],
     b: Annotated[Path, typer.Argument(help="Second model dir (e.g. the Instruct model).")],
@@ -77,7 +77,6 @@ def similarity(
     console.print(worst)
 
 
-@app.command("check-pair")
 def check_pair(
     base: Annotated[Path, typer.Option(help="Base model dir.")],
     instruct: Annotated[Path, typer.Option(help="Instruct model dir.")],
@@ -101,7 +100,6 @@ def check_pair(
         console.print(f"[yellow]warning:[/] {w}")
 
 
-@app.command()
 def delta(
     base: Annotated[Path, typer.Option(help="Base model dir (before tuning).")],
     tuned: Annotated[Path, typer.Option(help="The tuned Base model dir.")],
@@ -118,7 +116,6 @@ def delta(
     console.print(f"[green]wrote[/] {report.tensors} tensors ({report.bytes_written / 1e6:.1f} MB, {report.dtype}) to {out} in {report.seconds:.1f}s")
 
 
-@app.command()
 def graft(
     instruct: Annotated[Path, typer.Option(help="Instruct model dir to graft onto.")],
     out: Annotated[Path, typer.Option(help="Output model dir (written atomically).")],
@@ -166,7 +163,6 @@ def graft(
     )
 
 
-@app.command()
 def convert(
     src: Annotated[Path, typer.Argument(help="Model dir with pickled pytorch_model*.bin weights.")],
     out: Annotated[Path, typer.Argument(help="Output model dir with safetensors weights.")],

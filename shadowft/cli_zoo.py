@@ -7,13 +7,12 @@ from typing import Annotated
 
 import typer
 
-from shadowft.cli import app, console
+from shadowft.console import console
 
 zoo_app = typer.Typer(
     help="The embedded toy Base/Instruct family (built offline, cached).",
     no_args_is_help=True,
 )
-app.add_typer(zoo_app, name="zoo")
 
 
 def _sigma(base: Path, instruct: Path) -> float:
@@ -27,19 +26,13 @@ def _sigma(base: Path, instruct: Path) -> float:
 def build(
     out: Annotated[
         Path | None,
-        typer.Option(
-            help="family directory (default: $SHADOWFT_HOME/zoo/<version>-<preset>-s<seed>)"
-        ),
+        typer.Option(help="family directory (default: $SHADOWFT_HOME/zoo/<version>-<preset>-s<seed>)"),
     ] = None,
     seed: Annotated[
         int,
-        typer.Option(
-            help="seed; the same seed gives bit-identical weights on the same machine"
-        ),
+        typer.Option(help="seed; the same seed gives bit-identical weights on the same machine"),
     ] = 0,
-    force: Annotated[
-        bool, typer.Option(help="reinstall or rebuild even if a finished family is cached there")
-    ] = False,
+    force: Annotated[bool, typer.Option(help="reinstall or rebuild even if a finished family is cached there")] = False,
     from_scratch: Annotated[
         bool,
         typer.Option(
@@ -50,9 +43,7 @@ def build(
     ] = False,
     preset: Annotated[
         str,
-        typer.Option(
-            help="'default' (the real family) or 'ci' (seconds; mechanics tests only)"
-        ),
+        typer.Option(help="'default' (the real family) or 'ci' (seconds; mechanics tests only)"),
     ] = "default",
 ) -> None:
     """Install (or return the cached) toy Base/Instruct family with its fine-tuning and eval data.
@@ -65,11 +56,13 @@ def build(
     from shadowft.zoo import build_family
 
     if preset not in ("default", "ci"):
-        raise ShadowFTError(
-            f"unknown preset {preset!r}", hint="use --preset default or --preset ci"
-        )
+        raise ShadowFTError(f"unknown preset {preset!r}", hint="use --preset default or --preset ci")
     paths = build_family(
-        out, seed=seed, force=force, preset=preset, from_scratch=from_scratch  # type: ignore[arg-type]
+        out,
+        seed=seed,
+        force=force,
+        preset=preset,
+        from_scratch=from_scratch,  # type: ignore[arg-type]
     )
     manifest = paths.read_manifest()
     how = "installed from the package" if manifest.get("source") == "shipped" else "built here"

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shadowft.config import (
     DEFAULT_LR,
@@ -29,9 +29,9 @@ from shadowft.config import (
     Method,
     RunConfig,
     TrainConfig,
-    parse_override,
+    load_model,
 )
-from shadowft.errors import ShadowFTError
+from shadowft.tables import chance_cells, markdown_row, markdown_table, pct, with_change
 
 REFERENCE = "instruct"
 #: A difference counts as larger than the seed spread when |mean| > SIGNIFICANCE x standard error.
@@ -48,9 +48,13 @@ class CompareConfig(BaseModel):
         description="The pair, data, training, graft and evaluation settings shared by every model "
         "(train.method, train.lr, train.seed, graft.alpha are set per variant; baselines are ignored).",
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="Training seeds (train.seed).")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1, description="Training seeds (train.seed)."
+    )
     methods: list[Method] = Field(
-        default_factory=lambda: ["lora", "full"], min_length=1, description="Tuning methods compared: lora, full."
+        default_factory=lambda: list[Method](["lora", "full"]),
+        min_length=1,
+        description="Tuning methods compared: lora, full.",
     )
     lr: dict[Method, float] = Field(
         default_factory=dict,
@@ -111,10 +115,15 @@ class CompareConfig(BaseModel):
         for m in self.methods:
             out.append(Variant(name=f"direct-{m}", method=m, kind="direct"))
             out.append(Variant(name=f"shadow-{m}", method=m, kind="shadow", alpha=main_alpha, scope=self.scopes[0]))
-            out += [Variant(name=f"shadow-{m} a={a:g}", method=m, kind="shadow", alpha=a, scope=self.scopes[0])
-                    for a in self.alphas if a != main_alpha]
-            out += [Variant(name=f"shadow-{m} scope={s}", method=m, kind="shadow", alpha=main_alpha, scope=s)
-                    for s in self.scopes[1:]]
+            out += [
+                Variant(name=f"shadow-{m} a={a:g}", method=m, kind="shadow", alpha=a, scope=self.scopes[0])
+                for a in self.alphas
+                if a != main_alpha
+            ]
+            out += [
+                Variant(name=f"shadow-{m} scope={s}", method=m, kind="shadow", alpha=main_alpha, scope=s)
+                for s in self.scopes[1:]
+            ]
         return out
 
 
@@ -140,41 +149,14 @@ class Variant(BaseModel):
 def load_compare_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
     """Read a comparison YAML (`run:` holds a run config), apply ``key.sub=value`` overrides (e.g.
     ``seeds=[0]``, ``run.eval.limit=20``) and validate; problems raise `ShadowFTError`."""
-    data: dict[str, Any] = {}
-    where = str(path) if path is not None else "<defaults>"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ShadowFTError(f"comparison config {p} does not exist", hint="see examples/compare-toy.yaml")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ShadowFTError(f"{p}: invalid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ShadowFTError(f"{p}: a comparison config must be a mapping (run, seeds, methods, ...)")
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ShadowFTError(f"override {text!r}: {k} is not a section")
-        node[keys[-1]] = value
-    try:
-        return CompareConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(str(x) for x in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()]
-        raise ShadowFTError(
-            f"invalid comparison config ({where}):\n  " + "\n  ".join(problems),
-            hint="every key is listed with a comment in examples/compare-toy.yaml",
-        ) from None
+    return load_model(CompareConfig, path, overrides, what="comparison config", example="examples/compare-toy.yaml")
 
 
 # -- aggregation -----------------------------------------------------------------------------------
 
 
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n - 1); std is None for fewer than two values."""
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the values present; std is None for fewer than two."""
     vals = [v for v in values if v is not None]
     if not vals:
         return None, None
@@ -221,7 +203,9 @@ def aggregate(
     cols = [*suites, "mean"]
     models: dict[str, Any] = {}
     for name, per_seed in results.items():
-        rows = {seed: _with_mean({s: v["score"] for s, v in r["suites"].items()}, suites) for seed, r in per_seed.items()}
+        rows = {
+            seed: _with_mean({s: v["score"] for s, v in r["suites"].items()}, suites) for seed, r in per_seed.items()
+        }
         stats = {c: mean_std([row[c] for row in rows.values()]) for c in cols}
         models[name] = {
             **info.get(name, {}),
@@ -232,8 +216,10 @@ def aggregate(
         }
     ref = models.get(REFERENCE, {}).get("mean")
     for m in models.values():
-        m["change"] = {c: (m["mean"][c] - ref[c]) if ref and m["mean"][c] is not None and ref.get(c) is not None else None
-                       for c in cols}
+        m["change"] = {
+            c: (m["mean"][c] - ref[c]) if ref and m["mean"][c] is not None and ref.get(c) is not None else None
+            for c in cols
+        }
 
     paired: dict[str, Any] = {}
     for name, m in models.items():
@@ -246,8 +232,11 @@ def aggregate(
             continue
         entry: dict[str, Any] = {"vs": base_name, "seeds": common, "diff": {}, "std": {}, "se": {}, "beyond_spread": {}}
         for c in cols:
-            diffs = [m["per_seed"][s][c] - other[s][c] for s in common
-                     if m["per_seed"][s][c] is not None and other[s][c] is not None]
+            diffs = [
+                m["per_seed"][s][c] - other[s][c]
+                for s in common
+                if m["per_seed"][s][c] is not None and other[s][c] is not None
+            ]
             mu, sd = mean_std(diffs)
             se = sd / math.sqrt(len(diffs)) if sd is not None else None
             entry["diff"][c], entry["std"][c], entry["se"][c] = mu, sd, se
@@ -283,20 +272,12 @@ def aggregate(
 # -- presentation ----------------------------------------------------------------------------------
 
 
-def _pct(x: float | None, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
-
-
 def cell(model: dict[str, Any], col: str, reference: bool = False) -> str:
     """``mean ± std (change vs Instruct)`` in %, e.g. ``31.0 ± 2.1 (+4.0)``."""
-    text = _pct(model["mean"].get(col))
+    text = pct(model["mean"].get(col))
     if model["std"].get(col) is not None:
         text += f" ± {100 * model['std'][col]:.1f}"
-    if not reference and model["change"].get(col) is not None:
-        text += f" ({_pct(model['change'][col], signed=True)})"
-    return text
+    return with_change(text, None if reference else model["change"].get(col))
 
 
 def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
@@ -315,17 +296,16 @@ def to_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# {summary['title']}",
         "",
-        ("Scores in %: mean ± standard deviation over seeds (change of the mean against Instruct). "
-         "Instruct and Base are not trained: one evaluation, no spread. Base is evaluated without chat template."),
+        (
+            "Scores in %: mean ± standard deviation over seeds (change of the mean against Instruct). "
+            "Instruct and Base are not trained: one evaluation, no spread. Base is evaluated without chat template."
+        ),
         "",
-        "| model | seeds | " + " | ".join(cols) + " |",
-        "| --- | ---: | " + " | ".join("---:" for _ in cols) + " |",
-    ]
-    for row in table_rows(summary):
-        lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(row[c] for c in cols) + " |")
-    lines += [
-        "| *chance* | | " + " | ".join(_pct(summary["chance"].get(s)) for s in summary["suites"]) + " | |",
-        "| *items* | | " + " | ".join(str(summary["items"].get(s) or "-") for s in summary["suites"]) + " | |",
+        *markdown_table(
+            ["model", "seeds", *cols], [[row[c] for c in ["model", "seeds", *cols]] for row in table_rows(summary)]
+        ),
+        markdown_row(["*chance*", "", *chance_cells(summary, summary["suites"]), ""]),
+        markdown_row(["*items*", "", *(str(summary["items"].get(s) or "-") for s in summary["suites"]), ""]),
         "",
     ]
     if summary["paired"]:
@@ -334,34 +314,37 @@ def to_markdown(summary: dict[str, Any]) -> str:
             "",
             f"Mean ± std of the per-seed difference in points; **bold**: {summary['significance']}.",
             "",
-            "| model | vs | " + " | ".join(cols) + " |",
-            "| --- | --- | " + " | ".join("---:" for _ in cols) + " |",
         ]
+        rows = []
         for name, p in summary["paired"].items():
             cells = []
             for c in cols:
-                t = _pct(p["diff"][c], signed=True)
+                t = pct(p["diff"][c], signed=True)
                 if p["std"][c] is not None:
                     t += f" ± {100 * p['std'][c]:.1f}"
                 cells.append(f"**{t}**" if p["beyond_spread"][c] else t)
-            lines.append(f"| {name} | {p['vs']} | " + " | ".join(cells) + " |")
-        lines.append("")
+            rows.append([name, p["vs"], *cells])
+        lines += [*markdown_table(["model", "vs", *cols], rows, text_columns=2), ""]
     if summary["distances"]:
         lines += [
             "## How far each method moved the weights (sigma, mean over layer tensors)",
             "",
-            ("sigma(A, B) = sum|A - B| / (sum|A| + sum|B|). *trained*: the model that was trained, against its "
-             "start point (a LoRA adapter merged into it); *final*: the evaluated model against Instruct."),
+            (
+                "sigma(A, B) = sum|A - B| / (sum|A| + sum|B|). *trained*: the model that was trained, against its "
+                "start point (a LoRA adapter merged into it); *final*: the evaluated model against Instruct."
+            ),
             "",
             "| model | trained | sigma(trained, start) | sigma(final, Instruct) |",
             "| --- | --- | ---: | ---: |",
         ]
         for name, d in summary["distances"].items():
+
             def f(k: str, d: dict[str, Any] = d) -> str:
                 if k not in d:
                     return "-"
                 s = f"{d[k]['mean']:.5f}"
                 return s + (f" ± {d[k]['std']:.5f}" if d[k]["std"] is not None else "")
+
             lines.append(f"| {name} | {d.get('trained_what') or '-'} | {f('trained')} | {f('final')} |")
         lines.append("")
     return "\n".join(lines)
@@ -410,9 +393,15 @@ def comparison_spec(
     from shadowft.stages import StageSpec, artifact_ref
 
     def produce(tmp: Path) -> dict:
-        results = {m: {s: json.loads((a.path / "results.json").read_text()) for s, a in per.items()} for m, per in evals.items()}
+        results = {
+            m: {s: json.loads((a.path / "results.json").read_text()) for s, a in per.items()}
+            for m, per in evals.items()
+        }
         sig = {
-            m: {s: {k: json.loads((a.path / "sigma.json").read_text())["mean"] for k, a in d.items()} for s, d in per.items()}
+            m: {
+                s: {k: json.loads((a.path / "sigma.json").read_text())["mean"] for k, a in d.items()}
+                for s, d in per.items()
+            }
             for m, per in (distances or {}).items()
         }
         summary = aggregate(results, info, sig, title)
@@ -420,5 +409,10 @@ def comparison_spec(
         return {"models": list(summary["models"])}
 
     inputs = {f"eval:{m}:{s}": artifact_ref(a) for m, per in evals.items() for s, a in per.items()}
-    inputs |= {f"distance:{m}:{s}:{k}": artifact_ref(a) for m, per in (distances or {}).items() for s, d in per.items() for k, a in d.items()}
+    inputs |= {
+        f"distance:{m}:{s}:{k}": artifact_ref(a)
+        for m, per in (distances or {}).items()
+        for s, d in per.items()
+        for k, a in d.items()
+    }
     return StageSpec("compare", {"title": title, "info": info or {}, "models": list(evals)}, inputs, produce)

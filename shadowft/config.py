@@ -1,7 +1,7 @@
 """The run configuration: one typed model that is the YAML file format, the CLI input and the flow's
 parameter (the Prefect UI renders it as a form from the field descriptions).
 
-Defaults are the published method's defaults (see PAPER.md): LoRA lr 2e-4, rank 8, lora_alpha 2*rank,
+Defaults are the published Shadow-FT method's defaults: LoRA lr 2e-4, rank 8, lora_alpha 2*rank,
 dropout 0, all linear layers except lm_head; full FT lr 1e-5; 1 epoch, cosine, warmup ratio 0.1,
 cutoff length 4096, 2000 samples; graft alpha 1.0 over the attention/MLP projections.
 
@@ -13,11 +13,10 @@ paths (the orchestration layer builds or finds the family and passes the mapping
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -38,6 +37,8 @@ DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 DEFAULT_LR = {"lora": 2e-4, "full": 1e-5}
 
 Method = Literal["lora", "full"]
+Objective = Literal["sft"]
+EvalBackendName = Literal["hf"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal[
     "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "polynomial", "inverse_sqrt"
@@ -63,7 +64,9 @@ class PairConfig(_Section):
         description="Instruct model paired with the Base (same architecture and vocabulary): local dir or hub id; "
         "'zoo:instruct' is the embedded tiny family.",
     )
-    base_revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of the Base model.")
+    base_revision: str | None = Field(
+        default=None, description="Hub revision (branch, tag or commit) of the Base model."
+    )
     instruct_revision: str | None = Field(
         default=None, description="Hub revision (branch, tag or commit) of the Instruct model."
     )
@@ -126,6 +129,10 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     """Fine-tuning of the Base model (and of the Instruct model for the `direct` baseline)."""
 
+    objective: Objective = Field(
+        default="sft",
+        description="The training loss: sft (next-token cross-entropy on the assistant replies).",
+    )
     method: Method = Field(default="lora", description="lora (train a low-rank adapter) or full (all weights).")
     lr: float | None = Field(
         default=None, gt=0, description="Peak learning rate; empty = method default (LoRA 2e-4, full 1e-5)."
@@ -230,6 +237,9 @@ class EvalConfig(_Section):
         description="Wrap prompts in the model's chat template; empty = yes for Instruct and grafted models "
         "(as in the paper).",
     )
+    backend: EvalBackendName = Field(
+        default="hf", description="How the model runs under lm-eval: hf (transformers, one device)."
+    )
 
 
 class OutputConfig(_Section):
@@ -240,11 +250,16 @@ class OutputConfig(_Section):
 
 
 #: The stages of a run, in order; `RunConfig.stage_view` knows the config each one depends on.
-STAGES = ("pair", "data", "train", "direct", "delta", "graft", "eval", "report")
+#: (The `direct` baseline is the train stage applied to Instruct, not a stage of its own.)
+STAGES = ("pair", "data", "train", "delta", "graft", "eval", "report")
 
 # Fields that change how a stage runs but not what it produces (left out of cache keys).
 _NOT_IN_KEY = {"train": {"save_steps", "save_total_limit"}, "pair": {"force"}, "eval": {"batch_size"}}
-_LORA_ONLY = {"lora_rank", "lora_alpha", "lora_dropout", "lora_targets"}
+#: TrainConfig fields that only one training method reads (the others' are left out of its key).
+METHOD_FIELDS: dict[str, set[str]] = {
+    "lora": {"lora_rank", "lora_alpha", "lora_dropout", "lora_targets"},
+    "full": {"full_save_dtype"},
+}
 
 
 class RunConfig(BaseModel):
@@ -258,7 +273,7 @@ class RunConfig(BaseModel):
     graft: GraftConfig = Field(default_factory=GraftConfig, description="How the update is grafted onto Instruct.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation suites and settings.")
     baselines: list[Baseline] = Field(
-        default_factory=lambda: ["instruct", "direct"],
+        default_factory=lambda: list[Baseline](["instruct", "direct"]),
         description="Comparisons evaluated beside Shadow-FT: instruct (the untouched Instruct model) and "
         "direct (the same fine-tuning applied to Instruct).",
     )
@@ -286,7 +301,8 @@ class RunConfig(BaseModel):
 
         - pair: the pair section (model ids, revisions, threshold)
         - data: the data section (+ the Instruct tokenizer, an input)
-        - train / direct: the train section (+ prepared data and the model dir, inputs)
+        - train: the train section, objective included (+ prepared data and the model dir, inputs);
+          the `direct` baseline is this stage on the Instruct model
         - delta: nothing of its own (base and tuned base are inputs)
         - graft: the graft section (+ Instruct and the delta or adapter, inputs)
         - eval: the eval section (+ the model dir, an input)
@@ -296,15 +312,12 @@ class RunConfig(BaseModel):
             return _dump(self.pair, exclude=_NOT_IN_KEY["pair"])
         if stage == "data":
             return _dump(self.data)
-        if stage in ("train", "direct"):
-            view = _dump(self.train, exclude=_NOT_IN_KEY["train"])
+        if stage == "train":
+            other_methods = set().union(*(f for m, f in METHOD_FIELDS.items() if m != self.train.method))
+            view = _dump(self.train, exclude=_NOT_IN_KEY["train"] | other_methods)
             view["lr"] = self.train.effective_lr
             if self.train.method == "lora":
                 view["lora_alpha"] = self.train.effective_lora_alpha
-                view.pop("full_save_dtype")
-            else:
-                for k in _LORA_ONLY:
-                    view.pop(k)
             return view
         if stage == "delta":
             return {}
@@ -316,23 +329,18 @@ class RunConfig(BaseModel):
             return {"suites": list(self.eval.suites), "baselines": list(self.baselines)}
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
 
-    def stage_digest(self, stage: str) -> str:
-        """A short stable hash of `stage_view(stage)` (sha256 of canonical JSON, 16 hex digits)."""
-        text = json.dumps(self.stage_view(stage), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(f"{stage}:{text}".encode()).hexdigest()[:16]
-
     def placeholders(self) -> list[str]:
         """The ``zoo:NAME`` placeholders this config uses (model and data sources), in order."""
         values = [self.pair.base, self.pair.instruct, *self.data.sources]
         return [v for v in dict.fromkeys(values) if v.startswith(ZOO_PREFIX)]
 
-    def resolve(self, zoo: dict[str, str | Path]) -> RunConfig:
+    def resolve(self, zoo: Mapping[str, str | Path]) -> RunConfig:
         """A copy with every ``zoo:NAME`` replaced by ``zoo[NAME]`` (e.g. {'base': '/cache/tiny/base'})."""
 
         def sub(v: str) -> str:
             if not v.startswith(ZOO_PREFIX):
                 return v
-            name = v[len(ZOO_PREFIX):]
+            name = v[len(ZOO_PREFIX) :]
             if name not in zoo:
                 raise ShadowFTError(
                     f"unknown placeholder {v!r}",
@@ -363,9 +371,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ShadowFTError(
-            f"override {text!r} is not of the form key.sub=value", hint="for example: train.lr=1e-4"
-        )
+        raise ShadowFTError(f"override {text!r} is not of the form key.sub=value", hint="for example: train.lr=1e-4")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
@@ -373,15 +379,32 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML run config (or the defaults when `path` is None), apply ``key.sub=value`` overrides,
     and validate. Every problem raises `ShadowFTError` naming the key path and the file."""
+    return load_model(RunConfig, path, overrides, example="examples/toy.yaml")
+
+
+def load_model(
+    model: type[M],
+    path: Path | str | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    what: str = "config",
+    example: str,
+) -> M:
+    """Read a YAML file into the pydantic `model` (the run config, the comparison config, ...), apply
+    ``key.sub=value`` overrides and validate. Every problem raises `ShadowFTError` naming the key path,
+    the file and the override it came from; `example` is the file the hints point to."""
     where = str(path) if path is not None else "<defaults>"
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ShadowFTError(f"config file {p} does not exist", hint="see examples/toy.yaml for a starting point")
+            raise ShadowFTError(f"{what} file {p} does not exist", hint=f"see {example} for a starting point")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
@@ -392,7 +415,8 @@ def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ShadowFTError(f"{p}: a config must be a mapping of sections (pair, data, train, ...)")
+            sections = ", ".join(list(model.model_fields)[:3])
+            raise ShadowFTError(f"{p}: a {what} must be a mapping of sections ({sections}, ...)")
         data = loaded
 
     overridden: dict[str, str] = {}
@@ -410,23 +434,23 @@ def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str
         overridden[".".join(keys)] = text
 
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(err, overridden) for err in exc.errors()]
-        head = f"invalid config ({where}): " if len(problems) == 1 else f"invalid config ({where}):\n  "
+        problems = [_describe(dict(err), overridden, model) for err in exc.errors()]
+        head = f"invalid {what} ({where}): " if len(problems) == 1 else f"invalid {what} ({where}):\n  "
         raise ShadowFTError(
             head + "\n  ".join(problems),
-            hint="every key and its default is listed in examples/toy.yaml",
+            hint=f"every key and its default is listed in {example}",
         ) from None
 
 
-def _describe(err: dict[str, Any], overridden: dict[str, str]) -> str:
+def _describe(err: dict[str, Any], overridden: dict[str, str], root: type[BaseModel]) -> str:
     loc = [str(x) for x in err.get("loc", ())]
     key = ".".join(loc) if loc else "(top level)"
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(root, loc[:-1])
         close = difflib.get_close_matches(loc[-1], allowed, n=1)
         msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
         if allowed:
@@ -467,8 +491,8 @@ def _override_for(loc: list[str], overridden: dict[str, str]) -> str | None:
     return None
 
 
-def _allowed_keys(loc: list[str]) -> list[str]:
-    model: Any = RunConfig
+def _allowed_keys(root: type[BaseModel], loc: list[str]) -> list[str]:
+    model: Any = root
     for part in loc:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:

@@ -272,7 +272,9 @@ def _alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
     if isinstance(system, str) and system.strip():
         msgs.append({"role": "system", "content": system})
     for j, pair in enumerate(record.get("history") or []):
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)):
+        if not (
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)
+        ):
             raise ValueError(f"history[{j}] must be a [question, answer] pair of non-empty texts")
         msgs += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     prompt = record["instruction"] if not extra.strip() else f"{record['instruction']}\n\n{extra}"
@@ -401,7 +403,7 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
         name, records = _read_source(source, spec.split, problems)
         st = SourceStats(source=name, format=spec.format)
         per_source.append(st)
-        fmt = None if spec.format == "auto" else spec.format
+        fmt: str | None = None if spec.format == "auto" else spec.format
         for rec in records:
             if budget is not None and len(conversations) >= budget:
                 break

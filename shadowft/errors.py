@@ -32,8 +32,11 @@ class DiskFullError(ShadowFTError):
     reason: str = "no space left on the device"
 
 
-_NO_SPACE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-             errno.EFBIG: "file size limit exceeded"}
+_NO_SPACE = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit exceeded",
+}
 
 
 def as_disk_full(exc: BaseException, where: str) -> DiskFullError | None:
@@ -51,3 +54,7 @@ def as_disk_full(exc: BaseException, where: str) -> DiskFullError | None:
     )
     err.reason = reason
     return err
+
+
+class EvalError(ShadowFTError):
+    """A suite cannot be resolved or run."""

@@ -15,7 +15,7 @@ CONTENT_HASH_LIMIT = 64 * 1024 * 1024  # bytes; files above this are fingerprint
 STAT_ONLY_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-def _file_digest(path: Path, h: "hashlib._Hash", content_limit: int) -> None:
+def _file_digest(path: Path, h: hashlib._Hash, content_limit: int) -> None:
     st = path.stat()
     h.update(f"{st.st_size}\0".encode())
     if st.st_size <= content_limit and path.suffix not in STAT_ONLY_SUFFIXES:

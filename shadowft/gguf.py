@@ -45,7 +45,7 @@ def gguf_to_model_dir(gguf_path: Path, out_dir: Path, dtype: str = "float32", ov
             hint="transformers reads GGUF for a set of architectures and quantization types only",
         ) from exc
     # The weights are already dequantized; drop the GGUF marker so that save_pretrained writes them.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     for obj in (model, model.config):
         for attr in ("is_quantized", "quantization_method"):
             if hasattr(obj, attr):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -146,7 +146,9 @@ def _structure_problems(base: Checkpoint, instruct: Checkpoint, scope: str) -> t
         if scoped:
             errors.append(f"{len(scoped)} tensor(s) in scope exist only in {where}: {', '.join(scoped[:5])}")
         elif names:
-            warnings.append(f"{len(names)} tensor(s) outside the graft scope exist only in {where}: {', '.join(names[:5])}")
+            warnings.append(
+                f"{len(names)} tensor(s) outside the graft scope exist only in {where}: {', '.join(names[:5])}"
+            )
     for name in sorted(set(base.tensors) & set(instruct.tensors)):
         sb, si = base.tensors[name].shape, instruct.tensors[name].shape
         if sb != si:
@@ -205,7 +207,9 @@ def check_pair(
     (unrelated models sit near 0.7, real pairs below 0.06) is fatal unless `force`. A model that
     needs its own code (`auto_map` in its config) is refused unless `trust_remote_code`.
     """
-    code_warnings = [w for p, r in ((base, "base"), (instruct, "instruct")) for w in check_remote_code(p, r, trust_remote_code)]
+    code_warnings = [
+        w for p, r in ((base, "base"), (instruct, "instruct")) for w in check_remote_code(p, r, trust_remote_code)
+    ]
     with Checkpoint(base, role="base") as cb, Checkpoint(instruct, role="instruct") as ci:
         errors, warnings = _structure_problems(cb, ci, scope)
         warnings = code_warnings + warnings

@@ -8,17 +8,12 @@ Prefect UI and humans) and a PNG bar chart.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+from shadowft.tables import chance_cells, markdown_row, markdown_table, pct, with_change
+
 REFERENCE_MODEL = "instruct"
-
-
-def _fmt(x: float | None, pct: bool = True) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{100 * x:.1f}" if pct else f"{x:.3f}"
 
 
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -28,7 +23,9 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for s in r["suites"]:
             if s not in suites:
                 suites.append(s)
-    chance = {s: next((r["suites"][s].get("chance") for r in results.values() if s in r["suites"]), None) for s in suites}
+    chance = {
+        s: next((r["suites"][s].get("chance") for r in results.values() if s in r["suites"]), None) for s in suites
+    }
     rows: dict[str, dict[str, float | None]] = {}
     for model, r in results.items():
         scores = {s: (r["suites"][s]["score"] if s in r["suites"] else None) for s in suites}
@@ -38,13 +35,20 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ref = rows.get(REFERENCE_MODEL)
     change = {
         model: {
-            s: (v - ref[s]) if (ref is not None and v is not None and ref.get(s) is not None) else None
+            s: (v - start) if (ref is not None and v is not None and (start := ref.get(s)) is not None) else None
             for s, v in scores.items()
         }
         for model, scores in rows.items()
     }
     n = {s: next((r["suites"][s].get("n") for r in results.values() if s in r["suites"]), None) for s in suites}
-    return {"suites": suites, "chance": chance, "n": n, "scores": rows, "change_vs_instruct": change, "reference": REFERENCE_MODEL}
+    return {
+        "suites": suites,
+        "chance": chance,
+        "n": n,
+        "scores": rows,
+        "change_vs_instruct": change,
+        "reference": REFERENCE_MODEL,
+    }
 
 
 def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
@@ -54,10 +58,18 @@ def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         row = {"model": model}
         for s in [*summary["suites"], "mean"]:
             d = summary["change_vs_instruct"][model].get(s)
-            delta = "" if d is None or model == summary["reference"] else f" ({'+' if d >= 0 else ''}{100 * d:.1f})"
-            row[s] = _fmt(scores.get(s)) + delta
+            row[s] = with_change(pct(scores.get(s)), None if model == summary["reference"] else d)
         rows.append(row)
     return rows
+
+
+def chance_row(summary: dict[str, Any], style: str | None = None) -> dict[str, str]:
+    """The chance level per suite in % (no mean: chance of a mean of suites is not meaningful);
+    `style` wraps each value in rich markup for the terminal."""
+    cells = dict(zip(summary["suites"], chance_cells(summary, summary["suites"])))
+    if style:
+        cells = {k: f"[{style}]{v}[/]" if v != "-" else "" for k, v in cells.items()}
+    return cells
 
 
 def to_markdown(summary: dict[str, Any], title: str = "Shadow-FT results") -> str:
@@ -67,14 +79,9 @@ def to_markdown(summary: dict[str, Any], title: str = "Shadow-FT results") -> st
         "",
         "Scores in % (change against Instruct in parentheses). Chance level and items per suite below the table.",
         "",
-        "| model | " + " | ".join(cols) + " |",
-        "| --- | " + " | ".join("---:" for _ in cols) + " |",
-    ]
-    for row in table_rows(summary):
-        lines.append(f"| {row['model']} | " + " | ".join(row[c] for c in cols) + " |")
-    lines += [
-        "| *chance* | " + " | ".join(_fmt(summary["chance"].get(s)) for s in summary["suites"]) + " | |",
-        "| *items* | " + " | ".join(str(summary["n"].get(s) or "-") for s in summary["suites"]) + " | |",
+        *markdown_table(["model", *cols], [[row["model"], *(row[c] for c in cols)] for row in table_rows(summary)]),
+        markdown_row(["*chance*", *chance_cells(summary, summary["suites"]), ""]),
+        markdown_row(["*items*", *(str(summary["n"].get(s) or "-") for s in summary["suites"]), ""]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -101,8 +108,18 @@ def bar_chart(
     for i, (name, vals) in enumerate(series.items()):
         xs = [x + i * width - 0.425 + width / 2 for x in range(len(columns))]
         err = [100 * e for e in errors[name]] if errors else None
-        ax.bar(xs, [100 * v for v in vals], width, yerr=err, capsize=2, label=name, color=cmap(i % 20),
-               hatch="//" if name in hatched else None, edgecolor="white", linewidth=0.3)
+        ax.bar(
+            xs,
+            [100 * v for v in vals],
+            width,
+            yerr=err,
+            capsize=2,
+            label=name,
+            color=cmap(i % 20),
+            hatch="//" if name in hatched else None,
+            edgecolor="white",
+            linewidth=0.3,
+        )
     for x, col in enumerate(columns):
         c = chance.get(col)
         if c:
@@ -195,9 +212,8 @@ def compare_markdown(summary: dict[str, Any], previous: dict[str, Any] | None, r
         + (" (same inputs: results reused from the cache)." if same else "."),
         "Scores in % now (change since the previous run in parentheses; `new` = not in the previous run).",
         "",
-        "| model | " + " | ".join(cols) + " |",
-        "| --- | " + " | ".join("---:" for _ in cols) + " |",
     ]
+    rows = []
     for model, scores in summary["scores"].items():
         before = previous.get("scores", {}).get(model)
         cells = []
@@ -206,9 +222,9 @@ def compare_markdown(summary: dict[str, Any], previous: dict[str, Any] | None, r
             if now is None:
                 cells.append("-")
             elif old is None:
-                cells.append(f"{_fmt(now)} (new)")
+                cells.append(f"{pct(now)} (new)")
             else:
-                d = now - old
-                cells.append(f"{_fmt(now)} ({'+' if d >= 0 else ''}{100 * d:.1f})")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+                cells.append(with_change(pct(now), now - old))
+        rows.append([model, *cells])
+    lines += markdown_table(["model", *cols], rows)
     return "\n".join(lines) + "\n"

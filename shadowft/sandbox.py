@@ -199,9 +199,7 @@ def probe_isolation(python: str = sys.executable) -> dict[str, object]:
     return result
 
 
-def _child_setup(
-    flags: int, uid: int | None, cpu_s: int, memory_mb: int, file_mb: int, max_procs: int
-) -> None:
+def _child_setup(flags: int, uid: int | None, cpu_s: int, memory_mb: int, file_mb: int, max_procs: int) -> None:
     """Runs in the forked child before exec (keep it to async-signal-safe-ish system calls)."""
     import resource
 
@@ -256,7 +254,7 @@ def run_untrusted(
     """
     python = python or sys.executable
     iso = dict(probe_isolation(python))
-    flags = int(iso.pop("_flags", 0))
+    flags = int(iso.pop("_flags", 0))  # type: ignore[call-overload]
     uid = NOBODY if iso["uid"] == "nobody" else None
     iso["python_guard"] = python_guard
 

@@ -16,9 +16,10 @@ Artifact layout (under the store's `artifacts/<stage>/<key>/`):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shadowft.config import DataConfig, EvalConfig, GraftConfig, PairConfig, RunConfig, TrainConfig
 from shadowft.errors import ShadowFTError
@@ -26,10 +27,28 @@ from shadowft.fingerprint import fingerprint_path
 from shadowft.store import Artifact, ArtifactStore, artifact_key
 
 # Bump a stage's version when its code changes what it produces: its artifacts are rebuilt.
-STAGE_VERSIONS = {"pair": "2", "data": "1", "train": "1", "delta": "1", "graft": "1", "eval": "1", "report": "1",
-                  "distance": "1", "compare": "1"}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+STAGE_VERSIONS = {
+    "pair": "2",
+    "data": "1",
+    "train": "1",
+    "delta": "1",
+    "graft": "1",
+    "eval": "1",
+    "report": "1",
+    "distance": "1",
+    "compare": "1",
+}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -86,7 +105,10 @@ def resolve_model(ref: str, revision: str | None = None, role: str = "model", tr
     if p.exists():
         return p.absolute()
     if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-        raise ShadowFTError(f"{role} model {ref!r} is not a directory", hint="give a local model dir or a hub id like Qwen/Qwen3-4B-Base")
+        raise ShadowFTError(
+            f"{role} model {ref!r} is not a directory",
+            hint="give a local model dir or a hub id like Qwen/Qwen3-4B-Base",
+        )
     try:
         from huggingface_hub import snapshot_download
 
@@ -94,8 +116,15 @@ def resolve_model(ref: str, revision: str | None = None, role: str = "model", tr
             snapshot_download(
                 ref,
                 revision=revision,
-                allow_patterns=["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken",
-                                *(["*.py"] if trust_remote_code else [])],
+                allow_patterns=[
+                    "*.safetensors",
+                    "*.json",
+                    "*.jinja",
+                    "*.txt",
+                    "*.model",
+                    "*.tiktoken",
+                    *(["*.py"] if trust_remote_code else []),
+                ],
             )
         )
     except Exception as exc:  # offline, gated, missing: say which and how to fix
@@ -130,12 +159,23 @@ def pair_spec(pair: PairConfig, base: Path, instruct: Path, scope: str) -> Stage
     from shadowft.pair import check_pair
 
     def produce(tmp: Path) -> dict:
-        report = check_pair(base, instruct, scope=scope, max_sigma=pair.max_sigma, force=pair.force,
-                            trust_remote_code=pair.trust_remote_code)
+        report = check_pair(
+            base,
+            instruct,
+            scope=scope,
+            max_sigma=pair.max_sigma,
+            force=pair.force,
+            trust_remote_code=pair.trust_remote_code,
+        )
         (tmp / "pair.json").write_text(json.dumps(report.to_dict(with_tensors=True), indent=2) + "\n")
         return {"sigma_mean": report.sigma.mean if report.sigma else None}
 
-    config = {"max_sigma": pair.max_sigma, "force": pair.force, "scope": scope, "trust_remote_code": pair.trust_remote_code}
+    config = {
+        "max_sigma": pair.max_sigma,
+        "force": pair.force,
+        "scope": scope,
+        "trust_remote_code": pair.trust_remote_code,
+    }
     return StageSpec("pair", config, {"base": model_ref(base), "instruct": model_ref(instruct)}, produce)
 
 
@@ -144,7 +184,12 @@ def data_spec(data: DataConfig, instruct: Path) -> StageSpec:
 
     def produce(tmp: Path) -> dict:
         stats = prepare_dataset(data, instruct, tmp / "data")
-        return {"samples": stats.samples, "tokens": stats.tokens, "dropped": stats.dropped, "truncated": stats.truncated}
+        return {
+            "samples": stats.samples,
+            "tokens": stats.tokens,
+            "dropped": stats.dropped,
+            "truncated": stats.truncated,
+        }
 
     inputs = {"tokenizer": tokenizer_ref(instruct), **{f"source{i}": source_ref(s) for i, s in enumerate(data.sources)}}
     return StageSpec("data", data.model_dump(mode="json", exclude={"sources"}), inputs, produce)
@@ -159,7 +204,9 @@ def train_spec(
     spec = StageSpec("train", view, {"model": model_ref(model), "data": artifact_ref(data)}, lambda tmp: None)
 
     def produce(tmp: Path) -> dict:
-        result = train_model(model, data.path / "data", train, tmp / "model", store.work_dir("train", spec.key), progress)
+        result = train_model(
+            model, data.path / "data", train, tmp / "model", store.work_dir("train", spec.key), progress
+        )
         (tmp / "loss_curve.json").write_text(json.dumps(result.loss_curve, indent=2) + "\n")
         return {"train": result.to_dict()}
 
@@ -181,7 +228,9 @@ def graft_spec(graft_cfg: GraftConfig, instruct: Path, update: Artifact) -> Stag
     from shadowft.weights import graft
 
     def produce(tmp: Path) -> dict:
-        kwargs = {"delta": update.path / "delta"} if update.stage == "delta" else {"adapter": update.path / "model"}
+        kwargs: dict[str, Any] = (
+            {"delta": update.path / "delta"} if update.stage == "delta" else {"adapter": update.path / "model"}
+        )
         report = graft(instruct, tmp / "model", alpha=graft_cfg.alpha, scope=graft_cfg.scope, **kwargs)
         return {"graft": report.to_dict()}
 
@@ -205,6 +254,7 @@ def eval_spec(eval_cfg: EvalConfig, model: Path | Artifact, allow_code_execution
             batch_size=eval_cfg.batch_size,
             apply_chat_template=eval_cfg.apply_chat_template,
             allow_code_execution=allow_code_execution,
+            backend=eval_cfg.backend,
         )
         return {"scores": {s: r.score for s, r in result.suites.items()}}
 
@@ -221,7 +271,9 @@ def report_spec(evals: dict[str, Artifact], title: str = "Shadow-FT results") ->
         results = {name: json.loads((a.path / "results.json").read_text()) for name, a in evals.items()}
         return {"summary": write_report(results, tmp, title=title)}
 
-    return StageSpec("report", {"models": list(evals), "title": title}, {n: artifact_ref(a) for n, a in evals.items()}, produce)
+    return StageSpec(
+        "report", {"models": list(evals), "title": title}, {n: artifact_ref(a) for n, a in evals.items()}, produce
+    )
 
 
 def _model_dir_and_ref(model: Path | Artifact) -> tuple[Path, str]:

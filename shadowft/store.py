@@ -20,15 +20,17 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pydantic import BaseModel
 
 from shadowft import __version__
 from shadowft.errors import as_disk_full
+from shadowft.files import write_json_atomic
 
 MANIFEST = "manifest.json"
 DEFAULT_HOME = Path(".shadowft")
@@ -175,7 +177,7 @@ class ArtifactStore:
                     "shadowft_version": __version__,
                     **extra,
                 }
-                _write_json_atomic(tmp / MANIFEST, manifest)
+                write_json_atomic(tmp / MANIFEST, manifest)
                 os.replace(tmp, final)
                 pending.unlink(missing_ok=True)
                 # the stage's scratch (checkpoints to resume from) is garbage once its artifact exists
@@ -212,7 +214,12 @@ class ArtifactStore:
         - removed: what `remove` deleted.
         """
         found: dict[str, list[str]] = {
-            "complete": [], "incomplete": [], "stale_work": [], "resumable": [], "pending": [], "removed": []
+            "complete": [],
+            "incomplete": [],
+            "stale_work": [],
+            "resumable": [],
+            "pending": [],
+            "removed": [],
         }
         self._verify_work(found, remove)
         base = self.root / "artifacts"
@@ -273,9 +280,3 @@ class ArtifactStore:
 
 def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

@@ -8,7 +8,7 @@ paths as real checkpoints; only the size differs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -80,7 +80,7 @@ def tiny_config(
     """A small but standard config of the given architecture."""
     from transformers import LlamaConfig, Qwen3Config
 
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
@@ -100,7 +100,7 @@ def tiny_config(
     raise ValueError(f"unknown tiny architecture {arch!r}; choose 'llama' or 'qwen3'")
 
 
-def random_model(config, seed: int = 0) -> torch.nn.Module:
+def random_model(config: Any, seed: int = 0) -> Any:
     """A randomly initialised causal LM for `config`, reproducible from `seed`."""
     from transformers import AutoModelForCausalLM
 
@@ -108,7 +108,7 @@ def random_model(config, seed: int = 0) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_config(config)
     # Norm weights start at exactly 1.0; give them some spread so that every tensor is informative.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval()

@@ -8,8 +8,9 @@ deployments, and a deleted artifact gets a new key, so Prefect never answers wit
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shadowft.stages import StageSpec
 from shadowft.store import Artifact, ArtifactStore
@@ -78,4 +79,3 @@ def inline_chart(chart: Path) -> str:
     if not chart.exists() or chart.stat().st_size > MAX_INLINE_CHART:
         return ""
     return f"## Chart\n\n![chart](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})\n\n"
-

@@ -15,7 +15,6 @@ from shadowft.store import Artifact
 from tasks._stage import artifact_key_name, build_stage, inline_chart, stage_options
 
 
-
 @task(**stage_options(distance_spec, "distance", task_run_name="sigma-{label}"))
 def distance(a: Path | Artifact, b: Path | Artifact, label: str, store_root: str) -> Artifact:
     """sigma(a, b) over the layer tensors, stored (`sigma.json`); `label` names it in the UI."""
@@ -33,11 +32,14 @@ def comparison(
 ) -> Artifact:
     """Not cached by Prefect (like `report`): reuses the stored comparison and re-publishes the table
     and the markdown report, so every run shows them."""
-    art, _ = build_stage(comparison_spec, evals=evals, distances=distances, info=info, title=title, store_root=store_root)
+    art, _ = build_stage(
+        comparison_spec, evals=evals, distances=distances, info=info, title=title, store_root=store_root
+    )
     summary = json.loads((art.path / "summary.json").read_text())
     key = artifact_key_name("compare", title)[:60].strip("-")
-    create_table_artifact(table_rows(summary), key=f"{key}-table",
-                          description=f"{title}: mean ± std over seeds in % (change vs Instruct)")
+    create_table_artifact(
+        table_rows(summary), key=f"{key}-table", description=f"{title}: mean ± std over seeds in % (change vs Instruct)"
+    )
     md = to_markdown(summary) + "\n"
     chart = art.path / "chart.png"
     md += inline_chart(chart)

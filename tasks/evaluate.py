@@ -22,5 +22,9 @@ def evaluate(eval_cfg: EvalConfig, model: Path | Artifact, label: str, store_roo
         {"suite": s, "score": r["score"], "n": r["n"], "chance": r["chance"], "metric": r["metric"]}
         for s, r in result["suites"].items()
     ]
-    create_table_artifact(rows, key=artifact_key_name("eval", label), description=f"Evaluation of {label} (chat template: {result['chat_template']})")
+    create_table_artifact(
+        rows,
+        key=artifact_key_name("eval", label),
+        description=f"Evaluation of {label} (chat template: {result['chat_template']})",
+    )
     return art

@@ -14,7 +14,6 @@ from shadowft.store import Artifact
 from tasks._stage import build_stage, inline_chart
 
 
-
 @task(name="report", persist_result=True, result_serializer="json")
 def report(evals: dict[str, Artifact], title: str, store_root: str) -> Artifact:
     """Not cached by Prefect: it reuses the stored report (built once) and re-publishes the UI
@@ -22,7 +21,9 @@ def report(evals: dict[str, Artifact], title: str, store_root: str) -> Artifact:
     recorded under the run name (`title`), and the report compares with the previous run of it."""
     art, _ = build_stage(report_spec, evals=evals, title=title, store_root=store_root)
     summary = json.loads((art.path / "summary.json").read_text())
-    create_table_artifact(table_rows(summary), key="shadow-ft-results", description=f"{title}: scores in % (change vs Instruct)")
+    create_table_artifact(
+        table_rows(summary), key="shadow-ft-results", description=f"{title}: scores in % (change vs Instruct)"
+    )
 
     history = history_path(store_root, title)
     run_id = str(flow_run.get_id() or art.build_id)

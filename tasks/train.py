@@ -17,14 +17,16 @@ from tasks._stage import artifact_key_name, build_stage, stage_options
 
 def _progress_reporter(role: str):
     """A callback for `train_model` that keeps a Prefect progress artifact up to date (at most 1/s)."""
-    art_id = create_progress_artifact(0.0, key=artifact_key_name("train-progress", role), description=f"Training {role}")
+    art_id = create_progress_artifact(
+        0.0, key=artifact_key_name("train-progress", role), description=f"Training {role}"
+    )
     last = [0.0]
 
     def report(event: dict) -> None:
         now = time.monotonic()
         step, total = event.get("step") or 0, event.get("max_steps") or 0
         if total and (now - last[0] >= 1.0 or step >= total):
-            update_progress_artifact(art_id, progress=100.0 * step / total)
+            update_progress_artifact(art_id, progress=100.0 * step / total)  # type: ignore[arg-type]  # sync call
             last[0] = now
 
     return report
@@ -33,7 +35,9 @@ def _progress_reporter(role: str):
 @task(**stage_options(train_spec, "train", task_run_name="train-{role}"))
 def train(train: TrainConfig, model: Path, data: Artifact, role: str, store_root: str) -> Artifact:
     """`role` names what is trained (base / instruct) for the UI; the model dir is what counts."""
-    art, _ = build_stage(train_spec, train=train, model=model, data=data, store_root=store_root, progress=_progress_reporter(role))
+    art, _ = build_stage(
+        train_spec, train=train, model=model, data=data, store_root=store_root, progress=_progress_reporter(role)
+    )
     info = json.loads((art.path / "manifest.json").read_text())["train"]
     curve = json.loads((art.path / "loss_curve.json").read_text())
     md = (

@@ -29,8 +29,7 @@ def graft(graft_cfg: GraftConfig, instruct: Path, update: Artifact, label: str, 
         f"## Graft ({label})\n"
         f"- W = W_instruct + {info['alpha']} x update ({info['method']}), scope `{info['scope']}`\n"
         f"- {info['grafted']} tensors grafted, {info['copied']} copied from Instruct\n"
-        f"- model dir: `{art.path / 'model'}`\n"
-        + "".join(f"- warning: {w}\n" for w in info["warnings"])
+        f"- model dir: `{art.path / 'model'}`\n" + "".join(f"- warning: {w}\n" for w in info["warnings"])
     )
     create_markdown_artifact(md, key=artifact_key_name("graft", label), description=f"Graft summary ({label})")
     return art

@@ -216,7 +216,7 @@ def test_cli_run_prints_the_results_table(llama_trio, tmp_path):
     (tmp_path / "run.yaml").write_text(cfg.to_yaml())
     env = {**os.environ, "SHADOWFT_HOME": str(tmp_path / "store"), "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
     env.pop("PREFECT_API_URL", None)
-    r = subprocess.run([sys.executable, "-m", "flows", "run", str(tmp_path / "run.yaml"), "--set", "eval.limit=2"],
+    r = subprocess.run([sys.executable, "-m", "shadowft", "run", str(tmp_path / "run.yaml"), "--set", "eval.limit=2"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "shadow-ft" in r.stdout and "instruct" in r.stdout and "toy-math" in r.stdout

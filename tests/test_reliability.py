@@ -26,7 +26,7 @@ from tests.helpers import copy_dir, resize_vocab
 from tests.test_pipeline import make_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-SHADOWFT = [sys.executable, "-c", "from flows.cli import main; main()"]
+SHADOWFT = [sys.executable, "-m", "shadowft"]
 SENTINEL = "hf_secret-sentinel-3f9a"
 
 

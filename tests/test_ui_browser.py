@@ -80,7 +80,7 @@ def served(tmp_path, llama_trio):
     env.update(SHADOWFT_HOME=str(tmp_path / "store"), PREFECT_WORKER_QUERY_SECONDS="1", PYTHONUNBUFFERED="1")
     log = tmp_path / "serve.out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows", "serve", "--port", str(port), "--prefect-home", str(tmp_path / "prefect"),
+        [sys.executable, "-m", "shadowft", "serve", "--port", str(port), "--prefect-home", str(tmp_path / "prefect"),
          "--config", str(config), "--nightly-data", str(nightly), "--log-dir", str(tmp_path / "logs")],
         cwd=REPO, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )

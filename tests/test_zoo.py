@@ -11,9 +11,7 @@ import pytest
 from shadowft.zoo import corpus
 from shadowft.zoo.build import FamilyPaths, build_family
 
-SUITE_DATA = (
-    Path(__file__).resolve().parents[1] / "shadowft" / "suites" / "toy" / "data"
-)
+SUITE_DATA = Path(__file__).resolve().parents[1] / "shadowft" / "suites" / "toy" / "data"
 
 
 def _sigma_mean(a_dir: Path, b_dir: Path) -> float:
@@ -59,13 +57,9 @@ def test_training_generators_never_produce_eval_questions():
     docs = corpus.pretrain_docs(rng, 2000, exclude)
     text = "\n\n".join(docs)
     assert "<|im_start|>" in text  # some chat documents, as real bases see
-    samples = corpus.sft_samples(rng, 3000, exclude) + corpus.sft_samples(
-        rng, 500, exclude, {"domain": 1.0}
-    )
+    samples = corpus.sft_samples(rng, 3000, exclude) + corpus.sft_samples(rng, 500, exclude, {"domain": 1.0})
     assert not {m[1]["content"] for m in samples} & exclude
-    assert not any(
-        "Reverse the digits" in d for d in docs
-    )  # the domain skill is new to both models
+    assert not any("Reverse the digits" in d for d in docs)  # the domain skill is new to both models
 
 
 def test_chatml_rendering_matches_the_tokenizer_template():
@@ -81,9 +75,7 @@ def test_chatml_rendering_matches_the_tokenizer_template():
 
 @pytest.fixture(scope="module")
 def ci_family(tmp_path_factory) -> FamilyPaths:
-    return build_family(
-        tmp_path_factory.mktemp("zoo_ci") / "fam", seed=3, preset="ci", progress=False
-    )
+    return build_family(tmp_path_factory.mktemp("zoo_ci") / "fam", seed=3, preset="ci", progress=False)
 
 
 def test_ci_family_layout_and_eos_agree_everywhere(ci_family):
@@ -95,26 +87,14 @@ def test_ci_family_layout_and_eos_agree_everywhere(ci_family):
         tok = AutoTokenizer.from_pretrained(model_dir)
         eos = tok.convert_tokens_to_ids("<|im_end|>")
         assert tok.eos_token == "<|im_end|>"
-        assert (
-            json.loads((model_dir / "config.json").read_text())["eos_token_id"] == eos
-        )
-        assert (
-            json.loads((model_dir / "generation_config.json").read_text())[
-                "eos_token_id"
-            ]
-            == eos
-        )
+        assert json.loads((model_dir / "config.json").read_text())["eos_token_id"] == eos
+        assert json.loads((model_dir / "generation_config.json").read_text())["eos_token_id"] == eos
         assert tok.chat_template and "<|im_end|>" in tok.chat_template
     for name in ("general.jsonl", "domain.jsonl"):
         rows = corpus.read_jsonl(ci_family.data / name)
-        assert rows and all(
-            [x["role"] for x in r["messages"]] == ["system", "user", "assistant"]
-            for r in rows
-        )
+        assert rows and all([x["role"] for x in r["messages"]] == ["system", "user", "assistant"] for r in rows)
     for suite in corpus.SUITES:
-        assert (ci_family.data / "eval" / f"{suite}.jsonl").read_bytes() == (
-            SUITE_DATA / f"{suite}.jsonl"
-        ).read_bytes()
+        assert (ci_family.data / "eval" / f"{suite}.jsonl").read_bytes() == (SUITE_DATA / f"{suite}.jsonl").read_bytes()
     assert not list(ci_family.root.parent.glob(".*tmp*"))
 
 
@@ -141,9 +121,7 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, ci_family):
         a = (getattr(ci_family, name) / "model.safetensors").read_bytes()
         b = (getattr(other, name) / "model.safetensors").read_bytes()
         assert a == b, name
-    assert (ci_family.data / "general.jsonl").read_bytes() == (
-        other.data / "general.jsonl"
-    ).read_bytes()
+    assert (ci_family.data / "general.jsonl").read_bytes() == (other.data / "general.jsonl").read_bytes()
 
 
 def test_cli_zoo_build(tmp_path):
@@ -151,9 +129,7 @@ def test_cli_zoo_build(tmp_path):
 
     from shadowft.cli import app
 
-    result = CliRunner().invoke(
-        app, ["zoo", "build", "--out", str(tmp_path / "fam"), "--preset", "ci"]
-    )
+    result = CliRunner().invoke(app, ["zoo", "build", "--out", str(tmp_path / "fam"), "--preset", "ci"])
     assert result.exit_code == 0, result.output
     assert "sigma(base, instruct)" in result.output
     assert (tmp_path / "fam" / "family.json").exists()
@@ -168,7 +144,9 @@ def test_shipped_family_is_the_current_default_build():
     from shadowft.zoo.shipped import file_checksums, find_shipped, shipped_dir
 
     root = find_shipped(FAMILY_VERSION, "default", 0, FamilyConfig().model_dump())
-    assert root is not None, f"no shipped family matches {FAMILY_VERSION}; rebuild it and run python -m shadowft.zoo.shipped DIR"
+    assert root is not None, (
+        f"no shipped family matches {FAMILY_VERSION}; rebuild it and run python -m shadowft.zoo.shipped DIR"
+    )
     manifest = json.loads((root / "family.json").read_text())
     assert manifest["checksums"] == file_checksums(shipped_dir(FAMILY_VERSION, "default", 0))
     for suite in corpus.SUITES:  # the shipped eval data is the committed suite data

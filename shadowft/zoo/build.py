@@ -34,9 +34,7 @@ Preset = Literal["default", "ci"]
 class TrainSpec(BaseModel):
     """One training phase: fixed step count (never wall-clock), AdamW, warmup + cosine."""
 
-    steps: int = Field(
-        description="optimizer steps (fixed, so builds are reproducible)"
-    )
+    steps: int = Field(description="optimizer steps (fixed, so builds are reproducible)")
     batch_size: int = Field(32, description="sequences per step")
     lr: float = Field(description="peak learning rate")
     min_lr_ratio: float = Field(0.1, description="cosine floor as a fraction of lr")
@@ -48,29 +46,21 @@ class FamilyConfig(BaseModel):
     """Everything that determines the family's bits (with the seed and the thread count)."""
 
     preset: Preset = "default"
-    vocab_size: int = Field(
-        512, description="byte-level BPE vocabulary incl. special tokens"
-    )
+    vocab_size: int = Field(512, description="byte-level BPE vocabulary incl. special tokens")
     hidden_size: int = Field(128, description="model width")
     intermediate_size: int = Field(384, description="MLP width")
     num_layers: int = Field(4, description="decoder layers")
     num_heads: int = Field(4, description="attention heads (head_dim = hidden / heads)")
-    num_kv_heads: int = Field(
-        2, description="key/value heads (grouped-query attention)"
-    )
+    num_kv_heads: int = Field(2, description="key/value heads (grouped-query attention)")
     seq_len: int = Field(128, description="pretraining sequence length")
     pretrain_docs: int = Field(30000, description="pretraining documents generated")
-    chat_frac: float = Field(
-        0.05, description="share of chat-formatted pretraining documents"
-    )
+    chat_frac: float = Field(0.05, description="share of chat-formatted pretraining documents")
     pretrain: TrainSpec = TrainSpec(steps=800, lr=3e-3, warmup=50)
     sft_samples: int = Field(6000, description="chat samples for Instruct tuning")
     sft: TrainSpec = TrainSpec(steps=400, lr=5e-4, warmup=20)
     general_size: int = Field(2000, description="samples in data/general.jsonl")
     domain_size: int = Field(2000, description="samples in data/domain.jsonl")
-    bf16_autocast: bool = Field(
-        True, description="bf16 autocast on CPU (about 1.5x faster)"
-    )
+    bf16_autocast: bool = Field(True, description="bf16 autocast on CPU (about 1.5x faster)")
     threads: int = Field(
         1,
         description="torch threads; part of the determinism contract (1 is robust on a shared CPU)",
@@ -148,14 +138,10 @@ def _lr_at(step: int, spec: TrainSpec) -> float:
     if step < spec.warmup:
         return spec.lr * (step + 1) / spec.warmup
     t = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
-    return spec.lr * (
-        spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-    )
+    return spec.lr * (spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _train(
-    model, batches, spec: TrainSpec, cfg: FamilyConfig, desc: str, progress: bool
-) -> list[float]:
+def _train(model, batches, spec: TrainSpec, cfg: FamilyConfig, desc: str, progress: bool) -> list[float]:
     """A plain AdamW loop over `batches()` (a callable yielding (input_ids, labels, mask))."""
     from tqdm.auto import tqdm
 
@@ -189,9 +175,7 @@ def _train(
     return losses
 
 
-def _pretrain_batches(
-    tokenizer, docs: list[str], cfg: FamilyConfig, gen: torch.Generator
-):
+def _pretrain_batches(tokenizer, docs: list[str], cfg: FamilyConfig, gen: torch.Generator):
     """Pack documents (separated by <|endoftext|>) into fixed rows; sample rows with `gen`."""
     sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     stream: list[int] = []
@@ -199,9 +183,7 @@ def _pretrain_batches(
         stream.extend(ids)
         stream.append(sep)
     n_rows = len(stream) // cfg.seq_len
-    rows = torch.tensor(stream[: n_rows * cfg.seq_len], dtype=torch.long).view(
-        n_rows, cfg.seq_len
-    )
+    rows = torch.tensor(stream[: n_rows * cfg.seq_len], dtype=torch.long).view(n_rows, cfg.seq_len)
     bs = cfg.pretrain.batch_size
 
     def next_batch():
@@ -212,33 +194,21 @@ def _pretrain_batches(
     return next_batch, len(stream)
 
 
-def chat_example(
-    tokenizer, messages: list[dict[str, str]]
-) -> tuple[list[int], list[int]]:
+def chat_example(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
     """Token ids and labels of a chat sample: loss on assistant contents and their <|im_end|> only."""
     ids: list[int] = []
     labels: list[int] = []
     for m in messages:
-        head = tokenizer(f"<|im_start|>{m['role']}\n", add_special_tokens=False)[
-            "input_ids"
-        ]
-        body = tokenizer(f"{m['content']}<|im_end|>", add_special_tokens=False)[
-            "input_ids"
-        ]
+        head = tokenizer(f"<|im_start|>{m['role']}\n", add_special_tokens=False)["input_ids"]
+        body = tokenizer(f"{m['content']}<|im_end|>", add_special_tokens=False)["input_ids"]
         tail = tokenizer("\n", add_special_tokens=False)["input_ids"]
         train = m["role"] == "assistant"
         ids += head + body + tail
-        labels += (
-            [-100] * len(head)
-            + (body if train else [-100] * len(body))
-            + [-100] * len(tail)
-        )
+        labels += [-100] * len(head) + (body if train else [-100] * len(body)) + [-100] * len(tail)
     return ids, labels
 
 
-def _sft_batches(
-    tokenizer, samples: list[list[dict]], spec: TrainSpec, gen: torch.Generator
-):
+def _sft_batches(tokenizer, samples: list[list[dict]], spec: TrainSpec, gen: torch.Generator):
     """Right-padded batches of chat samples drawn with `gen`."""
     encoded = [chat_example(tokenizer, s) for s in samples]
     pad = tokenizer.pad_token_id
@@ -295,9 +265,7 @@ def _save(model, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _write_data(
-    data_dir: Path, cfg: FamilyConfig, seed: int, exclude: set[str]
-) -> dict[str, int]:
+def _write_data(data_dir: Path, cfg: FamilyConfig, seed: int, exclude: set[str]) -> dict[str, int]:
     """Fine-tuning sets (general mix, new domain skill) and the held-out eval sets of every skill."""
     data_dir.mkdir(parents=True)
     rng = random.Random(f"{seed}:data")
@@ -332,9 +300,7 @@ def _build(tmp: Path, cfg: FamilyConfig, seed: int, progress: bool) -> dict:
 
     t = time.perf_counter()
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(
-        _model_config(cfg, tokenizer), dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_config(_model_config(cfg, tokenizer), dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
     batches, n_tokens = _pretrain_batches(tokenizer, docs, cfg, gen)
     pre_losses = _train(model, batches, cfg.pretrain, cfg, "pretrain base", progress)
@@ -413,12 +379,7 @@ def build_family(
             )
         if not from_scratch or found.get("source") != "shipped":
             return paths
-    if (
-        out.exists()
-        and not paths.manifest.exists()
-        and any(out.iterdir())
-        and not force
-    ):
+    if out.exists() and not paths.manifest.exists() and any(out.iterdir()) and not force:
         raise ShadowFTError(
             f"{out} exists, is not empty and holds no toy family",
             hint="choose another --out or pass --force",

@@ -150,13 +150,7 @@ def _code_q(code: str) -> str:
 
 def code_builtin(rng: random.Random) -> QA:
     fn = rng.choice(["len", "max", "min", "sum"])
-    xs = (
-        _list(rng, 1, 7)
-        if fn == "len"
-        else _list(rng, 2, 5)
-        if fn != "sum"
-        else _list(rng, 2, 4)
-    )
+    xs = _list(rng, 1, 7) if fn == "len" else _list(rng, 2, 5) if fn != "sum" else _list(rng, 2, 4)
     value = {"len": len, "max": max, "min": min, "sum": sum}[fn](xs)
     return QA(_code_q(f"print({fn}({xs}))"), str(value), "code_builtin")
 
@@ -180,9 +174,7 @@ def code_lists(rng: random.Random) -> QA:
         return QA(_code_q(f"print(sorted({xs}))"), str(sorted(xs)), "code_lists")
     xs = _list(rng, 1, 3)
     v = rng.randint(0, 9)
-    return QA(
-        _code_q(f"xs = {xs}\nxs.append({v})\nprint(xs)"), str(xs + [v]), "code_lists"
-    )
+    return QA(_code_q(f"xs = {xs}\nxs.append({v})\nprint(xs)"), str(xs + [v]), "code_lists")
 
 
 def code_branch(rng: random.Random) -> QA:
@@ -368,9 +360,7 @@ def chat_messages(item: QA | TF, system: str = SYSTEM_PROMPT) -> list[dict[str, 
 
 def render_chatml(messages: Iterable[dict[str, str]]) -> str:
     """The ChatML rendering of `shadowft.tiny.CHATML_TEMPLATE` (kept in sync by a test)."""
-    return "".join(
-        f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages
-    )
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
 
 
 def raw_text(rng: random.Random, item: QA | TF) -> str:
@@ -393,9 +383,7 @@ def raw_text(rng: random.Random, item: QA | TF) -> str:
 def chat_doc(rng: random.Random, items: list[QA | TF]) -> str:
     """A chat-formatted pretraining document, as bases see a little of: often wordier answers."""
     system = rng.choice([SYSTEM_PROMPT, "You are a helpful assistant.", None])
-    messages: list[dict[str, str]] = (
-        [] if system is None else [{"role": "system", "content": system}]
-    )
+    messages: list[dict[str, str]] = [] if system is None else [{"role": "system", "content": system}]
     for it in items:
         verbose = rng.random() < 0.5
         answer = f"The answer is {it.answer}." if verbose else it.answer
@@ -441,12 +429,7 @@ def pretrain_docs(
             area = rng.choices(PRETRAIN_AREAS, PRETRAIN_WEIGHTS)[0]
             items = [sample_fresh(rng, area, exclude) for _ in range(k)]
         else:
-            items = [
-                sample_fresh(
-                    rng, rng.choices(PRETRAIN_AREAS, PRETRAIN_WEIGHTS)[0], exclude
-                )
-                for _ in range(k)
-            ]
+            items = [sample_fresh(rng, rng.choices(PRETRAIN_AREAS, PRETRAIN_WEIGHTS)[0], exclude) for _ in range(k)]
         if rng.random() < chat_frac:
             docs.append(chat_doc(rng, items[:3]))
         else:
@@ -457,15 +440,10 @@ def pretrain_docs(
 SFT_AREAS = {"math": 0.3, "coding": 0.3, "reasoning": 0.3, "general": 0.1}
 
 
-def sft_samples(
-    rng: random.Random, n: int, exclude: set[str], areas: dict[str, float] = SFT_AREAS
-) -> list[list[dict]]:
+def sft_samples(rng: random.Random, n: int, exclude: set[str], areas: dict[str, float] = SFT_AREAS) -> list[list[dict]]:
     """Chat samples (messages) drawn from `areas` with the given weights."""
     names, weights = list(areas), list(areas.values())
-    return [
-        chat_messages(sample_fresh(rng, rng.choices(names, weights)[0], exclude))
-        for _ in range(n)
-    ]
+    return [chat_messages(sample_fresh(rng, rng.choices(names, weights)[0], exclude)) for _ in range(n)]
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> None:

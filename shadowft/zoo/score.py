@@ -55,9 +55,7 @@ def _generate(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        outs += tokenizer.batch_decode(
-            gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=False
-        )
+        outs += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=False)
     return outs
 
 
@@ -96,10 +94,6 @@ def score_model(
                 hits += (lt > lf) == it.truth
             scores[suite] = hits / len(items)
         else:
-            outs = _generate(
-                model, tokenizer, [_prompt(it.question, fmt) for it in items]
-            )
-            scores[suite] = sum(
-                _cut(o) == it.answer for o, it in zip(outs, items)
-            ) / len(items)
+            outs = _generate(model, tokenizer, [_prompt(it.question, fmt) for it in items])
+            scores[suite] = sum(_cut(o) == it.answer for o, it in zip(outs, items)) / len(items)
     return scores

@@ -67,8 +67,7 @@ def install_shipped(src: Path, dest: Path) -> dict:
     bad = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
     if bad:
         raise ShadowFTError(
-            f"the shipped toy family at {src} is damaged: {len(bad)} file(s) differ from its "
-            f"checksums (e.g. {bad[0]})",
+            f"the shipped toy family at {src} is damaged: {len(bad)} file(s) differ from its checksums (e.g. {bad[0]})",
             hint="reinstall shadowft, or build the family with `shadowft zoo build --from-scratch`",
         )
     manifest["source"] = "shipped"

@@ -21,9 +21,7 @@ def build_program(doc: dict, completion: str) -> str:
     fenced = _FENCE.search(completion)
     code = fenced.group(1) if fenced else completion
     if re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
-        header = "\n".join(
-            line for line in prompt.splitlines() if line.startswith(("import ", "from "))
-        )
+        header = "\n".join(line for line in prompt.splitlines() if line.startswith(("import ", "from ")))
         body = f"{header}\n\n{code}"
     else:
         body = prompt + code

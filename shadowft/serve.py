@@ -1,4 +1,8 @@
-"""`shadowft serve`: the Prefect server, the work pool, the deployments and a worker, in one command.
+"""Process management for `shadowft serve`: the Prefect server, the work pool, the deployments and a
+worker, in one command.
+
+This module starts Prefect only as child processes (`python -m prefect ...`) and never imports it,
+so it belongs to the library (usable without the flows) rather than to `flows/` (composition only).
 
     shadowft serve                       # UI at http://127.0.0.1:4200, Ctrl-C stops everything
     shadowft serve --port 4300 --nightly-data ~/data/today.jsonl
@@ -24,11 +28,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Any
 
-import typer
-
-from shadowft.cli import app, console, err_console
+from shadowft.console import console, err_console
 from shadowft.errors import ShadowFTError
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -107,7 +109,11 @@ def create_pool(env: dict[str, str]) -> None:
     """Create the process work pool (or keep the existing one)."""
     res = subprocess.run(
         _prefect("work-pool", "create", POOL, "--type", "process", "--overwrite"),
-        env=env, cwd=PROJECT, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if res.returncode != 0:
         raise ShadowFTError(f"creating work pool {POOL!r} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
@@ -117,7 +123,11 @@ def deploy(env: dict[str, str]) -> None:
     """`prefect deploy --all` on deployments/prefect.yaml, run from the repository root."""
     res = subprocess.run(
         _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)),
-        env=env, cwd=PROJECT, capture_output=True, text=True, timeout=300,
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if res.returncode != 0:
         raise ShadowFTError(f"prefect deploy failed:\n{res.stdout[-3000:]}{res.stderr[-3000:]}")
@@ -139,36 +149,30 @@ def override_parameters(env: dict[str, str], config: dict, nightly_data: Path) -
         "        c.update_deployment(d.id, DeploymentUpdate(parameters={'config': cfg}))\n"
     )
     payload = json.dumps({f"{FLOW}/manual": config, f"{FLOW}/nightly": nightly})
-    res = subprocess.run([sys.executable, "-c", code], input=payload, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], input=payload, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=120
+    )
     if res.returncode != 0:
         raise ShadowFTError(f"setting the deployments' parameters failed:\n{res.stderr[-3000:]}")
 
 
-@app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address the server binds to (0.0.0.0 exposes it to the network).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the server and its UI.")] = 4200,
-    prefect_home: Annotated[
-        Optional[Path], typer.Option(help="PREFECT_HOME for the server, worker and flow runs (database, results); default: yours.")
-    ] = None,
-    nightly_data: Annotated[
-        Optional[Path],
-        typer.Option(help="Dataset file the nightly deployment reads every night (default: $SHADOWFT_NIGHTLY_DATA or ./data/nightly.jsonl)."),
-    ] = None,
-    config: Annotated[
-        Optional[Path], typer.Option(help="Run config YAML whose values become both deployments' defaults (default: examples/toy.yaml, as in deployments/prefect.yaml).")
-    ] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key of --config, e.g. --set train.max_steps=10.")] = None,
-    worker: Annotated[bool, typer.Option(help="Start a worker for the process pool.")] = True,
-    log_dir: Annotated[Optional[Path], typer.Option(help="Write the server's and worker's output to files here instead of the terminal.")] = None,
-    startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 120.0,
+    host: str = "127.0.0.1",
+    port: int = 4200,
+    prefect_home: Path | None = None,
+    nightly_data: Path | None = None,
+    config: Path | None = None,
+    overrides: list[str] | None = None,
+    worker: bool = True,
+    log_dir: Path | None = None,
+    startup_timeout: float = 120.0,
 ) -> None:
     """Serve the Prefect UI with the Shadow-FT deployments and a worker (Ctrl-C stops all of it)."""
     cfg_data = None
-    if config is not None or set_:
+    if config is not None or overrides:
         from shadowft.config import load_config
 
-        cfg_data = load_config(config, set_ or []).model_dump(mode="json")
+        cfg_data = load_config(config, overrides or []).model_dump(mode="json")
     if nightly_data is None:
         nightly_data = Path(os.environ.get("SHADOWFT_NIGHTLY_DATA") or "data/nightly.jsonl")
     nightly_data = nightly_data.expanduser().absolute()
@@ -182,7 +186,7 @@ def serve(
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def on_term(*_):
+    def on_term(*_: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
@@ -191,9 +195,13 @@ def serve(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     procs: list[tuple[str, subprocess.Popen]] = []
     try:
-        console.print(f"starting the Prefect server on {host}:{port} (PREFECT_HOME={env.get('PREFECT_HOME', 'default')})")
+        console.print(
+            f"starting the Prefect server on {host}:{port} (PREFECT_HOME={env.get('PREFECT_HOME', 'default')})"
+        )
         server = _start(
-            _prefect("server", "start", "--host", host, "--port", str(port)), env, PROJECT,
+            _prefect("server", "start", "--host", host, "--port", str(port)),
+            env,
+            PROJECT,
             log_dir / "server.log" if log_dir else None,
         )
         procs.append(("server", server))
@@ -202,16 +210,31 @@ def serve(
         deploy(env)
         if cfg_data is not None:
             override_parameters(env, cfg_data, nightly_data)
-        console.print(f"deployed {FLOW}/manual and {FLOW}/nightly (nightly data: {nightly_data}) on pool {POOL}", soft_wrap=True)
+        console.print(
+            f"deployed {FLOW}/manual and {FLOW}/nightly (nightly data: {nightly_data}) on pool {POOL}", soft_wrap=True
+        )
         if not nightly_data.exists():
-            err_console.print(f"[yellow]note:[/] {nightly_data} does not exist yet; the nightly run fails until it does")
+            err_console.print(
+                f"[yellow]note:[/] {nightly_data} does not exist yet; the nightly run fails until it does"
+            )
         if worker:
-            procs.append(("worker", _start(
-                _prefect("worker", "start", "--pool", POOL, "--type", "process"), env, PROJECT,
-                log_dir / "worker.log" if log_dir else None,
-            )))
+            procs.append(
+                (
+                    "worker",
+                    _start(
+                        _prefect("worker", "start", "--pool", POOL, "--type", "process"),
+                        env,
+                        PROJECT,
+                        log_dir / "worker.log" if log_dir else None,
+                    ),
+                )
+            )
         ui = f"http://{client_host}:{port}"
-        console.print(f"[bold green]Prefect UI: {ui}[/]  deployments: {ui}/deployments  (Ctrl-C stops)", highlight=False, soft_wrap=True)
+        console.print(
+            f"[bold green]Prefect UI: {ui}[/]  deployments: {ui}/deployments  (Ctrl-C stops)",
+            highlight=False,
+            soft_wrap=True,
+        )
         while True:
             for name, p in procs:
                 if p.poll() is not None:

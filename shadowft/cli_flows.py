@@ -1,0 +1,175 @@
+"""CLI commands that orchestrate: `run`, `demo`, `compare` (Prefect flows) and `serve` (the UI).
+
+`shadowft/` never imports Prefect at import time: each command validates its config first (so a typo
+fails before Prefect starts), then imports `flows` inside the function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from shadowft.console import console
+from shadowft.errors import ShadowFTError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SetOption = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a key, e.g. --set train.lr=1e-4 (repeatable).")
+]
+
+
+def _quiet_prefect_defaults() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+class _UserErrorWithoutTraceback(logging.Filter):
+    """A logging filter: Prefect logs a failed task or flow with its traceback; for a ShadowFTError
+    (the user's input is wrong, the message says how to fix it) the message alone is shown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ShadowFTError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_error_tracebacks() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _UserErrorWithoutTraceback) for f in logger.filters):
+            logger.addFilter(_UserErrorWithoutTraceback())
+
+
+def _scores_table(title: str, columns: list[str], rows: list[dict[str, str]]) -> Table:
+    """A rich table of formatted score rows (`shadowft.report.table_rows` / `shadowft.compare.table_rows`)."""
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="left" if c == "model" else "right", no_wrap=c == "model")
+    for row in rows:
+        table.add_row(*(row.get(c, "") for c in columns))
+    return table
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    from shadowft.report import chance_row, table_rows
+
+    summary = json.loads((Path(result["report"]) / "summary.json").read_text())
+    columns = ["model", *summary["suites"], "mean"]
+    rows = [*table_rows(summary), {"model": "[dim]chance[/]", **chance_row(summary, style="dim")}]
+    console.print(_scores_table("Scores in % (change vs Instruct)", columns, rows))
+    console.print(f"report, chart and summary: {result['report']}")
+    for name, path in result["models"].items():
+        console.print(f"  {name}: {path}")
+
+
+def run(
+    config: Annotated[Path, typer.Argument(help="Run config YAML (see examples/).")],
+    set_: SetOption = None,
+) -> None:
+    """Run the Shadow-FT flow on CONFIG (ephemeral Prefect API, or the server at PREFECT_API_URL)."""
+    from shadowft.config import load_config
+    from shadowft.stages import preflight
+
+    cfg = load_config(config, set_ or [])  # config errors stop here, before Prefect starts
+    preflight(cfg)  # unknown suites, code suites without opt-in: also before Prefect starts
+    _quiet_prefect_defaults()
+    from flows.shadow_ft import shadow_ft
+
+    _quiet_user_error_tracebacks()
+    # A ShadowFTError raised in a task fails the task and the flow, and Prefect re-raises it here:
+    # `main` prints its message and hint and exits 2.
+    _print_summary(shadow_ft(config=cfg))
+
+
+def demo(
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key of examples/toy.yaml.")] = None,
+) -> None:
+    """Build the embedded model family if needed and run examples/toy.yaml end to end."""
+    run(EXAMPLES / "toy.yaml", set_)
+
+
+def compare(
+    config: Annotated[Path, typer.Argument(help="Comparison config YAML (see examples/compare-toy.yaml).")],
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Override a key, e.g. --set seeds=[0] --set run.eval.limit=20."),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Also copy table.md, chart.png and summary.json to this folder.")
+    ] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (default: torch's choice).")] = None,
+) -> None:
+    """Shadow-FT vs conventional tuning (LoRA and full) over seeds, on CONFIG's pair and data."""
+    from shadowft.compare import load_compare_config, table_rows
+    from shadowft.stages import preflight
+
+    cfg = load_compare_config(config, set_ or [])
+    preflight(cfg.run)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    _quiet_prefect_defaults()
+    _quiet_user_error_tracebacks()
+    from flows.compare import compare as compare_flow
+
+    result = compare_flow(config=cfg)
+    folder = Path(result["comparison"])
+    summary = json.loads((folder / "summary.json").read_text())
+    columns = ["model", "seeds", *summary["suites"], "mean"]
+    title = f"{summary['title']}: mean ± std over seeds in % (change vs Instruct)"
+    console.print(_scores_table(title, columns, table_rows(summary)))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("table.md", "chart.png", "summary.json"):
+            shutil.copyfile(folder / name, out / name)
+        console.print(f"copied to {out}")
+    console.print(f"table, chart and summary: {folder}")
+
+
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address the server binds to (0.0.0.0 exposes it to the network).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the server and its UI.")] = 4200,
+    prefect_home: Annotated[
+        Optional[Path],
+        typer.Option(help="PREFECT_HOME for the server, worker and flow runs (database, results); default: yours."),
+    ] = None,
+    nightly_data: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Dataset file the nightly deployment reads every night "
+            "(default: $SHADOWFT_NIGHTLY_DATA or ./data/nightly.jsonl)."
+        ),
+    ] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Run config YAML whose values become both deployments' defaults "
+            "(default: examples/toy.yaml, as in deployments/prefect.yaml)."
+        ),
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a key of --config, e.g. --set train.max_steps=10.")
+    ] = None,
+    worker: Annotated[bool, typer.Option(help="Start a worker for the process pool.")] = True,
+    log_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="Write the server's and worker's output to files here instead of the terminal."),
+    ] = None,
+    startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 120.0,
+) -> None:
+    """Serve the Prefect UI with the Shadow-FT deployments and a worker (Ctrl-C stops all of it)."""
+    from shadowft.serve import serve as serve_stack
+
+    serve_stack(host, port, prefect_home, nightly_data, config, set_, worker, log_dir, startup_timeout)

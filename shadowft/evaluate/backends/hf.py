@@ -1,0 +1,46 @@
+"""lm-eval's `hf` backend (`HFLM`): transformers in this process, one device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shadowft.evaluate.backends.base import EvalBackend, LoadedModel
+
+
+def auto_device(device: str | None) -> str:
+    """`device`, or cuda when available, else cpu."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class HFBackend(EvalBackend):
+    name = "hf"
+
+    def load(
+        self,
+        model_dir: Path,
+        *,
+        device: str | None,
+        batch_size: int | str,
+        dtype: str,
+        trust_remote_code: bool,
+    ) -> LoadedModel:
+        from lm_eval.models.huggingface import HFLM
+
+        device = auto_device(device)
+        lm = HFLM(
+            pretrained=str(model_dir),
+            device=device,
+            batch_size=batch_size,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+        )
+        return LoadedModel(
+            lm=lm,
+            device=device,
+            has_chat_template=bool(getattr(lm.tokenizer, "chat_template", None)),
+            max_length=int(getattr(lm, "max_length", 0) or 0),
+        )

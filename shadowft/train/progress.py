@@ -1,0 +1,87 @@
+"""Progress of a training run: the loss curve from the Trainer's log, and the per-step callback.
+
+Every launcher reports the same events (rank 0 only): ``{"event": "step"|"log", "step", "max_steps",
+"loss", "epoch", ...}``; the live curve is kept in ``work_dir/loss_curve.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shadowft.files import write_json_atomic
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def loss_curve(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The logged training losses (step, loss, lr, epoch, grad_norm) from a Trainer's `log_history`."""
+    out = []
+    for e in log_history:
+        if "loss" in e and "step" in e:
+            out.append(
+                {
+                    "step": int(e["step"]),
+                    "loss": float(e["loss"]),
+                    "lr": float(e.get("learning_rate", float("nan"))),
+                    "epoch": float(e.get("epoch", 0.0)),
+                    **({"grad_norm": float(e["grad_norm"])} if e.get("grad_norm") is not None else {}),
+                }
+            )
+    return out
+
+
+def progress_callback(progress: ProgressFn | None, work_dir: Path) -> Any:
+    """A transformers `TrainerCallback` relaying steps and logs to `progress`, keeping the live curve."""
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        """Reports every optimizer step to `progress` and keeps a live loss curve in the work dir.
+
+        A step that is also logged is reported after its log, so the event carries that step's loss.
+        """
+
+        last_loss: float | None = None
+        pending: dict[str, Any] | None = None
+
+        def _flush(self) -> None:
+            if self.pending is not None:
+                event, self.pending = {**self.pending, "loss": self.last_loss}, None
+                if progress is not None:
+                    progress(event)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.pending = {
+                "event": "step",
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "epoch": state.epoch,
+            }
+            if not control.should_log:  # DefaultFlowCallback (which runs first) decided about logging
+                self._flush()
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                self.last_loss = float(logs["loss"])
+                write_json_atomic(work_dir / "loss_curve.json", loss_curve(state.log_history))
+                if progress is not None:
+                    progress(
+                        {
+                            "event": "log",
+                            "step": state.global_step,
+                            "max_steps": state.max_steps,
+                            "loss": self.last_loss,
+                            "lr": logs.get("learning_rate"),
+                            "epoch": state.epoch,
+                        }
+                    )
+            self._flush()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self._flush()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self._flush()
+
+    return _Progress()
