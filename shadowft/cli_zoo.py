@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -54,6 +54,7 @@ def build(
     """
     from shadowft.errors import ShadowFTError
     from shadowft.zoo import build_family
+    from shadowft.zoo.build import Preset
 
     if preset not in ("default", "ci"):
         raise ShadowFTError(f"unknown preset {preset!r}", hint="use --preset default or --preset ci")
@@ -61,8 +62,8 @@ def build(
         out,
         seed=seed,
         force=force,
-        preset=preset,
-        from_scratch=from_scratch,  # type: ignore[arg-type]
+        preset=cast(Preset, preset),
+        from_scratch=from_scratch,
     )
     manifest = paths.read_manifest()
     how = "installed from the package" if manifest.get("source") == "shipped" else "built here"

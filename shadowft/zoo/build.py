@@ -232,7 +232,7 @@ def _sft_batches(tokenizer, samples: list[list[dict]], spec: TrainSpec, gen: tor
 def _model_config(cfg: FamilyConfig, tokenizer):
     from transformers import Qwen3Config
 
-    return Qwen3Config(
+    return Qwen3Config(  # type: ignore[call-arg]  # rope_theta: accepted as a legacy kwarg
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,

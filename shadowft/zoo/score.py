@@ -86,6 +86,7 @@ def score_model(
             sep = " " if fmt == "raw" else ""
             hits = 0
             for it in items:
+                assert isinstance(it, corpus.TF)
                 pr = _prompt(it.question, fmt)
                 lt, lf = (
                     _loglik(model, tokenizer, pr, sep + "true"),
