@@ -1,6 +1,6 @@
 """The Shadow-FT recipe as one Prefect flow (read it top to bottom).
 
-    check the pair -> prepare data with Instruct's chat template -> tune Base
+    check the pair -> prepare data with Instruct's chat template -> tune Base (SFT or DPO)
     -> (full: extract the delta) -> graft onto Instruct -> evaluate -> report
 
 Baselines: `instruct` (Instruct as is) and `direct` (the same tuning applied to Instruct, the
@@ -67,7 +67,7 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     config, base, instruct, store = resolve_run(config)
 
     check_pair(config.pair, base, instruct, config.graft.scope, store)
-    data = prepare_data(config.data, instruct, store)
+    data = prepare_data(config.data, instruct, store, config.train.objective)
 
     tuned_base = train(config.train, base, data, "base", store)
     update = update_of(config.train.method, base, tuned_base, store)

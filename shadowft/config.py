@@ -35,9 +35,31 @@ ZOO_PREFIX = "zoo:"
 #: The paper's LoRA targets: every linear layer except lm_head (Llama/Qwen/Mistral/Gemma naming).
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_LR = {"lora": 2e-4, "full": 1e-5}
+#: DPO learning rates where the paper is silent: LoRA 5e-6 as in LLaMA-Factory's LoRA DPO example
+#: (examples/train_lora/llama3_lora_dpo.yaml); full 5e-7 as in the alignment-handbook's full DPO
+#: recipe (zephyr-7b-beta), between TRL's DPOConfig default (1e-6) and smaller published values.
+DEFAULT_DPO_LR = {"lora": 5e-6, "full": 5e-7}
+#: TRL's DPO loss types (DPOConfig.loss_type).
+DPOLoss = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+]
 
 Method = Literal["lora", "full"]
-Objective = Literal["sft"]
+Objective = Literal["sft", "dpo"]
 EvalBackendName = Literal["hf"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal[
@@ -131,11 +153,16 @@ class TrainConfig(_Section):
 
     objective: Objective = Field(
         default="sft",
-        description="The training loss: sft (next-token cross-entropy on the assistant replies).",
+        description="The training loss: sft (next-token cross-entropy on the assistant replies) or dpo "
+        "(direct preference optimisation with TRL on prompt/chosen/rejected data; Shadow-DPO).",
     )
     method: Method = Field(default="lora", description="lora (train a low-rank adapter) or full (all weights).")
     lr: float | None = Field(
-        default=None, gt=0, description="Peak learning rate; empty = method default (LoRA 2e-4, full 1e-5)."
+        default=None,
+        gt=0,
+        description="Peak learning rate; empty = the default for the method and objective (SFT: LoRA 2e-4, "
+        "full 1e-5, the paper's; DPO: LoRA 5e-6 as LLaMA-Factory's DPO example, full 5e-7 as the "
+        "alignment-handbook's).",
     )
     epochs: float = Field(default=1.0, gt=0, description="Passes over the data (ignored when max_steps is set).")
     max_steps: int | None = Field(
@@ -177,6 +204,15 @@ class TrainConfig(_Section):
     save_steps: int = Field(default=25, ge=1, description="Write a resumable checkpoint every this many steps.")
     save_total_limit: int = Field(default=2, ge=1, description="Keep at most this many checkpoints.")
     logging_steps: int = Field(default=1, ge=1, description="Record loss and learning rate every this many steps.")
+    dpo_beta: float = Field(
+        default=0.1,
+        gt=0,
+        description="DPO only: strength of the pull towards the reference model (TRL's and LLaMA-Factory's "
+        "default 0.1; higher stays closer to the starting model).",
+    )
+    dpo_loss: DPOLoss = Field(
+        default="sigmoid", description="DPO only: TRL's loss type; sigmoid is the original DPO loss (TRL's default)."
+    )
 
     @field_validator("lora_targets")
     @classmethod
@@ -190,7 +226,9 @@ class TrainConfig(_Section):
     @property
     def effective_lr(self) -> float:
         """The learning rate used: `lr`, or the method's published default."""
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+        if self.lr is not None:
+            return self.lr
+        return (DEFAULT_DPO_LR if self.objective == "dpo" else DEFAULT_LR)[self.method]
 
     @property
     def effective_lora_alpha(self) -> float:
@@ -260,6 +298,8 @@ METHOD_FIELDS: dict[str, set[str]] = {
     "lora": {"lora_rank", "lora_alpha", "lora_dropout", "lora_targets"},
     "full": {"full_save_dtype"},
 }
+#: TrainConfig fields that only one objective reads (left out of the other objectives' keys).
+OBJECTIVE_FIELDS: dict[str, set[str]] = {"sft": set(), "dpo": {"dpo_beta", "dpo_loss"}}
 
 
 class RunConfig(BaseModel):
@@ -314,7 +354,8 @@ class RunConfig(BaseModel):
             return _dump(self.data)
         if stage == "train":
             other_methods = set().union(*(f for m, f in METHOD_FIELDS.items() if m != self.train.method))
-            view = _dump(self.train, exclude=_NOT_IN_KEY["train"] | other_methods)
+            other_objectives = set().union(*(f for o, f in OBJECTIVE_FIELDS.items() if o != self.train.objective))
+            view = _dump(self.train, exclude=_NOT_IN_KEY["train"] | other_methods | other_objectives)
             view["lr"] = self.train.effective_lr
             if self.train.method == "lora":
                 view["lora_alpha"] = self.train.effective_lora_alpha

@@ -92,9 +92,15 @@ class _Record:
 
 
 class _Problems:
-    def __init__(self) -> None:
+    """Malformed records, reported together (the first few with file and line) after reading."""
+
+    def __init__(self, what: str = "training data", formats_hint: str | None = None) -> None:
         self.items: list[str] = []
         self.count = 0
+        self.what = what
+        self.formats_hint = formats_hint or (
+            "accepted formats: messages (role/content), sharegpt (from/value), alpaca (instruction/input/output)"
+        )
 
     def add(self, where: str, problem: str) -> None:
         self.count += 1
@@ -106,9 +112,8 @@ class _Problems:
             return
         more = f"\n  ... and {self.count - len(self.items)} more" if self.count > len(self.items) else ""
         raise ShadowFTError(
-            f"{self.count} malformed record(s) in the training data:\n  " + "\n  ".join(self.items) + more,
-            hint="fix or remove these records; accepted formats: messages (role/content), "
-            "sharegpt (from/value), alpaca (instruction/input/output)",
+            f"{self.count} malformed record(s) in the {self.what}:\n  " + "\n  ".join(self.items) + more,
+            hint="fix or remove these records; " + self.formats_hint,
         )
 
 

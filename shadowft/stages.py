@@ -179,11 +179,18 @@ def pair_spec(pair: PairConfig, base: Path, instruct: Path, scope: str) -> Stage
     return StageSpec("pair", config, {"base": model_ref(base), "instruct": model_ref(instruct)}, produce)
 
 
-def data_spec(data: DataConfig, instruct: Path) -> StageSpec:
-    from shadowft.data import prepare_dataset
+def data_spec(data: DataConfig, instruct: Path, objective: str = "sft") -> StageSpec:
+    """Prepared training data: tokenized conversations (SFT) or rendered preference pairs (DPO)."""
 
     def produce(tmp: Path) -> dict:
-        stats = prepare_dataset(data, instruct, tmp / "data")
+        if objective == "dpo":
+            from shadowft.preference import prepare_preferences
+
+            stats: Any = prepare_preferences(data, instruct, tmp / "data")
+        else:
+            from shadowft.data import prepare_dataset
+
+            stats = prepare_dataset(data, instruct, tmp / "data")
         return {
             "samples": stats.samples,
             "tokens": stats.tokens,
@@ -192,7 +199,10 @@ def data_spec(data: DataConfig, instruct: Path) -> StageSpec:
         }
 
     inputs = {"tokenizer": tokenizer_ref(instruct), **{f"source{i}": source_ref(s) for i, s in enumerate(data.sources)}}
-    return StageSpec("data", data.model_dump(mode="json", exclude={"sources"}), inputs, produce)
+    config = data.model_dump(mode="json", exclude={"sources"})
+    if objective != "sft":  # SFT keys stay as they were; other objectives prepare other data
+        config["objective"] = objective
+    return StageSpec("data", config, inputs, produce)
 
 
 def train_spec(

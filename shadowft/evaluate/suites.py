@@ -108,6 +108,15 @@ def _registry() -> dict[str, Suite]:
         ),
         _local("toy-domain", "toy", "toy_domain", "exact_match", 0.0, "Embedded toy domain facts, exact match."),
         _local(
+            "toy-format",
+            "toy",
+            "toy_format",
+            "format",
+            0.0,
+            "Embedded toy answer format: toy-math questions asked for a [bracketed] answer (taught by "
+            "zoo:preference with DPO); share of replies in the format.",
+        ),
+        _local(
             "humaneval-offline",
             "humaneval",
             "humaneval_offline",

@@ -92,6 +92,8 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
         args=training_args(job),
         callbacks=[progress_callback(progress, job.work_dir)],
         device=job.device,
+        spec=spec,
+        data_dir=job.data_dir,
     )
     trainer = objective.build_trainer(parts)
     trainer.remove_callback(PrinterCallback)  # progress goes to `progress`, not stdout
@@ -128,5 +130,6 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
         samples=len(dataset),
         trainable_params=trainable,
         total_params=total,
+        reference_params=objective.reference_params(trainer),
         save=lambda out: method.save(trainer.model, tokenizer, spec, job.model_dir, out),
     )

@@ -71,3 +71,4 @@ class FitOutcome:
     trainable_params: int
     total_params: int
     save: Callable[[Path], None] = field(repr=False)
+    reference_params: int = 0  # a separate reference model in memory (DPO, full); 0 = none

@@ -27,9 +27,15 @@ def loss_curve(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
                     "lr": float(e.get("learning_rate", float("nan"))),
                     "epoch": float(e.get("epoch", 0.0)),
                     **({"grad_norm": float(e["grad_norm"])} if e.get("grad_norm") is not None else {}),
+                    # preference objectives (DPO): rewards/margins, rewards/accuracies, logps/...
+                    **{k: float(v) for k, v in e.items() if k.startswith(("rewards/", "logps/")) and _is_num(v)},
                 }
             )
     return out
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def progress_callback(progress: ProgressFn | None, work_dir: Path) -> Any:

@@ -42,6 +42,7 @@ class TrainResult:
 
     out_dir: str
     method: str
+    objective: str
     global_step: int
     max_steps: int
     epochs_done: float
@@ -56,6 +57,7 @@ class TrainResult:
     device: str
     precision: str
     lr: float
+    reference_params: int = 0
     loss_curve: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_curve: bool = False) -> dict[str, Any]:
@@ -112,6 +114,7 @@ def publish(job: TrainJob, outcome: FitOutcome, out_dir: Path, seconds: float) -
     result = TrainResult(
         out_dir=str(out_dir),
         method=spec.method,
+        objective=spec.objective,
         global_step=outcome.global_step,
         max_steps=outcome.max_steps,
         epochs_done=outcome.epoch,
@@ -128,6 +131,7 @@ def publish(job: TrainJob, outcome: FitOutcome, out_dir: Path, seconds: float) -
         device=job.device,
         precision=job.precision,
         lr=spec.effective_lr,
+        reference_params=outcome.reference_params,
         loss_curve=curve,
     )
     with atomic_output_dir(out_dir) as tmp:  # published by rename only when complete

@@ -266,7 +266,8 @@ def _save(model, tokenizer, out: Path) -> None:
 
 
 def _write_data(data_dir: Path, cfg: FamilyConfig, seed: int, exclude: set[str]) -> dict[str, int]:
-    """Fine-tuning sets (general mix, new domain skill) and the held-out eval sets of every skill."""
+    """Fine-tuning sets (general mix, new domain skill, preference pairs for DPO) and the held-out
+    eval sets of every skill."""
     data_dir.mkdir(parents=True)
     rng = random.Random(f"{seed}:data")
     general_mix = {"math": 0.25, "coding": 0.25, "reasoning": 0.25, "general": 0.25}
@@ -274,10 +275,14 @@ def _write_data(data_dir: Path, cfg: FamilyConfig, seed: int, exclude: set[str])
     domain = corpus.sft_samples(rng, cfg.domain_size, exclude, {"domain": 1.0})
     corpus.write_jsonl(data_dir / "general.jsonl", ({"messages": m} for m in general))
     corpus.write_jsonl(data_dir / "domain.jsonl", ({"messages": m} for m in domain))
+    # Its own generator, so adding the set left the other data sets unchanged.
+    preference = corpus.preference_rows(random.Random(f"{seed}:preference"), cfg.general_size // 2, exclude)
+    corpus.write_jsonl(data_dir / "preference.jsonl", preference)
     paths = corpus.write_suite_data(data_dir / "eval")
     return {
         "general": len(general),
         "domain": len(domain),
+        "preference": len(preference),
         **{k: corpus.EVAL_SIZE for k in paths},
     }
 

@@ -343,7 +343,49 @@ def write_suite_data(out_dir: Path, seed: int = EVAL_SEED) -> dict[str, Path]:
         path = out_dir / f"{suite}.jsonl"
         write_jsonl(path, [suite_record(it) for it in eval_items(suite, seed=seed)])
         paths[suite] = path
+    path = out_dir / "toy_format.jsonl"
+    write_jsonl(path, [suite_record(it) for it in format_items(seed=seed)])
+    paths["toy_format"] = path
     return paths
+
+
+# ---------------------------------------------------------------------------- preference (DPO)
+
+#: The behaviour the preference set teaches: an answer format neither model was tuned on.
+FORMAT_INSTRUCTION = "Put the answer in square brackets."
+PREFERENCE_AREAS = {"math": 0.7, "general": 0.3}
+
+
+def bracketed(item: QA) -> QA:
+    """The item asked with the format instruction; the expected answer in square brackets."""
+    return QA(f"{item.question} {FORMAT_INSTRUCTION}", f"[{item.answer}]", f"format_{item.skill}")
+
+
+def format_items(n: int = EVAL_SIZE, seed: int = EVAL_SEED) -> list[QA]:
+    """The toy-format suite: the held-out toy-math questions with the format instruction (so no
+    evaluated question is ever trained on; every answer is a number)."""
+    return [bracketed(it) for it in eval_items("toy_math", n, seed) if isinstance(it, QA)]
+
+
+def preference_rows(rng: random.Random, n: int, exclude: set[str]) -> list[dict]:
+    """DPO pairs in TRL's conversational format: same question and answer, chosen in the asked
+    format ("[42]"), rejected without it ("42"); the answer itself is never what is compared."""
+    rows = []
+    names, weights = list(PREFERENCE_AREAS), list(PREFERENCE_AREAS.values())
+    while len(rows) < n:
+        item = sample_fresh(rng, rng.choices(names, weights)[0], exclude)
+        if not isinstance(item, QA):
+            continue
+        asked = bracketed(item)
+        prompt = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": asked.question}]
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": asked.answer}],
+                "rejected": [{"role": "assistant", "content": item.answer}],
+            }
+        )
+    return rows
 
 
 # ------------------------------------------------------------------------------ text renderers

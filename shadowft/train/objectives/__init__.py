@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from shadowft.registry import lookup
 from shadowft.train.objectives.base import Objective, TrainerParts
+from shadowft.train.objectives.dpo import DPO
 from shadowft.train.objectives.sft import SFT
 
-OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT}
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "dpo": DPO}
 
 
 def get_objective(name: str) -> Objective:

@@ -26,6 +26,8 @@ class TrainerParts:
     args: dict[str, Any]  # TrainingArguments keyword arguments shared by every objective
     callbacks: list[Any]
     device: str
+    spec: Any = None  # the TrainConfig (objective settings such as DPO's beta)
+    data_dir: Path | None = None  # the prepared data (its stats.json records the cutoff length)
 
 
 class Objective:
@@ -71,6 +73,10 @@ class Objective:
     def extra_args(self) -> dict[str, Any]:
         """Objective-specific arguments for `args_class` (e.g. DPO's beta)."""
         return {}
+
+    def reference_params(self, trainer: Any) -> int:
+        """Parameters of a separate reference model the objective holds in memory (none for SFT)."""
+        return 0
 
     def build_trainer(self, parts: TrainerParts) -> Any:
         """The trainer for this objective; override for trainers with another constructor."""

@@ -1,0 +1,304 @@
+"""Preference data for DPO: read prompt / chosen / rejected rows, render them with the Instruct chat template.
+
+Three row formats are detected per file (from the first row that matches one), as for SFT data:
+
+- ``text``: ``{"prompt": str, "chosen": str, "rejected": str}`` (the prompt is the user turn);
+- ``messages``: TRL's conversational format, ``{"prompt": [messages], "chosen": [messages],
+  "rejected": [messages]}`` where chosen / rejected hold the assistant reply;
+- ``sharegpt``: LLaMA-Factory's ranking rows, ``{"conversations": [{"from", "value"}, ...],
+  "chosen": {"from": "gpt", "value": ...}, "rejected": {...}}`` with an optional ``system``.
+
+Shadow-DPO trains Base with Instruct's chat template, so the prompt and both replies are rendered
+here to plain text with that template (``prompt`` ends with the generation prompt; ``chosen`` and
+``rejected`` are the rest of the conversation up to the end-of-turn token) and TRL's `DPOTrainer`
+reads them as its standard (non-conversational) format: Base and Instruct see the same tokens.
+
+Layout of a prepared directory (same as SFT's, with other columns)::
+
+    dataset/      `datasets.Dataset.save_to_disk` with columns prompt, chosen, rejected (text)
+    tokenizer/    the tokenizer (and chat template) the texts were rendered with
+    stats.json    counts: pairs, tokens, dropped, truncated, per source; "kind": "preference"
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shadowft.checkpoint import atomic_output_dir
+from shadowft.config import DataConfig
+from shadowft.data import (
+    MESSAGE_ROLES,
+    SHAREGPT_ROLES,
+    _Problems,
+    _read_source,
+    _render,
+    check_conversation,
+    load_tokenizer,
+)
+from shadowft.errors import OutputExistsError, ShadowFTError
+
+PREFERENCE_FORMATS = ("text", "messages", "sharegpt")
+FORMATS_HINT = (
+    "accepted preference formats: prompt/chosen/rejected as strings, prompt/chosen/rejected as message "
+    "lists (TRL's conversational format), or conversations + chosen + rejected (LLaMA-Factory's sharegpt "
+    "ranking rows)"
+)
+
+
+@dataclass
+class PreferenceSourceStats:
+    source: str
+    format: str
+    rows: int = 0
+    pairs: int = 0
+    dropped: int = 0
+    truncated: int = 0
+
+
+@dataclass
+class PreferenceStats:
+    """What `prepare_preferences` produced (also written to ``stats.json``)."""
+
+    pairs: int
+    prompt_tokens: int
+    chosen_tokens: int
+    rejected_tokens: int
+    dropped: int
+    truncated: int
+    max_length: int
+    overlong: str
+    longest: int
+    sources: list[PreferenceSourceStats] = field(default_factory=list)
+    kind: str = "preference"
+
+    @property
+    def samples(self) -> int:
+        return self.pairs
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.chosen_tokens + self.rejected_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "samples": self.pairs, "tokens": self.tokens}
+
+
+# -- formats -------------------------------------------------------------------------------------
+
+
+def detect_preference_format(record: Any) -> str | None:
+    """text / messages / sharegpt, from the keys of one row (None when it matches none)."""
+    if not isinstance(record, dict) or "chosen" not in record or "rejected" not in record:
+        return None
+    if isinstance(record.get("conversations"), list):
+        return "sharegpt"
+    prompt = record.get("prompt")
+    if isinstance(prompt, str):
+        return "text"
+    if isinstance(prompt, list):
+        return "messages"
+    return None
+
+
+def _message_list(value: Any, what: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"field {what!r} must be a non-empty list of messages (messages format)")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"{what}[{i}] must be an object with 'role' and 'content'")
+        if m["role"] not in MESSAGE_ROLES:
+            raise ValueError(
+                f"{what}[{i}] has unknown role {m['role']!r} (allowed: {', '.join(sorted(MESSAGE_ROLES))})"
+            )
+        if not isinstance(m["content"], str) or not m["content"].strip():
+            raise ValueError(f"{what}[{i}] ({m['role']}) has empty or non-text content")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _reply(value: Any, what: str, fmt: str) -> str:
+    """The assistant text of a chosen / rejected field in `fmt`."""
+    if fmt == "text":
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"field {what!r} is empty or not text")
+        return value
+    if fmt == "messages":
+        msgs = _message_list(value, what)
+        if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+            raise ValueError(f"field {what!r} must hold exactly one assistant message")
+        return msgs[0]["content"]
+    if not isinstance(value, dict) or "value" not in value:
+        raise ValueError(f"field {what!r} must be an object with 'from' and 'value' (sharegpt format)")
+    role = SHAREGPT_ROLES.get(str(value.get("from", "gpt")).lower())
+    if role != "assistant":
+        raise ValueError(f"field {what!r} must be an assistant reply (from: gpt), got {value.get('from')!r}")
+    if not isinstance(value["value"], str) or not value["value"].strip():
+        raise ValueError(f"field {what!r} has empty or non-text value")
+    return value["value"]
+
+
+def _prompt(record: dict[str, Any], fmt: str) -> list[dict[str, str]]:
+    if fmt == "text":
+        prompt = record.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("field 'prompt' is empty or not text")
+        msgs = [{"role": "user", "content": prompt}]
+    elif fmt == "messages":
+        msgs = _message_list(record.get("prompt"), "prompt")
+    else:
+        turns = record["conversations"]
+        msgs = []
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+                raise ValueError(f"conversations[{i}] missing field 'from' or 'value' (sharegpt format)")
+            role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+            if role is None:
+                raise ValueError(f"conversations[{i}] has unknown role {turn['from']!r}")
+            if not isinstance(turn["value"], str) or not turn["value"].strip():
+                raise ValueError(f"conversations[{i}] ({role}) has empty or non-text value")
+            msgs.append({"role": role, "content": turn["value"]})
+    system = record.get("system")
+    if isinstance(system, str) and system.strip() and msgs and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system})
+    return msgs
+
+
+def to_preference(record: Any, fmt: str) -> tuple[list[dict[str, str]], str, str]:
+    """(prompt messages, chosen reply, rejected reply) of one row; raises ValueError naming the problem."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a row must be a JSON object, got {type(record).__name__}")  # noqa: TRY004
+    for key in ("chosen", "rejected"):
+        if key not in record:
+            raise ValueError(f"missing field {key!r}")
+    prompt = _prompt(record, fmt)
+    chosen, rejected = _reply(record["chosen"], "chosen", fmt), _reply(record["rejected"], "rejected", fmt)
+    if chosen.strip() == rejected.strip():
+        raise ValueError("chosen and rejected are the same reply (nothing to prefer)")
+    roles = [m["role"] for m in prompt if m["role"] != "system"]
+    if not roles or roles[-1] != "user":
+        raise ValueError("the prompt must end with a user turn")
+    check_conversation([*prompt, {"role": "assistant", "content": chosen}])
+    return prompt, chosen, rejected
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+def render_pair(tokenizer: Any, prompt: list[dict[str, str]], chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Prompt text (with the generation prompt) and each reply's text up to the end-of-turn token."""
+    prompt_text = _render(tokenizer, prompt, add_generation_prompt=True)
+    eos = tokenizer.eos_token or ""
+    replies = []
+    for reply in (chosen, rejected):
+        full = _render(tokenizer, [*prompt, {"role": "assistant", "content": reply}])
+        if not full.startswith(prompt_text):
+            raise ShadowFTError(
+                "the chat template renders the prompt differently when a reply follows; cannot split prompt and reply",
+                hint="use a template whose rendering with add_generation_prompt=True is a prefix of the "
+                "conversation with the reply",
+            )
+        text = full[len(prompt_text) :]
+        # End at the end-of-turn token: TRL appends EOS itself when a reply does not end with it.
+        if eos and eos in text:
+            text = text[: text.rindex(eos) + len(eos)]
+        replies.append(text)
+    return prompt_text, replies[0], replies[1]
+
+
+# -- the stage -----------------------------------------------------------------------------------
+
+
+def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> PreferenceStats:
+    """Read preference rows from `spec.sources`, render them with the chat template of `tokenizer_dir`
+    and write the dataset, tokenizer and ``stats.json`` to `out_dir` (published by an atomic rename).
+
+    Malformed rows (with file and line), a row whose chosen equals its rejected, and an empty result
+    raise `ShadowFTError` before anything is written.
+    """
+    from datasets import Dataset
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
+    tok = load_tokenizer(tokenizer_dir)
+    problems = _Problems(what="preference data", formats_hint=FORMATS_HINT)
+    rows: list[tuple[int, list[dict[str, str]], str, str]] = []
+    per_source: list[PreferenceSourceStats] = []
+    budget = spec.max_samples
+    for si, source in enumerate(spec.sources):
+        name, records = _read_source(source, spec.split, problems)
+        st = PreferenceSourceStats(source=name, format="auto")
+        per_source.append(st)
+        fmt: str | None = None
+        for rec in records:
+            if budget is not None and len(rows) >= budget:
+                break
+            st.rows += 1
+            if fmt is None:
+                fmt = detect_preference_format(rec.data)
+                if fmt is None:
+                    problems.add(rec.where, "unrecognised preference row (" + FORMATS_HINT + ")")
+                    continue
+                st.format = fmt
+            try:
+                prompt, chosen, rejected = to_preference(rec.data, fmt)
+                if spec.system_prompt and prompt[0]["role"] != "system":
+                    prompt.insert(0, {"role": "system", "content": spec.system_prompt})
+            except ValueError as exc:
+                problems.add(rec.where, str(exc))
+                continue
+            rows.append((si, prompt, chosen, rejected))
+        if hasattr(records, "close"):
+            records.close()
+    problems.raise_if_any()
+    if not rows:
+        raise ShadowFTError(
+            f"the preference data is empty (sources: {', '.join(spec.sources)})",
+            hint="add prompt/chosen/rejected rows to the data files or check data.sources",
+        )
+
+    columns: dict[str, list[str]] = {"prompt": [], "chosen": [], "rejected": []}
+    counts = {"prompt": 0, "chosen": 0, "rejected": 0}
+    longest = 0
+    for si, prompt, chosen, rejected in rows:
+        st = per_source[si]
+        texts = dict(zip(("prompt", "chosen", "rejected"), render_pair(tok, prompt, chosen, rejected), strict=True))
+        n = {k: len(tok(v, add_special_tokens=False)["input_ids"]) for k, v in texts.items()}
+        length = n["prompt"] + max(n["chosen"], n["rejected"])
+        if length > spec.max_length:
+            if spec.overlong == "drop" or n["prompt"] >= spec.max_length:
+                st.dropped += 1  # dropped, or the prompt alone fills the cutoff: nothing left to compare
+                continue
+            st.truncated += 1  # DPOTrainer truncates at max_length (keep_start)
+        longest = max(longest, length)
+        st.pairs += 1
+        for k in columns:
+            columns[k].append(texts[k])
+            counts[k] += n[k]
+    dropped = sum(s.dropped for s in per_source)
+    if not columns["prompt"]:
+        raise ShadowFTError(
+            f"all {dropped} preference pairs are longer than data.max_length={spec.max_length} tokens",
+            hint="raise data.max_length, or set data.overlong=truncate",
+        )
+    stats = PreferenceStats(
+        pairs=len(columns["prompt"]),
+        prompt_tokens=counts["prompt"],
+        chosen_tokens=counts["chosen"],
+        rejected_tokens=counts["rejected"],
+        dropped=dropped,
+        truncated=sum(s.truncated for s in per_source),
+        max_length=spec.max_length,
+        overlong=spec.overlong,
+        longest=longest,
+        sources=per_source,
+    )
+    with atomic_output_dir(out_dir) as tmp:
+        Dataset.from_dict(columns).save_to_disk(str(tmp / "dataset"))
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+    return stats
