@@ -4,7 +4,7 @@ Builds a Base / Instruct / tuned-Base trio of Llama shape (default about 1.3B pa
 sharded), then times in one run, each in its own process while sampling its memory:
 
   io-limit   read the three inputs and write one output of the same bytes, no arithmetic
-  shadowft   shadowft.weights.graft(instruct, base=..., tuned=..., scope="all")
+  shadowft   shadowft.graft.graft(instruct, base=..., tuned=..., scope="all")
   mergekit   mergekit-yaml task_arithmetic: base = Base, models = Instruct and tuned Base
              (weight 1 each), normalize false, float32 arithmetic, bf16 output
 
@@ -168,7 +168,7 @@ for f in sorted(inst.glob("*.safetensors")):
 
 GRAFT_SCRIPT = r"""
 import sys
-from shadowft.weights import graft
+from shadowft.graft import graft
 inst, base, tuned, out = sys.argv[1:5]
 r = graft(inst, out, base=base, tuned=tuned, scope="all", max_shard_size="1GB")
 print(r.seconds)

@@ -111,7 +111,7 @@ def delta(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
 ) -> None:
     """Extract delta = tuned - base (float32 arithmetic) as a safetensors dir with provenance."""
-    from shadowft.weights import extract_delta
+    from shadowft.graft import extract_delta
 
     with byte_progress("delta", _instruct_bytes(tuned) * (2 if dtype == DeltaDtype.float32 else 1)) as cb:
         report = extract_delta(base, tuned, out, dtype=dtype.value, max_shard_size=max_shard_size, overwrite=overwrite, progress=cb)
@@ -135,7 +135,7 @@ def graft(
 ) -> None:
     """Graft the Base model's update onto Instruct: W_I + alpha * (W_tuned - W_base), or a LoRA adapter."""
     from shadowft.errors import ShadowFTError
-    from shadowft.weights import graft as run_graft, retarget_adapter
+    from shadowft.graft import graft as run_graft, retarget_adapter
 
     if as_adapter:
         if adapter is None:

@@ -168,7 +168,7 @@ def train_spec(
 
 
 def delta_spec(base: Path, tuned: Artifact) -> StageSpec:
-    from shadowft.weights import extract_delta
+    from shadowft.graft import extract_delta
 
     def produce(tmp: Path) -> dict:
         return {"delta": extract_delta(base, tuned.path / "model", tmp / "delta").to_dict()}
@@ -178,7 +178,7 @@ def delta_spec(base: Path, tuned: Artifact) -> StageSpec:
 
 def graft_spec(graft_cfg: GraftConfig, instruct: Path, update: Artifact) -> StageSpec:
     """Graft a delta artifact, or merge a LoRA adapter (a `train` artifact of method lora)."""
-    from shadowft.weights import graft
+    from shadowft.graft import graft
 
     def produce(tmp: Path) -> dict:
         kwargs = {"delta": update.path / "delta"} if update.stage == "delta" else {"adapter": update.path / "model"}

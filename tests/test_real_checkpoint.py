@@ -38,7 +38,7 @@ def test_smollm2_pair_check_and_graft_with_a_known_delta(smollm2_dir, tmp_path):
 
     from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter
     from shadowft.pair import check_pair, similarity
-    from shadowft.weights import graft
+    from shadowft.graft import graft
 
     report = check_pair(smollm2_dir, smollm2_dir)
     assert report.ok and report.sigma.mean == 0.0 and report.tied_embeddings == {"base": True, "instruct": True}

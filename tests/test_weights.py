@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from shadowft.checkpoint import Checkpoint
 from shadowft.errors import CheckpointError, OutputExistsError, PairError, ShadowFTError
 from shadowft.scope import in_scope
-from shadowft.weights import PROVENANCE_NAME, DivergedError, extract_delta, graft, retarget_adapter
+from shadowft.graft import PROVENANCE_NAME, DivergedError, extract_delta, graft, retarget_adapter
 from tests.helpers import copy_dir, load_dir, resize_vocab
 
 
