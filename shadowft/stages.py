@@ -182,11 +182,12 @@ def graft_spec(graft_cfg: GraftConfig, instruct: Path, update: Artifact) -> Stag
 
     def produce(tmp: Path) -> dict:
         kwargs = {"delta": update.path / "delta"} if update.stage == "delta" else {"adapter": update.path / "model"}
-        report = graft(instruct, tmp / "model", alpha=graft_cfg.alpha, scope=graft_cfg.scope, **kwargs)
+        report = graft(instruct, tmp / "model", alpha=graft_cfg.alpha, scope=graft_cfg.scope, method=graft_cfg.method,
+                       alpha_by_module=graft_cfg.alpha_by_module or None, **kwargs)
         return {"graft": report.to_dict()}
 
     inputs = {"instruct": model_ref(instruct), "update": artifact_ref(update)}
-    return StageSpec("graft", graft_cfg.model_dump(mode="json"), inputs, produce)
+    return StageSpec("graft", graft_cfg.cache_view(), inputs, produce)
 
 
 def eval_spec(eval_cfg: EvalConfig, model: Path | Artifact, allow_code_execution: bool = False) -> StageSpec:

@@ -206,7 +206,7 @@ def test_shadowft_run_reports_bad_input_without_traceback(prefect_api, llama_tri
 # -- bad input through `shadowft graft` --------------------------------------------------------------
 def _adapter_for_other_architecture(tmp_path: Path) -> list[str]:
     from shadowft.tiny import make_trio
-    from tests.test_weights import make_adapter
+    from tests.helpers import make_adapter
 
     wide = make_trio(tmp_path / "wide", arch="llama", hidden_size=48)
     return ["--adapter", str(make_adapter(wide["base"], tmp_path / "adapter"))]

@@ -14,6 +14,7 @@ import re
 import torch
 from pydantic import field_validator
 
+from shadowft.errors import ShadowFTError
 from shadowft.graft.methods.base import GraftMethod, MethodParams
 
 
@@ -29,6 +30,27 @@ def check_alpha_rules(rules: dict[str, float]) -> dict[str, float]:
         if not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"alpha of {pattern!r} must be a finite number >= 0, got {alpha}")
     return rules
+
+
+def parse_alpha_rules(texts: list[str]) -> dict[str, float]:
+    """Rules from the command line, each ``REGEX=ALPHA`` (split at the last ``=``), in order."""
+    rules: dict[str, float] = {}
+    for text in texts:
+        pattern, sep, value = text.rpartition("=")
+        try:
+            alpha = float(value)
+        except ValueError:
+            alpha = None
+        if not sep or not pattern or alpha is None:
+            raise ShadowFTError(
+                f"cannot read the per-module alpha {text!r}",
+                hint="write REGEX=ALPHA, e.g. --alpha-by-module 'q_proj|k_proj|v_proj|o_proj=0.5' --alpha-by-module 'mlp=1.0'",
+            )
+        rules[pattern] = alpha
+    try:
+        return check_alpha_rules(rules)
+    except ValueError as exc:
+        raise ShadowFTError(f"--alpha-by-module: {exc}") from None
 
 
 class PerModuleParams(MethodParams):
