@@ -79,6 +79,11 @@ def test_config_examples_and_variants():
         load_compare_config(EXAMPLES / "compare-toy.yaml", ["alphas=[0]"])
     with pytest.raises(ShadowFTError, match="seedz"):
         load_compare_config(None, ["seedz=[1]"])
+    # the run's per-module alphas reach every Shadow-FT variant's graft (the alpha sweep sets the default)
+    pm = load_compare_config(EXAMPLES / "compare-toy.yaml", ["run.graft.alpha_by_module={mlp: 0.5}"])
+    grafts = {v.name: v.graft for v in pm.variants() if v.kind == "shadow"}
+    assert all(g.effective_method == "per_module" and g.alpha_by_module == {"mlp": 0.5} for g in grafts.values())
+    assert grafts["shadow-full a=1.5"].alpha == 1.5
 
 
 def run_compare(cfg: CompareConfig) -> tuple[str, dict[str, list[str]], dict]:
