@@ -26,7 +26,9 @@ def graft(graft_cfg: GraftConfig, instruct: Path, update: Artifact, label: str, 
     art, _ = build_stage(graft_spec, graft_cfg=graft_cfg, instruct=instruct, update=update, store_root=store_root)
     info = json.loads((art.path / "manifest.json").read_text())["graft"]
     rules = info.get("method_settings", {}).get("alpha_by_module")
-    alpha = f"alpha(module) ({', '.join(f'`{rx}` {a}' for rx, a in rules.items())}, else {info['alpha']})" if rules else info["alpha"]
+    alpha = info["alpha"]
+    if rules:  # per_module: the first matching regex gives a tensor's alpha
+        alpha = f"alpha(module) ({', '.join(f'`{rx}` {a}' for rx, a in rules.items())}, else {alpha})"
     md = (
         f"## Graft ({label})\n"
         f"- W = W_instruct + {alpha} x update ({info['method']}, method {info.get('graft_method', 'linear')}), "

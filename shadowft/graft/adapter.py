@@ -36,14 +36,20 @@ def retarget_adapter(
             ad.check_fits(ci)
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             for f in Path(adapter).iterdir():
-                if f.is_file() and f.name not in ("adapter_model.safetensors", PROVENANCE_NAME) and not f.name.startswith("."):
+                if (
+                    f.is_file()
+                    and f.name not in ("adapter_model.safetensors", PROVENANCE_NAME)
+                    and not f.name.startswith(".")
+                ):
                     shutil.copy2(f, tmp / f.name)
             cfg = dict(ad.config)
             cfg["base_model_name_or_path"] = str(Path(instruct).absolute())
             (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
             plan = [OutTensor(n, i.dtype, i.shape) for n, i in ad.ckpt.tensors.items()]
             scaled = {m.b for m in ad.modules.values()} | {m.bias for m in ad.modules.values() if m.bias}
-            writer = ShardedWriter(tmp, plan, max_shard_size=1 << 62, metadata={"shadowft": "adapter"}, prefix="adapter_model")
+            writer = ShardedWriter(
+                tmp, plan, max_shard_size=1 << 62, metadata={"shadowft": "adapter"}, prefix="adapter_model"
+            )
             with writer.open_shard(0):
                 for t in plan:
                     src = ad.ckpt.view(t.name)

@@ -12,7 +12,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter, atomic_output_dir, check_output_dir, copy_model_side_files
+from shadowft.checkpoint import (
+    Checkpoint,
+    OutTensor,
+    ShardedWriter,
+    atomic_output_dir,
+    check_output_dir,
+    copy_model_side_files,
+)
 from shadowft.errors import ShadowFTError
 from shadowft.graft.engine import Progress, write_model
 from shadowft.graft.plan import make_plan
@@ -49,7 +56,9 @@ def refuse_out_in_inputs(out: Path, inputs: list[PathLike | None]) -> None:
     o = Path(out).absolute().resolve()
     for p in inputs:
         if p is not None and Path(p).absolute().resolve() in (o, *o.parents):
-            raise ShadowFTError(f"--out {out} would overwrite the input {p}", hint="write the result to a new directory")
+            raise ShadowFTError(
+                f"--out {out} would overwrite the input {p}", hint="write the result to a new directory"
+            )
 
 
 def graft(

@@ -183,4 +183,3 @@ def _combine_tensor(
         emit(method.combine(name, inst.chunk(s, e).view(w.shape), w, upd.scale, bufs.result(w, dtype)))
     for s in range(upd.n, inst.numel(), bufs.chunk):
         emit(inst.chunk(s, min(inst.numel(), s + bufs.chunk)))
-

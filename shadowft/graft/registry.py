@@ -51,6 +51,7 @@ def make_method(name: str, **settings: Any) -> GraftMethod:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
             msg = "not a setting of this method" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = msg.removeprefix("Value error, ")
             problems.append(f"{field}: {msg}")
         fields = ", ".join(cls.Params.model_fields)
         raise ShadowFTError(

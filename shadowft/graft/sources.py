@@ -179,7 +179,9 @@ class LoraSource(UpdateSource):
         if m is not None:
             ckpt = self.adapter.ckpt
             nbytes = ckpt.tensors[m.a].nbytes + ckpt.tensors[m.b].nbytes
-            return TensorUpdate(n=info.numel, scale=m.scale, chunks=lambda bufs: self._product(m, info, bufs), bytes_read=nbytes)
+            return TensorUpdate(
+                n=info.numel, scale=m.scale, chunks=lambda bufs: self._product(m, info, bufs), bytes_read=nbytes
+            )
         m = self.biases.get(name)
         if m is not None:
 
@@ -187,7 +189,9 @@ class LoraSource(UpdateSource):
                 bias = Stream(self.adapter.ckpt, m.bias, bufs, "delta")
                 return difference_chunks(name, info.numel, bias, None, "adapter", bufs)
 
-            return TensorUpdate(n=info.numel, scale=m.scale, chunks=chunks, bytes_read=self.adapter.ckpt.tensors[m.bias].nbytes)
+            return TensorUpdate(
+                n=info.numel, scale=m.scale, chunks=chunks, bytes_read=self.adapter.ckpt.tensors[m.bias].nbytes
+            )
         return None
 
     def _product(self, m: LoraModule, info: TensorInfo, bufs: Buffers) -> UpdateChunks:
@@ -219,7 +223,10 @@ def check_one_source(
 
 
 def open_source(
-    *, delta: PathLike | None = None, base: PathLike | None = None, tuned: PathLike | None = None,
+    *,
+    delta: PathLike | None = None,
+    base: PathLike | None = None,
+    tuned: PathLike | None = None,
     adapter: PathLike | None = None,
 ) -> UpdateSource:
     """Open the one update given: a delta dir, a (base, tuned) pair, or a LoRA adapter."""

@@ -40,7 +40,12 @@ def check_full_update(instruct: Checkpoint, source: Checkpoint, pattern: re.Patt
     """A full update (tuned model or delta): no separate lm_head onto tied embeddings, no tensors
     Instruct lacks, and every in-scope tensor of the right shape (or vocab rows per `policy`)."""
     lm_head = "lm_head.weight"
-    if instruct.tied_embeddings and lm_head not in instruct.tensors and lm_head in source.tensors and pattern.search(lm_head):
+    if (
+        instruct.tied_embeddings
+        and lm_head not in instruct.tensors
+        and lm_head in source.tensors
+        and pattern.search(lm_head)
+    ):
         raise PairError(
             "instruct ties lm_head to embed_tokens, but the update changes lm_head separately",
             hint="keep lm_head out of --scope (the default 'projections' does), or untie instruct's embeddings first",

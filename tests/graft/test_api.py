@@ -30,7 +30,13 @@ def test_graft_matches_independent_computation(trio_name, request, tmp_path):
 
 
 def test_regex_scope_touches_only_matching(llama_trio, tmp_path):
-    graft(llama_trio["instruct"], tmp_path / "o", base=llama_trio["base"], tuned=llama_trio["tuned"], scope=r"layers\.1\.mlp")
+    graft(
+        llama_trio["instruct"],
+        tmp_path / "o",
+        base=llama_trio["base"],
+        tuned=llama_trio["tuned"],
+        scope=r"layers\.1\.mlp",
+    )
     got, inst = load_dir(tmp_path / "o"), load_dir(llama_trio["instruct"])
     changed = {n for n in got if not torch.equal(got[n], inst[n])}
     assert changed == {n for n in got if "layers.1.mlp" in n} and len(changed) == 3
@@ -49,7 +55,13 @@ def test_output_is_a_loadable_hf_model_with_instruct_files(qwen3_tied_sharded_tr
     out = tmp_path / "grafted"
     graft(trio["instruct"], out, base=trio["base"], tuned=trio["tuned"], max_shard_size="30KB")
     assert (out / "model.safetensors.index.json").exists()
-    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"):
+    for f in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ):
         assert (out / f).read_bytes() == (trio["instruct"] / f).read_bytes(), f
     prov = json.loads((out / PROVENANCE_NAME).read_text())
     assert prov["alpha"] == 1.0 and prov["scope"] == "projections" and prov["version"]
@@ -60,7 +72,9 @@ def test_output_is_a_loadable_hf_model_with_instruct_files(qwen3_tied_sharded_tr
     state = load_dir(out)
     for n, w in state.items():
         assert torch.equal(model.state_dict()[n], w), n
-    ids = tok.apply_chat_template([{"role": "user", "content": "2 + 2"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "2 + 2"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     gen = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert gen.shape[1] == ids["input_ids"].shape[1] + 4 or tok.eos_token_id in gen[0].tolist()
 
@@ -78,7 +92,13 @@ def test_existing_output_is_refused_unless_overwrite(llama_trio, tmp_path):
 
 def test_output_inside_an_input_is_refused(llama_trio):
     with pytest.raises(ShadowFTError, match="overwrite the input"):
-        graft(llama_trio["instruct"], llama_trio["instruct"], base=llama_trio["base"], tuned=llama_trio["tuned"], overwrite=True)
+        graft(
+            llama_trio["instruct"],
+            llama_trio["instruct"],
+            base=llama_trio["base"],
+            tuned=llama_trio["tuned"],
+            overwrite=True,
+        )
     assert Checkpoint(llama_trio["instruct"]).tensors
 
 

@@ -15,7 +15,14 @@ from tests.helpers import assert_nothing_written, expected_graft, load_dir, make
 
 
 def test_alpha_and_scope_all(llama_trio, tmp_path):
-    graft(llama_trio["instruct"], tmp_path / "o", base=llama_trio["base"], tuned=llama_trio["tuned"], alpha=0.5, scope="all")
+    graft(
+        llama_trio["instruct"],
+        tmp_path / "o",
+        base=llama_trio["base"],
+        tuned=llama_trio["tuned"],
+        alpha=0.5,
+        scope="all",
+    )
     got, want = load_dir(tmp_path / "o"), expected_graft(llama_trio, 0.5, "all")
     inst = load_dir(llama_trio["instruct"])
     for n in want:
@@ -52,7 +59,9 @@ def expected_per_module(trio, rules: dict[str, float], alpha: float, scope: str)
 @pytest.mark.parametrize("trio_name", ["llama_trio", "bf16_trio"])
 def test_per_module_matches_independent_computation(trio_name, request, tmp_path):
     trio = request.getfixturevalue(trio_name)
-    rep = graft(trio["instruct"], tmp_path / "o", base=trio["base"], tuned=trio["tuned"], scope="all", alpha_by_module=RULES)
+    rep = graft(
+        trio["instruct"], tmp_path / "o", base=trio["base"], tuned=trio["tuned"], scope="all", alpha_by_module=RULES
+    )
     got, want = load_dir(tmp_path / "o"), expected_per_module(trio, RULES, 1.0, "all")
     assert got.keys() == want.keys()
     for n in want:
@@ -63,7 +72,9 @@ def test_per_module_matches_independent_computation(trio_name, request, tmp_path
     assert not torch.equal(got["model.layers.1.input_layernorm.weight"], inst["model.layers.1.input_layernorm.weight"])
     assert rep.graft_method == "per_module" and rep.method == "base-tuned" and rep.warnings == []
     prov = json.loads((tmp_path / "o" / PROVENANCE_NAME).read_text())
-    assert prov["graft_method"] == "per_module" and list(prov["method_settings"]["alpha_by_module"].items()) == list(RULES.items())
+    assert prov["graft_method"] == "per_module" and list(prov["method_settings"]["alpha_by_module"].items()) == list(
+        RULES.items()
+    )
 
 
 def test_per_module_works_with_every_source(llama_trio, tmp_path):
@@ -84,8 +95,13 @@ def test_per_module_works_with_every_source(llama_trio, tmp_path):
 
 
 def test_per_module_rule_matching_nothing_is_a_warning(llama_trio, tmp_path):
-    rep = graft(llama_trio["instruct"], tmp_path / "o", base=llama_trio["base"], tuned=llama_trio["tuned"],
-                alpha_by_module={"mlp": 0.5, "experts": 2.0})
+    rep = graft(
+        llama_trio["instruct"],
+        tmp_path / "o",
+        base=llama_trio["base"],
+        tuned=llama_trio["tuned"],
+        alpha_by_module={"mlp": 0.5, "experts": 2.0},
+    )
     assert rep.warnings == ["alpha_by_module rule 'experts' matches no grafted tensor"]
 
 

@@ -13,7 +13,9 @@ from shadowft.graft import DivergedError, extract_delta, graft
 from tests.helpers import assert_nothing_written, copy_dir, load_dir, make_adapter, peft_merged_state
 
 
-@pytest.mark.parametrize("extra", [{}, {"use_rslora": True, "rank_pattern": {"down_proj": 2}}], ids=["plain", "rslora-pattern"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"use_rslora": True, "rank_pattern": {"down_proj": 2}}], ids=["plain", "rslora-pattern"]
+)
 def test_lora_graft_equals_peft_merge(llama_trio, tmp_path, extra):
     adapter = make_adapter(llama_trio["base"], tmp_path / "adapter", **extra)
     graft(llama_trio["instruct"], tmp_path / "o", adapter=adapter, scope="all")

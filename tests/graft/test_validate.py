@@ -55,7 +55,9 @@ def test_vocab_difference_policy(llama_trio, tmp_path):
     with pytest.raises(PairError, match="vocab sizes differ"):
         graft(llama_trio["instruct"], tmp_path / "o", base=base_big, tuned=bigger, scope="all")
     assert_nothing_written(tmp_path / "o")
-    rep = graft(llama_trio["instruct"], tmp_path / "ov", base=base_big, tuned=bigger, scope="all", vocab_mismatch="overlap")
+    rep = graft(
+        llama_trio["instruct"], tmp_path / "ov", base=base_big, tuned=bigger, scope="all", vocab_mismatch="overlap"
+    )
     assert any("rows" in w for w in rep.warnings)
     got, inst = load_dir(tmp_path / "ov"), load_dir(llama_trio["instruct"])
     b, t = load_dir(base_big), load_dir(bigger)

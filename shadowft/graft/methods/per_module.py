@@ -44,7 +44,8 @@ def parse_alpha_rules(texts: list[str]) -> dict[str, float]:
         if not sep or not pattern or alpha is None:
             raise ShadowFTError(
                 f"cannot read the per-module alpha {text!r}",
-                hint="write REGEX=ALPHA, e.g. --alpha-by-module 'q_proj|k_proj|v_proj|o_proj=0.5' --alpha-by-module 'mlp=1.0'",
+                hint="write REGEX=ALPHA, e.g. --alpha-by-module 'q_proj|k_proj|v_proj|o_proj=0.5' "
+                "--alpha-by-module 'mlp=1.0'",
             )
         rules[pattern] = alpha
     try:
