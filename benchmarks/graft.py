@@ -224,7 +224,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=ROOT / "results" / "graft.json")
     args = ap.parse_args()
 
-    work = args.workdir or Path(tempfile.gettempdir()) / f"shadowft-bench-{args.params:.2g}"
+    work = args.workdir or Path(tempfile.gettempdir()) / f"shadowft-bench-{args.params / 1e9:g}B"  # no "+": mergekit reads it as a LoRA
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     paths = build_trio(work, args.params, args.shard)

@@ -39,7 +39,8 @@ class DivergedError(ShadowFTError):
 class Buffers:
     """Preallocated work buffers, reused for every tensor: one float32 accumulator, two staging
     buffers per input stream (double buffering), and one reader thread that fills the next chunk
-    of each stream while the current one is computed (positioned reads release the GIL)."""
+    of each stream while the current one is computed (positioned reads release the GIL).
+    Used as a context manager, it also runs the arithmetic on one thread (see `__enter__`)."""
 
     def __init__(self, chunk: int = CHUNK, prefetch: bool = True) -> None:
         self.chunk = chunk
@@ -81,10 +82,19 @@ class Buffers:
             self.pool.shutdown(wait=True)
 
     def __enter__(self) -> Buffers:
+        # One compute thread (this one) beside the reader thread. A chunk is ~1 MB, too small for
+        # torch's intra-op threads to pay off, and on a busy or small machine their spinning
+        # workers compete with the reader for cores: on 2 CPUs the default made a 1.3B graft take
+        # 2-8x longer, and vary as much. Restored on exit (the setting is process-wide).
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()  # no read-ahead may still use a file the caller closes next
+        try:
+            self.close()  # no read-ahead may still use a file the caller closes next
+        finally:
+            torch.set_num_threads(self._threads)
 
 
 class Stream:
