@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -175,22 +176,23 @@ class LoraSource(UpdateSource):
         return [f"{len(skipped)} adapter module(s) are outside scope {scope!r} and were not applied"] if skipped else []
 
     def update_for(self, name: str, info: TensorInfo, policy: VocabPolicy, warnings: list[str]) -> TensorUpdate | None:
-        m = self.adapter.modules.get(name)
-        if m is not None:
-            ckpt = self.adapter.ckpt
-            nbytes = ckpt.tensors[m.a].nbytes + ckpt.tensors[m.b].nbytes
+        ckpt = self.adapter.ckpt
+        module = self.adapter.modules.get(name)
+        if module is not None:
+            nbytes = ckpt.tensors[module.a].nbytes + ckpt.tensors[module.b].nbytes
             return TensorUpdate(
-                n=info.numel, scale=m.scale, chunks=lambda bufs: self._product(m, info, bufs), bytes_read=nbytes
+                n=info.numel, scale=module.scale, chunks=partial(self._product, module, info), bytes_read=nbytes
             )
-        m = self.biases.get(name)
-        if m is not None:
+        owner = self.biases.get(name)
+        if owner is not None and owner.bias is not None:
+            bias_name = owner.bias
 
             def chunks(bufs: Buffers) -> UpdateChunks:
-                bias = Stream(self.adapter.ckpt, m.bias, bufs, "delta")
+                bias = Stream(ckpt, bias_name, bufs, "delta")
                 return difference_chunks(name, info.numel, bias, None, "adapter", bufs)
 
             return TensorUpdate(
-                n=info.numel, scale=m.scale, chunks=chunks, bytes_read=self.adapter.ckpt.tensors[m.bias].nbytes
+                n=info.numel, scale=owner.scale, chunks=chunks, bytes_read=ckpt.tensors[bias_name].nbytes
             )
         return None
 
