@@ -131,3 +131,27 @@ def test_registry_names_every_method():
         assert cls.name == name and cls.summary
     with pytest.raises(ShadowFTError, match="known methods: linear .*, per_module"):
         get_method("dare")
+
+
+def test_graft_stage_runs_the_configured_method(llama_trio, tmp_path):
+    """The pipeline's graft stage passes the config's per-module alphas to the graft, and keys on them."""
+    from shadowft.config import GraftConfig
+    from shadowft.stages import graft_spec, run
+    from shadowft.store import Artifact, ArtifactStore
+
+    extract_delta(llama_trio["base"], llama_trio["tuned"], tmp_path / "d" / "delta")
+    update = Artifact(stage="delta", key="k", path=tmp_path / "d", build_id="b")
+    store = ArtifactStore(tmp_path / "store")
+    cfg = GraftConfig(alpha_by_module={"self_attn": 0.5})
+    art, built = run(graft_spec(cfg, llama_trio["instruct"], update), store)
+    assert built
+    prov = json.loads((art.path / "model" / PROVENANCE_NAME).read_text())
+    assert prov["graft_method"] == "per_module" and prov["method_settings"]["alpha_by_module"] == {"self_attn": 0.5}
+    got, want = load_dir(art.path / "model"), expected_per_module(llama_trio, {"self_attn": 0.5}, 1.0, "projections")
+    assert all(torch.equal(got[n], want[n]) for n in want)
+    assert (
+        run(graft_spec(GraftConfig(alpha_by_module={"self_attn": 0.5}), llama_trio["instruct"], update), store)[1]
+        is False
+    )
+    other, built = run(graft_spec(GraftConfig(), llama_trio["instruct"], update), store)
+    assert built and other.key != art.key
