@@ -1,15 +1,17 @@
 """Benchmark: shadowft's streaming graft vs the I/O limit vs mergekit's task_arithmetic.
 
 Builds a Base / Instruct / tuned-Base trio of Llama shape (default about 1.3B parameters, bf16,
-sharded), then times in one run, each in its own process while sampling its memory:
+sharded), then runs the jobs in alternating rounds (io-limit, shadowft, mergekit, io-limit, ...),
+each in its own process while sampling its memory, right after re-reading the inputs:
 
   io-limit   read the three inputs and write one output of the same bytes, no arithmetic
-  shadowft   shadowft.weights.graft(instruct, base=..., tuned=..., scope="all")
+  shadowft   shadowft.graft.graft(instruct, base=..., tuned=..., scope="all")
   mergekit   mergekit-yaml task_arithmetic: base = Base, models = Instruct and tuned Base
              (weight 1 each), normalize false, float32 arithmetic, bf16 output
 
-All three jobs compute the same thing (I + T - B over every tensor). Prints a table and writes
-JSON. Usage: python benchmarks/graft.py [--params 1.3e9] [--workdir DIR] [--skip-mergekit]
+All three jobs compute the same thing (I + T - B over every tensor). Reports the median wall time
+of each job with its spread (min-max over the rounds), prints a table and writes JSON.
+Usage: python benchmarks/graft.py [--params 1.3e9] [--rounds 3] [--workdir DIR] [--skip-mergekit]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,12 +115,16 @@ def build_trio(root: Path, params: float, shard: str) -> dict[str, Path]:
 def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     """Run `cmd`, sampling its (and its children's) RssAnon / RSS every 20 ms."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     peak = {"anon": 0, "rss": 0}
 
     def status(pid: int) -> tuple[int, int]:
         try:
-            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+            fields = dict(
+                line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+            )
             kb = lambda k: int(fields.get(k, "0 kB").split()[0]) * 1024  # noqa: E731
             return kb("RssAnon"), kb("VmRSS")
         except (FileNotFoundError, ProcessLookupError, ValueError):
@@ -168,11 +175,24 @@ for f in sorted(inst.glob("*.safetensors")):
 
 GRAFT_SCRIPT = r"""
 import sys
-from shadowft.weights import graft
+from shadowft.graft import graft
 inst, base, tuned, out = sys.argv[1:5]
 r = graft(inst, out, base=base, tuned=tuned, scope="all", max_shard_size="1GB")
 print(r.seconds)
 """
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Median wall time and peak memory over the rounds, with the min-max spread of the wall time."""
+    walls = [r["wall_s"] for r in runs]
+    return {
+        "wall_s": statistics.median(walls),
+        "wall_s_min": min(walls),
+        "wall_s_max": max(walls),
+        "wall_s_all": walls,
+        "peak_anon_bytes": statistics.median(r["peak_anon_bytes"] for r in runs),
+        "peak_rss_bytes": statistics.median(r["peak_rss_bytes"] for r in runs),
+    }
 
 
 def mergekit_config(paths: dict[str, Path]) -> str:
@@ -203,11 +223,14 @@ def main() -> None:
     ap.add_argument("--params", type=float, default=1.3e9, help="approximate parameter count of each model")
     ap.add_argument("--shard", default="1GB", help="shard size of the trio")
     ap.add_argument("--workdir", type=Path, default=None, help="where to build the trio (kept for reuse)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of alternating jobs; medians are reported")
     ap.add_argument("--skip-mergekit", action="store_true")
     ap.add_argument("--json", type=Path, default=ROOT / "results" / "graft.json")
     args = ap.parse_args()
 
-    work = args.workdir or Path(tempfile.gettempdir()) / f"shadowft-bench-{args.params:.2g}"
+    work = (
+        args.workdir or Path(tempfile.gettempdir()) / f"shadowft-bench-{args.params / 1e9:g}B"
+    )  # no "+": mergekit reads it as a LoRA
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     paths = build_trio(work, args.params, args.shard)
@@ -216,11 +239,17 @@ def main() -> None:
         model_bytes, n_params = c.total_bytes, sum(t.numel for t in c.tensors.values())
     moved = 4 * model_bytes  # three read, one written
 
-    results: dict[str, dict] = {}
     outs = {k: work / f"out-{k}" for k in ("io-limit", "shadowft", "mergekit")}
-    for o in outs.values():
-        shutil.rmtree(o, ignore_errors=True)
     args_io = [str(paths["instruct"]), str(paths["base"]), str(paths["tuned"])]
+    jobs = {
+        "io-limit": [sys.executable, "-c", IO_LIMIT_SCRIPT, *args_io, str(outs["io-limit"])],
+        "shadowft": [sys.executable, "-c", GRAFT_SCRIPT, *args_io, str(outs["shadowft"])],
+    }
+    if not args.skip_mergekit:
+        cfg = work / "mergekit.yml"
+        cfg.write_text(mergekit_config(paths))
+        mk = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
+        jobs["mergekit"] = [mk, str(cfg), str(outs["mergekit"]), "--out-shard-size", "1B"]
 
     def warm() -> None:
         """Read the inputs right before each job, so that every job starts from the page cache
@@ -228,52 +257,72 @@ def main() -> None:
         run_measured([sys.executable, "-c", IO_LIMIT_SCRIPT, *args_io, str(work / "warm")])
         shutil.rmtree(work / "warm", ignore_errors=True)
 
-    warm()
-    results["io-limit"] = run_measured([sys.executable, "-c", IO_LIMIT_SCRIPT, *args_io, str(outs["io-limit"])])
-    shutil.rmtree(outs["io-limit"], ignore_errors=True)
-    warm()
-    results["shadowft"] = run_measured([sys.executable, "-c", GRAFT_SCRIPT, *args_io, str(outs["shadowft"])])
-    if not args.skip_mergekit:
-        cfg = work / "mergekit.yml"
-        cfg.write_text(mergekit_config(paths))
-        mk = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
-        warm()
-        results["mergekit"] = run_measured([mk, str(cfg), str(outs["mergekit"]), "--out-shard-size", "1B"])
-        results["mergekit"]["max_abs_diff_vs_shadowft"] = compare_outputs(outs["shadowft"], outs["mergekit"])
+    load_before = os.getloadavg()
+    runs: dict[str, list[dict]] = {name: [] for name in jobs}
+    for r in range(args.rounds):
+        for name, cmd in jobs.items():
+            shutil.rmtree(outs[name], ignore_errors=True)
+            warm()
+            runs[name].append(run_measured(cmd))
+            print(f"round {r + 1}/{args.rounds} {name}: {runs[name][-1]['wall_s']:.2f} s", flush=True)
+            if name == "io-limit" or r < args.rounds - 1:
+                shutil.rmtree(outs[name], ignore_errors=True)
+    max_diff = compare_outputs(outs["shadowft"], outs["mergekit"]) if "mergekit" in jobs else None
 
+    results = {name: summarise(rs) for name, rs in runs.items()}
     io = results["io-limit"]["wall_s"]
-    for name, r in results.items():
-        r["gb_per_s"] = moved / r["wall_s"] / 1e9
-        r["fraction_of_io_limit"] = io / r["wall_s"]
+    for name, res in results.items():
+        res["gb_per_s"] = moved / res["wall_s"] / 1e9
+        res["fraction_of_io_limit"] = io / res["wall_s"]
         if "mergekit" in results:
-            r["speedup_vs_mergekit"] = results["mergekit"]["wall_s"] / r["wall_s"]
-        r.pop("log_tail", None)
+            res["speedup_vs_mergekit"] = results["mergekit"]["wall_s"] / res["wall_s"]
+            # per round (same conditions): how far the ratio moved with the machine's noise
+            per_round = [m["wall_s"] / x["wall_s"] for m, x in zip(runs["mergekit"], runs[name])]
+            res["speedup_vs_mergekit_range"] = [min(per_round), max(per_round)]
+    if max_diff is not None:
+        results["mergekit"]["max_abs_diff_vs_shadowft"] = max_diff
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"graft of a {n_params / 1e9:.2f}B-parameter bf16 trio ({model_bytes / 1e9:.2f} GB per model), {os.cpu_count()} CPUs")
-    for col in ("job", "wall s", "GB/s", "peak anon MB", "peak RSS MB", "x I/O limit", "x mergekit"):
+    table = Table(
+        title=f"graft of a {n_params / 1e9:.2f}B-parameter bf16 trio ({model_bytes / 1e9:.2f} GB per model), "
+        f"{os.cpu_count()} CPUs, median of {args.rounds} rounds (min-max)"
+    )
+    for col in ("job", "wall s", "min-max s", "GB/s", "peak anon MB", "peak RSS MB", "x I/O limit", "x mergekit"):
         table.add_column(col, justify="right")
     for name, r in results.items():
+        rng = r.get("speedup_vs_mergekit_range")
         table.add_row(
             name,
             f"{r['wall_s']:.2f}",
+            f"{r['wall_s_min']:.2f}-{r['wall_s_max']:.2f}",
             f"{r['gb_per_s']:.2f}",
             f"{r['peak_anon_bytes'] / 1e6:.0f}",
             f"{r['peak_rss_bytes'] / 1e6:.0f}",
             f"{r['fraction_of_io_limit']:.2f}",
-            f"{r.get('speedup_vs_mergekit', float('nan')):.2f}",
+            f"{r['speedup_vs_mergekit']:.2f} ({rng[0]:.2f}-{rng[1]:.2f})" if rng else "-",
         )
-    Console().print(table)
-    print(f"load average at the end: {os.getloadavg()[0]:.2f} (a busy machine slows the compute-heavy jobs most)")
+    Console(width=160).print(table)
+    print(
+        f"load average before {load_before[0]:.2f}, at the end {os.getloadavg()[0]:.2f} "
+        "(a busy machine slows the compute-heavy jobs most)"
+    )
     record = {
         "params": n_params,
         "model_bytes": model_bytes,
         "bytes_moved": moved,
         "build_s": build_s,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__, "loadavg_at_end": os.getloadavg()},
+        "rounds": args.rounds,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "loadavg_before": load_before,
+            "loadavg_at_end": os.getloadavg(),
+        },
         "results": results,
+        "runs": {name: [{k: v for k, v in r.items() if k != "log_tail"} for r in rs] for name, rs in runs.items()},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=2) + "\n")

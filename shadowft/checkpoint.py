@@ -11,6 +11,7 @@ a temporary directory beside the destination and published by one rename when co
 from __future__ import annotations
 
 import errno
+import io
 import json
 import mmap
 import os
@@ -18,10 +19,10 @@ import re
 import shutil
 import struct
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -217,7 +218,7 @@ class Checkpoint:
         size = out.element_size()
         nbytes = out.numel() * size
         raw = out.view(torch.uint8).numpy()
-        got = os.preadv(self._fd(info.file), [raw], info.offset + start * size)
+        got = os.preadv(self._fd(info.file), [raw], info.offset + start * size)  # type: ignore[list-item]
         if got != nbytes:
             raise CheckpointError(f"{info.file} ended while reading {name} (the file changed or is truncated)")
         return out
@@ -242,7 +243,7 @@ class Checkpoint:
             os.close(fd)
         self._fds.clear()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -334,11 +335,9 @@ class ShardedWriter:
         self.shards = shards
         n = len(shards)
         self.names = (
-            [f"{prefix}.safetensors"]
-            if n == 1
-            else [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+            [f"{prefix}.safetensors"] if n == 1 else [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         )
-        self._file = None
+        self._file: io.FileIO | None = None
         self._pending: list[OutTensor] = []
         self._left = 0
         self._stage = torch.empty(0, dtype=torch.uint8)
@@ -349,7 +348,11 @@ class ShardedWriter:
         header: dict = {"__metadata__": self.metadata}
         pos = 0
         for t in self.shards[i]:
-            header[t.name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [pos, pos + t.nbytes]}
+            header[t.name] = {
+                "dtype": DTYPE_NAMES[t.dtype],
+                "shape": list(t.shape),
+                "data_offsets": [pos, pos + t.nbytes],
+            }
             pos += t.nbytes
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
@@ -395,6 +398,7 @@ class ShardedWriter:
         """Append tensor `name` whole, copied by the kernel from another file (no user-space copy)."""
         if not self._pending or self._pending[0].name != name or self._left != nbytes:
             raise RuntimeError(f"copy_range: {name} is not the next tensor or has another size")
+        assert self._file is not None, "copy_range before a shard is open"
         out_fd = self._file.fileno()
         done = 0
         try:
@@ -496,12 +500,14 @@ def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
         os.replace(tmp, out)
 
 
-NON_WEIGHT_SKIP = re.compile(r"(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.gguf|\.h5|\.msgpack|safetensors\.index\.json|bin\.index\.json)$")
+NON_WEIGHT_SKIP = re.compile(
+    r"(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.gguf|\.h5|\.msgpack|safetensors\.index\.json|bin\.index\.json)$"
+)
 
 
 def copy_model_side_files(src: Path, dst: Path) -> list[str]:
     """Copy config, tokenizer, chat template, generation config etc. (everything but weights)."""
-    copied = []
+    copied: list[str] = []
     src = Path(src)
     if not src.is_dir():
         return copied

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -109,11 +110,15 @@ def delta(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
 ) -> None:
     """Extract delta = tuned - base (float32 arithmetic) as a safetensors dir with provenance."""
-    from shadowft.weights import extract_delta
+    from shadowft.graft import extract_delta
 
     with byte_progress("delta", _instruct_bytes(tuned) * (2 if dtype == DeltaDtype.float32 else 1)) as cb:
-        report = extract_delta(base, tuned, out, dtype=dtype.value, max_shard_size=max_shard_size, overwrite=overwrite, progress=cb)
-    console.print(f"[green]wrote[/] {report.tensors} tensors ({report.bytes_written / 1e6:.1f} MB, {report.dtype}) to {out} in {report.seconds:.1f}s")
+        report = extract_delta(
+            base, tuned, out, dtype=dtype.value, max_shard_size=max_shard_size, overwrite=overwrite, progress=cb
+        )
+    console.print(
+        f"[green]wrote[/] {report.tensors} tensors ({report.bytes_written / 1e6:.1f} MB, {report.dtype}) to {out} in {report.seconds:.1f}s"
+    )
 
 
 def graft(
@@ -124,17 +129,45 @@ def graft(
     tuned: Annotated[Optional[Path], typer.Option(help="Tuned Base model dir (with --base).")] = None,
     adapter: Annotated[Optional[Path], typer.Option(help="A PEFT LoRA adapter trained on Base.")] = None,
     alpha: Annotated[float, typer.Option(help="Scale of the update: W_I + alpha * delta.")] = 1.0,
-    scope: Annotated[str, typer.Option(help="Tensors to graft: projections (paper default) | all | REGEX.")] = "projections",
+    scope: Annotated[
+        str, typer.Option(help="Tensors to graft: projections (paper default) | all | REGEX.")
+    ] = "projections",
+    method: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Graft method: linear | per_module (default: per_module with --alpha-by-module, else linear)."
+        ),
+    ] = None,
+    alpha_by_module: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            metavar="REGEX=ALPHA",
+            help="Per-module alpha, REGEX=ALPHA, repeatable; the first regex found in a tensor name gives its alpha, "
+            "others use --alpha. E.g. --alpha-by-module 'q_proj|k_proj|v_proj|o_proj=0.5' --alpha-by-module 'mlp=1.0'.",
+        ),
+    ] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB.")] = "5GB",
-    vocab_mismatch: Annotated[VocabMismatch, typer.Option(help="Rows of embeddings differ: error, or graft the shared rows.")] = VocabMismatch.error,
-    as_adapter: Annotated[bool, typer.Option(help="With --adapter: write an adapter whose base is Instruct instead of merging.")] = False,
+    vocab_mismatch: Annotated[
+        VocabMismatch, typer.Option(help="Rows of embeddings differ: error, or graft the shared rows.")
+    ] = VocabMismatch.error,
+    as_adapter: Annotated[
+        bool, typer.Option(help="With --adapter: write an adapter whose base is Instruct instead of merging.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
 ) -> None:
     """Graft the Base model's update onto Instruct: W_I + alpha * (W_tuned - W_base), or a LoRA adapter."""
     from shadowft.errors import ShadowFTError
-    from shadowft.weights import graft as run_graft, retarget_adapter
+    from shadowft.graft import graft as run_graft
+    from shadowft.graft import retarget_adapter
+    from shadowft.graft.methods.per_module import parse_alpha_rules
 
+    rules = parse_alpha_rules(alpha_by_module) if alpha_by_module else None
     if as_adapter:
+        if rules or method not in (None, "linear"):
+            raise ShadowFTError(
+                "--as-adapter scales the whole adapter by --alpha",
+                hint="drop --method / --alpha-by-module, or merge instead",
+            )
         if adapter is None:
             raise ShadowFTError("--as-adapter needs --adapter", hint="pass the LoRA adapter trained on Base")
         retarget_adapter(adapter, instruct, out, alpha=alpha, overwrite=overwrite)
@@ -150,6 +183,8 @@ def graft(
             adapter=adapter,
             alpha=alpha,
             scope=scope,
+            method=method,
+            alpha_by_module=rules,
             max_shard_size=max_shard_size,
             vocab_mismatch=vocab_mismatch.value,
             overwrite=overwrite,
@@ -158,7 +193,7 @@ def graft(
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     console.print(
-        f"[green]grafted[/] {report.grafted} tensors ({report.method}, alpha {report.alpha}, scope {report.scope}), "
+        f"[green]grafted[/] {report.grafted} tensors ({report.method}, {report.graft_method}, alpha {report.alpha}, scope {report.scope}), "
         f"copied {report.copied}; {report.bytes_written / 1e6:.1f} MB to {out} in {report.seconds:.1f}s"
     )
 

@@ -111,17 +111,21 @@ class CompareConfig(BaseModel):
         """Tuned models, in table order: per method the direct baseline, then Shadow-FT (alpha 1 or the
         first alpha, first scope), then the other alphas, then the other scopes."""
         main_alpha = 1.0 if 1.0 in self.alphas else self.alphas[0]
+        # the run's graft method and per-module alphas apply to every Shadow-FT variant
+        how = {"graft_method": self.run.graft.method, "alpha_by_module": dict(self.run.graft.alpha_by_module)}
         out: list[Variant] = []
         for m in self.methods:
             out.append(Variant(name=f"direct-{m}", method=m, kind="direct"))
-            out.append(Variant(name=f"shadow-{m}", method=m, kind="shadow", alpha=main_alpha, scope=self.scopes[0]))
+            out.append(
+                Variant(name=f"shadow-{m}", method=m, kind="shadow", alpha=main_alpha, scope=self.scopes[0], **how)
+            )
             out += [
-                Variant(name=f"shadow-{m} a={a:g}", method=m, kind="shadow", alpha=a, scope=self.scopes[0])
+                Variant(name=f"shadow-{m} a={a:g}", method=m, kind="shadow", alpha=a, scope=self.scopes[0], **how)
                 for a in self.alphas
                 if a != main_alpha
             ]
             out += [
-                Variant(name=f"shadow-{m} scope={s}", method=m, kind="shadow", alpha=main_alpha, scope=s)
+                Variant(name=f"shadow-{m} scope={s}", method=m, kind="shadow", alpha=main_alpha, scope=s, **how)
                 for s in self.scopes[1:]
             ]
         return out
@@ -135,10 +139,14 @@ class Variant(BaseModel):
     kind: Literal["direct", "shadow"]
     alpha: float = 1.0
     scope: str = "projections"
+    graft_method: str | None = None
+    alpha_by_module: dict[str, float] = {}
 
     @property
     def graft(self) -> GraftConfig:
-        return GraftConfig(alpha=self.alpha, scope=self.scope)
+        return GraftConfig(
+            alpha=self.alpha, scope=self.scope, method=self.graft_method, alpha_by_module=self.alpha_by_module
+        )
 
     @property
     def baseline(self) -> str:

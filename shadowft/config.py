@@ -245,6 +245,16 @@ class GraftConfig(_Section):
         description="Which tensors get the update: projections (q/k/v/o/gate/up/down proj, as published), "
         "all, or a regular expression matched against tensor names.",
     )
+    method: str | None = Field(
+        default=None,
+        description="How the update is combined with Instruct: linear (W_I + alpha * update) or per_module "
+        "(alpha per module from alpha_by_module); empty = per_module when alpha_by_module is set, else linear.",
+    )
+    alpha_by_module: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-module alpha, {regex: alpha}: the first regex found in a tensor's name gives its alpha, "
+        "tensors matching none use alpha; e.g. {'q_proj|k_proj|v_proj|o_proj': 0.5, 'mlp': 1.0}.",
+    )
 
     @field_validator("scope")
     @classmethod
@@ -258,6 +268,47 @@ class GraftConfig(_Section):
         except re.error as exc:
             raise ValueError(f"not 'projections', 'all' or a valid regular expression ({exc})") from None
         return v
+
+    @field_validator("alpha_by_module")
+    @classmethod
+    def _rules_valid(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            return v
+        from shadowft.graft.methods.per_module import check_alpha_rules
+
+        return check_alpha_rules(v)
+
+    @model_validator(mode="after")
+    def _method_takes_settings(self) -> GraftConfig:
+        """An unknown method, or a setting the method does not take, fails with the config, not
+        after training."""
+        if self.method is None and not self.alpha_by_module:
+            return self
+        from shadowft.graft.registry import make_method
+
+        try:
+            make_method(self.effective_method, alpha=self.alpha, alpha_by_module=self.alpha_by_module or None)
+        except ShadowFTError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def effective_method(self) -> str:
+        """The method the graft runs (as `shadowft.graft.registry.resolve_method_name` picks it)."""
+        return self.method or ("per_module" if self.alpha_by_module else "linear")
+
+    def cache_view(self) -> dict[str, Any]:
+        """The settings that change the grafted weights, as JSON data for cache keys.
+
+        The method is resolved (unset and `linear` give one key) and left out, with its settings,
+        when it is the default `linear`, so artifacts made before methods existed keep their keys.
+        The per-module rules are a list of pairs: their order decides which rule wins.
+        """
+        view = self.model_dump(mode="json", exclude={"method", "alpha_by_module"})
+        if self.effective_method != "linear" or self.alpha_by_module:
+            view["method"] = self.effective_method
+            view["alpha_by_module"] = [[rx, a] for rx, a in self.alpha_by_module.items()]
+        return view
 
 
 class EvalConfig(_Section):
@@ -363,7 +414,7 @@ class RunConfig(BaseModel):
         if stage == "delta":
             return {}
         if stage == "graft":
-            return _dump(self.graft)
+            return self.graft.cache_view()
         if stage == "eval":
             return _dump(self.eval, exclude=_NOT_IN_KEY["eval"])
         if stage == "report":

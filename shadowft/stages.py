@@ -225,7 +225,7 @@ def train_spec(
 
 
 def delta_spec(base: Path, tuned: Artifact) -> StageSpec:
-    from shadowft.weights import extract_delta
+    from shadowft.graft import extract_delta
 
     def produce(tmp: Path) -> dict:
         return {"delta": extract_delta(base, tuned.path / "model", tmp / "delta").to_dict()}
@@ -235,17 +235,25 @@ def delta_spec(base: Path, tuned: Artifact) -> StageSpec:
 
 def graft_spec(graft_cfg: GraftConfig, instruct: Path, update: Artifact) -> StageSpec:
     """Graft a delta artifact, or merge a LoRA adapter (a `train` artifact of method lora)."""
-    from shadowft.weights import graft
+    from shadowft.graft import graft
 
     def produce(tmp: Path) -> dict:
         kwargs: dict[str, Any] = (
             {"delta": update.path / "delta"} if update.stage == "delta" else {"adapter": update.path / "model"}
         )
-        report = graft(instruct, tmp / "model", alpha=graft_cfg.alpha, scope=graft_cfg.scope, **kwargs)
+        report = graft(
+            instruct,
+            tmp / "model",
+            alpha=graft_cfg.alpha,
+            scope=graft_cfg.scope,
+            method=graft_cfg.method,
+            alpha_by_module=graft_cfg.alpha_by_module or None,
+            **kwargs,
+        )
         return {"graft": report.to_dict()}
 
     inputs = {"instruct": model_ref(instruct), "update": artifact_ref(update)}
-    return StageSpec("graft", graft_cfg.model_dump(mode="json"), inputs, produce)
+    return StageSpec("graft", graft_cfg.cache_view(), inputs, produce)
 
 
 def eval_spec(eval_cfg: EvalConfig, model: Path | Artifact, allow_code_execution: bool = False) -> StageSpec:

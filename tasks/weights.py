@@ -25,9 +25,14 @@ def graft(graft_cfg: GraftConfig, instruct: Path, update: Artifact, label: str, 
     """`label` names the result in the UI (shadow-ft, direct); the update artifact is what counts."""
     art, _ = build_stage(graft_spec, graft_cfg=graft_cfg, instruct=instruct, update=update, store_root=store_root)
     info = json.loads((art.path / "manifest.json").read_text())["graft"]
+    rules = info.get("method_settings", {}).get("alpha_by_module")
+    alpha = info["alpha"]
+    if rules:  # per_module: the first matching regex gives a tensor's alpha
+        alpha = f"alpha(module) ({', '.join(f'`{rx}` {a}' for rx, a in rules.items())}, else {alpha})"
     md = (
         f"## Graft ({label})\n"
-        f"- W = W_instruct + {info['alpha']} x update ({info['method']}), scope `{info['scope']}`\n"
+        f"- W = W_instruct + {alpha} x update ({info['method']}, method {info.get('graft_method', 'linear')}), "
+        f"scope `{info['scope']}`\n"
         f"- {info['grafted']} tensors grafted, {info['copied']} copied from Instruct\n"
         f"- model dir: `{art.path / 'model'}`\n" + "".join(f"- warning: {w}\n" for w in info["warnings"])
     )

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from shadowft.scope import in_scope
+
 
 def load_dir(path: Path) -> dict[str, torch.Tensor]:
     """Independent reader: safetensors' own loader over every shard."""
@@ -33,3 +35,44 @@ def resize_vocab(src: Path, dst: Path, rows: int) -> Path:
     cfg["vocab_size"] += rows
     (dst / "config.json").write_text(json.dumps(cfg))
     return dst
+
+
+def expected_graft(trio, alpha: float, scope: str) -> dict[str, torch.Tensor]:
+    b, i, t = load_dir(trio["base"]), load_dir(trio["instruct"]), load_dir(trio["tuned"])
+    return {
+        n: ((w.float() + alpha * (t[n].float() - b[n].float())).to(w.dtype) if in_scope(n, scope) else w)
+        for n, w in i.items()
+    }
+
+
+def make_adapter(model_dir: Path, out: Path, **lora_kwargs) -> Path:
+    """A real PEFT adapter on `model_dir` with non-zero random A and B (as after training)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(7)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    cfg = dict(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    cfg.update(lora_kwargs)
+    peft_model = get_peft_model(model, LoraConfig(**cfg))
+    peft_model.save_pretrained(out)
+    return out
+
+
+def peft_merged_state(instruct: Path, adapter: Path) -> dict[str, torch.Tensor]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(instruct)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return {k: v.detach() for k, v in merged.state_dict().items()}
+
+
+def assert_nothing_written(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "temp dir left behind"

@@ -13,8 +13,21 @@ import shadowft
 from shadowft.cli import COMMANDS, GROUPS, app
 
 ROOT = Path(__file__).resolve().parent.parent
-EVERY_COMMAND = {"similarity", "check-pair", "delta", "graft", "convert", "eval", "suites", "zoo", "store",
-                 "run", "demo", "compare", "serve"}
+EVERY_COMMAND = {
+    "similarity",
+    "check-pair",
+    "delta",
+    "graft",
+    "convert",
+    "eval",
+    "suites",
+    "zoo",
+    "store",
+    "run",
+    "demo",
+    "compare",
+    "serve",
+}
 
 
 def _commands(help_text: str) -> set[str]:
@@ -53,15 +66,24 @@ def test_version():
 
 
 def test_help_imports_no_heavy_module_and_no_prefect():
-    code = ("import sys; from shadowft.cli import app; "
-            "print(sorted(m for m in ('prefect', 'torch', 'transformers', 'lm_eval', 'flows') if m in sys.modules))")
+    code = (
+        "import sys; from shadowft.cli import app; "
+        "print(sorted(m for m in ('prefect', 'torch', 'transformers', 'lm_eval', 'flows') if m in sys.modules))"
+    )
     r = _run([sys.executable, "-c", code])
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
 
 
 def test_every_command_module_imports_first_without_a_cycle():
-    for mod in ("shadowft.cli_weights", "shadowft.cli_eval", "shadowft.cli_flows", "shadowft.cli_store",
-                "shadowft.cli_zoo", "shadowft.serve", "shadowft.__main__"):
+    for mod in (
+        "shadowft.cli_weights",
+        "shadowft.cli_eval",
+        "shadowft.cli_flows",
+        "shadowft.cli_store",
+        "shadowft.cli_zoo",
+        "shadowft.serve",
+        "shadowft.__main__",
+    ):
         r = _run([sys.executable, "-c", f"import {mod}"])
         assert r.returncode == 0, (mod, r.stderr[-2000:])
 

@@ -33,7 +33,17 @@ def test_similarity_json(llama_trio):
 def test_delta_then_graft_and_errors(llama_trio, tmp_path):
     r = run("delta", "--base", llama_trio["base"], "--tuned", llama_trio["tuned"], "--out", tmp_path / "d")
     assert r.returncode == 0, r.stderr
-    r = run("graft", "--instruct", llama_trio["instruct"], "--delta", tmp_path / "d", "--out", tmp_path / "g", "--alpha", "0.5")
+    r = run(
+        "graft",
+        "--instruct",
+        llama_trio["instruct"],
+        "--delta",
+        tmp_path / "d",
+        "--out",
+        tmp_path / "g",
+        "--alpha",
+        "0.5",
+    )
     assert r.returncode == 0, r.stderr
     assert "grafted 14 tensors" in r.stdout.replace("\n", " ")
     # existing output: refused, exit code 2, no traceback
@@ -52,3 +62,30 @@ def test_delta_then_graft_and_errors(llama_trio, tmp_path):
 def test_usage_errors_exit_nonzero(cmd):
     r = run(*cmd)
     assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+def test_graft_alpha_by_module(llama_trio, tmp_path):
+    """`--alpha-by-module REGEX=ALPHA` (repeatable, first match wins) against an independent computation."""
+    import re
+
+    import torch
+
+    from tests.helpers import load_dir
+
+    rules = ["q_proj|k_proj|v_proj|o_proj=0.5", "mlp=2.0"]
+    args = ["graft", "--instruct", llama_trio["instruct"], "--base", llama_trio["base"], "--tuned", llama_trio["tuned"]]
+    r = run(*args, "--out", tmp_path / "g", *[a for rule in rules for a in ("--alpha-by-module", rule)])
+    assert r.returncode == 0, r.stderr
+    assert "per_module" in r.stdout
+    b, i, t, got = (
+        load_dir(p) for p in (llama_trio["base"], llama_trio["instruct"], llama_trio["tuned"], tmp_path / "g")
+    )
+    for n, w in i.items():
+        a = 0.5 if re.search("q_proj|k_proj|v_proj|o_proj", n) else 2.0 if "mlp" in n else 0.0
+        assert torch.equal(got[n], (w.float() + a * (t[n].float() - b[n].float())).to(w.dtype)), n
+    for bad, message in [("mlp", "write REGEX=ALPHA"), ("(=0.5", "not a valid regular expression")]:
+        r = run(*args, "--out", tmp_path / "x", "--alpha-by-module", bad)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run(*args, "--out", tmp_path / "x", "--method", "ties")
+    assert r.returncode == 2 and "unknown graft method 'ties'" in r.stderr and "per_module" in r.stderr
+    assert not (tmp_path / "x").exists()

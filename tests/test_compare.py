@@ -40,8 +40,11 @@ def test_aggregate_by_hand():
         "direct-lora": {"0": _res(a=0.2, r=0.6), "1": _res(a=0.4, r=0.6), "2": _res(a=0.6, r=0.6)},
         "shadow-lora": {"0": _res(a=0.5, r=0.7), "1": _res(a=0.5, r=0.6), "2": _res(a=0.8, r=0.8)},
     }
-    info = {"instruct": {"kind": "reference"}, "direct-lora": {"kind": "direct", "baseline": "direct-lora"},
-            "shadow-lora": {"kind": "shadow", "baseline": "direct-lora"}}
+    info = {
+        "instruct": {"kind": "reference"},
+        "direct-lora": {"kind": "direct", "baseline": "direct-lora"},
+        "shadow-lora": {"kind": "shadow", "baseline": "direct-lora"},
+    }
     dist = {"shadow-lora": {"0": {"trained": 0.01, "final": 0.02}, "1": {"trained": 0.03, "final": 0.04}}}
     s = aggregate(results, info, dist, title="t")
     d, sh = s["models"]["direct-lora"], s["models"]["shadow-lora"]
@@ -69,7 +72,11 @@ def test_aggregate_by_hand():
 def test_config_examples_and_variants():
     cfg = load_compare_config(EXAMPLES / "compare-toy.yaml")
     names = [v.name for v in cfg.variants()]
-    assert names[:2] == ["direct-lora", "shadow-lora"] and "shadow-full a=1.5" in names and "shadow-full scope=all" in names
+    assert (
+        names[:2] == ["direct-lora", "shadow-lora"]
+        and "shadow-full a=1.5" in names
+        and "shadow-full scope=all" in names
+    )
     assert cfg.train_for("full", 2).lr == 1e-4 and cfg.train_for("lora", 2).seed == 2
     assert load_compare_config(EXAMPLES / "compare-toy-domain.yaml").run.data.sources == ["zoo:domain", "zoo:general"]
     # lr not given: the run's lr for its own method, else the published default
@@ -79,6 +86,11 @@ def test_config_examples_and_variants():
         load_compare_config(EXAMPLES / "compare-toy.yaml", ["alphas=[0]"])
     with pytest.raises(ShadowFTError, match="seedz"):
         load_compare_config(None, ["seedz=[1]"])
+    # the run's per-module alphas reach every Shadow-FT variant's graft (the alpha sweep sets the default)
+    pm = load_compare_config(EXAMPLES / "compare-toy.yaml", ["run.graft.alpha_by_module={mlp: 0.5}"])
+    grafts = {v.name: v.graft for v in pm.variants() if v.kind == "shadow"}
+    assert all(g.effective_method == "per_module" and g.alpha_by_module == {"mlp": 0.5} for g in grafts.values())
+    assert grafts["shadow-full a=1.5"].alpha == 1.5
 
 
 def run_compare(cfg: CompareConfig) -> tuple[str, dict[str, list[str]], dict]:
@@ -93,7 +105,9 @@ def run_compare(cfg: CompareConfig) -> tuple[str, dict[str, list[str]], dict]:
         # task runs and their states arrive through the server's event recorder: read until settled
         seen, stable = -1, 0
         for _ in range(100):
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
             settled = all(r.state is not None and r.state.is_final() for r in runs)
             stable = stable + 1 if settled and len(runs) == seen else 0
             if stable >= 3:
@@ -109,29 +123,57 @@ def run_compare(cfg: CompareConfig) -> tuple[str, dict[str, list[str]], dict]:
 
 def test_compare_flow_on_tiny_models_then_rerun_is_cached(prefect_env, llama_trio, tmp_path):  # noqa: F811
     data = write_dataset(tmp_path / "d.jsonl")
-    cfg = load_compare_config(None, [
-        f"run.pair.base={llama_trio['base']}", f"run.pair.instruct={llama_trio['instruct']}",
-        f"run.data.sources=[{data}]", "run.data.max_length=64",
-        "run.train.max_steps=3", "run.train.batch_size=4",
-        "run.eval.suites=[toy-math,toy-reasoning]", "run.eval.limit=4",
-        "seeds=[0]", "alphas=[1.0,0.5]", "scopes=[projections,all]", "methods=[lora,full]", "lr={lora: 1e-3, full: 1e-4}",
-    ])
+    cfg = load_compare_config(
+        None,
+        [
+            f"run.pair.base={llama_trio['base']}",
+            f"run.pair.instruct={llama_trio['instruct']}",
+            f"run.data.sources=[{data}]",
+            "run.data.max_length=64",
+            "run.train.max_steps=3",
+            "run.train.batch_size=4",
+            "run.eval.suites=[toy-math,toy-reasoning]",
+            "run.eval.limit=4",
+            "seeds=[0]",
+            "alphas=[1.0,0.5]",
+            "scopes=[projections,all]",
+            "methods=[lora,full]",
+            "lr={lora: 1e-3, full: 1e-4}",
+        ],
+    )
     flow_state, states, result = run_compare(cfg)
     assert flow_state == "Completed", states
     # per seed and method: Base and Instruct trained once each
     trains = [n for n in states if n.startswith("train-")]
-    assert sorted(trains) == sorted(f"train-{r}-{m}-s{s}" for r in ("base", "instruct") for m in ("lora", "full") for s in (0,))
+    assert sorted(trains) == sorted(
+        f"train-{r}-{m}-s{s}" for r in ("base", "instruct") for m in ("lora", "full") for s in (0,)
+    )
     stage_states = [st for n, sts in states.items() if n != "comparison" for st in sts]
     assert set(stage_states) <= {"Completed", "Cached"}, states
     folder = Path(result["comparison"])
     summary = json.loads((folder / "summary.json").read_text())
-    assert list(summary["models"]) == ["instruct", "base", "direct-lora", "shadow-lora", "shadow-lora a=0.5",
-                                       "shadow-lora scope=all", "direct-full", "shadow-full", "shadow-full a=0.5",
-                                       "shadow-full scope=all"]
+    assert list(summary["models"]) == [
+        "instruct",
+        "base",
+        "direct-lora",
+        "shadow-lora",
+        "shadow-lora a=0.5",
+        "shadow-lora scope=all",
+        "direct-full",
+        "shadow-full",
+        "shadow-full a=0.5",
+        "shadow-full scope=all",
+    ]
     assert summary["models"]["shadow-full"]["seeds"] == ["0"]
     assert summary["models"]["base"]["chat_template"] is False
-    assert set(summary["paired"]) == {"shadow-lora", "shadow-lora a=0.5", "shadow-lora scope=all",
-                                      "shadow-full", "shadow-full a=0.5", "shadow-full scope=all"}
+    assert set(summary["paired"]) == {
+        "shadow-lora",
+        "shadow-lora a=0.5",
+        "shadow-lora scope=all",
+        "shadow-full",
+        "shadow-full a=0.5",
+        "shadow-full scope=all",
+    }
     dist = summary["distances"]
     assert dist["direct-full"]["trained"]["mean"] > 0 and dist["shadow-lora"]["trained"]["mean"] > 0
     # conventional tuning: the trained model is the evaluated one
@@ -143,13 +185,16 @@ def test_compare_flow_on_tiny_models_then_rerun_is_cached(prefect_env, llama_tri
     flow_state, states2, result2 = run_compare(cfg)
     assert flow_state == "Completed"
     assert states2.keys() == states.keys()
-    reran = {n: sts for n, sts in states2.items() if n not in ("comparison", "embedded_family") and set(sts) != {"Cached"}}
+    reran = {
+        n: sts for n, sts in states2.items() if n not in ("comparison", "embedded_family") and set(sts) != {"Cached"}
+    }
     assert not reran, reran
     assert states2["comparison"] == ["Completed"] and result2["comparison"] == result["comparison"]
 
     # extended by an alpha: only its grafts, evaluations and distances are computed, no training
     flow_state, states3, result3 = run_compare(cfg.model_copy(update={"alphas": [1.0, 0.5, 1.5]}))
     computed = {n for n, sts in states3.items() if "Completed" in sts and n != "comparison"}
-    assert computed == {f"{t}-shadow-{m}-a1.5-s0" for m in ("lora", "full")
-                        for t in ("graft", "evaluate", "sigma-final")}, computed
+    assert computed == {
+        f"{t}-shadow-{m}-a1.5-s0" for m in ("lora", "full") for t in ("graft", "evaluate", "sigma-final")
+    }, computed
     assert "shadow-full a=1.5" in json.loads((Path(result3["comparison"]) / "summary.json").read_text())["models"]

@@ -76,6 +76,9 @@ def test_yaml_with_overrides(tmp_path):
         ("data.sources=[]", "data.sources: must not be empty"),
         ("baselines=[instruct, shadow]", "baselines.1: must be one of"),
         ("graft.scope=([", "graft.scope: not 'projections', 'all' or a valid regular expression"),
+        ("graft.alpha_by_module={'(': 0.5}", "graft.alpha_by_module: '(' is not a valid regular expression"),
+        ("graft.alpha_by_module={mlp: .nan}", "graft.alpha_by_module: alpha of 'mlp' must be a finite number"),
+        ("graft.method=ties", "graft: unknown graft method 'ties'"),
         ("train.lora_targets=[q_proj, lm_head]", "train.lora_targets: lm_head is not adapted"),
         ("train.lrr=1e-4", "train.lrr: unknown key (did you mean 'lr'?)"),
         ("trian.lr=1e-4", "trian: unknown key (did you mean 'train'?)"),
@@ -173,3 +176,34 @@ def test_same_model_twice_is_an_error():
 def test_sections_forbid_unknown_keys_directly():
     with pytest.raises(Exception, match="extra"):
         DataConfig(sources=["a"], cutoff=3)
+
+
+def test_graft_method_settings_and_cache_keys(llama_trio):
+    from shadowft.stages import graft_spec
+    from shadowft.store import Artifact
+
+    a = RunConfig()
+    assert a.stage_view("graft") == {"alpha": 1.0, "scope": "projections"}  # keys of existing artifacts unchanged
+    linear = load_config(None, ["graft.method=linear"])
+    attn = "q_proj|k_proj|v_proj|o_proj"
+    pm = load_config(None, [f"graft.alpha_by_module={{'{attn}': 0.5, mlp: 1.0}}"])
+    swapped = load_config(None, [f"graft.alpha_by_module={{mlp: 1.0, '{attn}': 0.5}}"])
+    assert pm.graft.effective_method == "per_module" and list(pm.graft.alpha_by_module) == [attn, "mlp"]
+    assert pm.stage_view("graft") == {
+        "alpha": 1.0,
+        "scope": "projections",
+        "method": "per_module",
+        "alpha_by_module": [[attn, 0.5], ["mlp", 1.0]],
+    }
+    assert linear.stage_digest("graft") == a.stage_digest("graft") != pm.stage_digest("graft")
+    assert swapped.stage_digest("graft") != pm.stage_digest("graft")  # the first matching rule wins: order counts
+    with pytest.raises(ShadowFTError, match="alpha_by_module: not a setting of this method"):
+        load_config(None, ["graft.method=linear", "graft.alpha_by_module={mlp: 0.5}"])
+    # the pipeline's graft stage keys on the same view
+    update = Artifact(stage="delta", key="k", path=llama_trio["base"], build_id="b")
+    keys = {
+        name: graft_spec(c.graft, llama_trio["instruct"], update).key
+        for name, c in {"default": a, "linear": linear, "per_module": pm, "swapped": swapped}.items()
+    }
+    assert keys["default"] == keys["linear"] and len(set(keys.values())) == 3
+    assert graft_spec(pm.graft, llama_trio["instruct"], update).config == pm.stage_view("graft")

@@ -73,13 +73,25 @@ def test_formats_detected_and_labels_masked(tmp_path, tok_dir):
     m = write_jsonl(src / "m.jsonl", [msg_row("what is 1 + 2?", "3"), msg_row("is 7 > 3?", "true")])
     s = write_jsonl(
         src / "s.jsonl",
-        [{"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "2 + 2?"},
-                            {"from": "gpt", "value": "4"}, {"from": "human", "value": "and 3 + 3?"},
-                            {"from": "gpt", "value": "6"}]}],
+        [
+            {
+                "conversations": [
+                    {"from": "system", "value": "Be brief."},
+                    {"from": "human", "value": "2 + 2?"},
+                    {"from": "gpt", "value": "4"},
+                    {"from": "human", "value": "and 3 + 3?"},
+                    {"from": "gpt", "value": "6"},
+                ]
+            }
+        ],
     )
     a = src / "a.json"
-    a.write_text(json.dumps([{"instruction": "add", "input": "5 + 5", "output": "10"},
-                             {"instruction": "say hi", "output": "hi"}], indent=2))
+    a.write_text(
+        json.dumps(
+            [{"instruction": "add", "input": "5 + 5", "output": "10"}, {"instruction": "say hi", "output": "hi"}],
+            indent=2,
+        )
+    )
     p = src / "p.parquet"
     pd.DataFrame([{"instruction": "double 4", "input": "", "output": "8"}]).to_parquet(p)
 
@@ -109,8 +121,12 @@ def test_formats_detected_and_labels_masked(tmp_path, tok_dir):
 def test_qwen3_style_template_multi_turn(tmp_path, tok_dir):
     tok = load_tokenizer(tok_dir)
     tok.chat_template = QWEN3_LIKE
-    msgs = [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"},
-            {"role": "user", "content": "3 + 3?"}, {"role": "assistant", "content": "6"}]
+    msgs = [
+        {"role": "user", "content": "2 + 2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "3 + 3?"},
+        {"role": "assistant", "content": "6"},
+    ]
     ids, labels = tokenize_conversation(tok, msgs)
     assert answer_text(tok, ids, labels) == ["4<|im_end|>", "<think>\n\n</think>\n\n6<|im_end|>"]
 
@@ -118,7 +134,8 @@ def test_qwen3_style_template_multi_turn(tmp_path, tok_dir):
 def test_system_prompt_and_max_samples(tmp_path, tok_dir):
     f = write_jsonl(tmp_path / "d.jsonl", [msg_row(f"q{i}", f"a{i}") for i in range(5)])
     stats = prepare_dataset(
-        DataConfig(sources=[str(f)], max_length=64, max_samples=3, system_prompt="You are terse."), tok_dir,
+        DataConfig(sources=[str(f)], max_length=64, max_samples=3, system_prompt="You are terse."),
+        tok_dir,
         tmp_path / "out",
     )
     assert stats.samples == 3 and stats.sources[0].rows == 3
@@ -129,12 +146,12 @@ def test_system_prompt_and_max_samples(tmp_path, tok_dir):
 def test_malformed_rows_name_file_and_line(tmp_path, tok_dir):
     good = msg_row("1 + 1?", "2")
     rows = [
-        good,                                                                       # line 1
+        good,  # line 1
         {"messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]},  # line 2
-        good,                                                                       # line 4 (3 is bad JSON)
+        good,  # line 4 (3 is bad JSON)
         {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]},  # line 5
-        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]},    # line 6
-        {"messages": [{"role": "user", "content": "only a question"}]},             # line 7
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]},  # line 6
+        {"messages": [{"role": "user", "content": "only a question"}]},  # line 7
     ]
     f = write_jsonl(tmp_path / "bad.jsonl", rows, raw_lines={2: '{"messages": [ oops'})
     with pytest.raises(ShadowFTError) as ei:
@@ -160,8 +177,9 @@ def test_json_array_and_sharegpt_errors_report_lines(tmp_path, tok_dir):
     assert f"{f} line 3: missing field 'output' (alpaca format)" in ei.value.message
     assert f"{f} line 4: field 'output' is empty" in ei.value.message
 
-    s = write_jsonl(tmp_path / "s.jsonl", [{"conversations": [{"from": "human", "value": "q"},
-                                                               {"from": "tool", "value": "r"}]}])
+    s = write_jsonl(
+        tmp_path / "s.jsonl", [{"conversations": [{"from": "human", "value": "q"}, {"from": "tool", "value": "r"}]}]
+    )
     with pytest.raises(ShadowFTError, match=r"s.jsonl line 1: conversations\[1\] has unknown role 'tool'"):
         prepare_dataset(DataConfig(sources=[str(s)], format="sharegpt"), tok_dir, tmp_path / "out")
 

@@ -49,8 +49,14 @@ def test_parameter_schema_has_descriptions_defaults_and_constraints():
     defs = schema["definitions"]
     default = schema["properties"]["config"]["default"]  # the form starts from it: every value
     assert RunConfig.model_validate(default) == RunConfig()
-    for key, section in [("pair", "PairConfig"), ("data", "DataConfig"), ("train", "TrainConfig"),
-                         ("graft", "GraftConfig"), ("eval", "EvalConfig"), ("output", "OutputConfig")]:
+    for key, section in [
+        ("pair", "PairConfig"),
+        ("data", "DataConfig"),
+        ("train", "TrainConfig"),
+        ("graft", "GraftConfig"),
+        ("eval", "EvalConfig"),
+        ("output", "OutputConfig"),
+    ]:
         assert defs["RunConfig"]["properties"][key]["description"]
         for name, prop in defs[section]["properties"].items():
             assert prop.get("description"), f"{section}.{name} has no description"
@@ -64,8 +70,14 @@ def test_parameter_schema_has_descriptions_defaults_and_constraints():
 def test_history_records_each_run_once_and_compares_with_the_previous(tmp_path):
     path = history_path(tmp_path, "nightly run/1")
     assert path == tmp_path / "runs" / "nightly-run-1" / "history.jsonl"
-    s1 = {"suites": ["math"], "scores": {"instruct": {"math": 0.5, "mean": 0.5}, "shadow-ft": {"math": 0.6, "mean": 0.6}}}
-    s2 = {"suites": ["math"], "scores": {"instruct": {"math": 0.5, "mean": 0.5}, "shadow-ft": {"math": 0.7, "mean": 0.7}}}
+    s1 = {
+        "suites": ["math"],
+        "scores": {"instruct": {"math": 0.5, "mean": 0.5}, "shadow-ft": {"math": 0.6, "mean": 0.6}},
+    }
+    s2 = {
+        "suites": ["math"],
+        "scores": {"instruct": {"math": 0.5, "mean": 0.5}, "shadow-ft": {"math": 0.7, "mean": 0.7}},
+    }
     assert record_run(path, s1, "run-1", run_name="first", report_key="k1") is None
     assert "First run" in compare_markdown(s1, None)
     prev = record_run(path, s2, "run-2", run_name="second", report_key="k2")

@@ -32,7 +32,12 @@ def prefect_env(tmp_path_factory):
 
 def write_dataset(path: Path, n: int = 32, offset: int = 0) -> Path:
     rows = [
-        {"messages": [{"role": "user", "content": f"{i} + {i + offset}"}, {"role": "assistant", "content": str(2 * i + offset)}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"{i} + {i + offset}"},
+                {"role": "assistant", "content": str(2 * i + offset)},
+            ]
+        }
         for i in range(n)
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -66,7 +71,9 @@ def run_flow(cfg: RunConfig) -> tuple[str, dict[str, str], dict]:
 
     state = shadow_ft(config=cfg, return_state=True)
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
     states = {("report" if r.name.startswith("report") else r.name): r.state.name for r in runs}
     result = state.result(raise_on_failure=False) if state.is_completed() else {}
     return state.name, states, result
@@ -102,14 +109,19 @@ def test_changes_rerun_exactly_the_stages_downstream(prefect_env, llama_trio, tm
     # the training lr changes: from training on
     _, states, _ = run_flow(make_config(llama_trio, data, "train.lr=1e-3"))
     assert states["check_pair"] == states["prepare_data"] == "Cached", states
-    assert all(states[s] == "Completed" for s in ["train-base", "train-instruct", "graft-shadow-ft", "graft-direct", *EVALS[1:]]), states
+    assert all(
+        states[s] == "Completed"
+        for s in ["train-base", "train-instruct", "graft-shadow-ft", "graft-direct", *EVALS[1:]]
+    ), states
     assert states["evaluate-instruct"] == "Cached"
 
     # the dataset file's content changes: from dataset prep on; the pair check stays cached
     write_dataset(data, offset=1)
     _, states, _ = run_flow(cfg)
     assert states["check_pair"] == "Cached", states
-    assert all(states[s] == "Completed" for s in ["prepare_data", "train-base", "train-instruct", "graft-shadow-ft"]), states
+    assert all(states[s] == "Completed" for s in ["prepare_data", "train-base", "train-instruct", "graft-shadow-ft"]), (
+        states
+    )
 
 
 def test_deleted_artifact_is_recomputed_not_returned_dangling(prefect_env, llama_trio, tmp_path):
@@ -137,7 +149,9 @@ def test_failed_run_resumes_with_earlier_stages_cached(prefect_env, llama_trio, 
     assert states["train-base"] == "Completed", states
     assert "Failed" in {states.get(s) for s in EVALS}, states
 
-    (folder / "qa.jsonl").write_text("".join(json.dumps({"q": f"Is {i} even?", "a": "yes" if i % 2 == 0 else "no"}) + "\n" for i in range(6)))
+    (folder / "qa.jsonl").write_text(
+        "".join(json.dumps({"q": f"Is {i} even?", "a": "yes" if i % 2 == 0 else "no"}) + "\n" for i in range(6))
+    )
     flow_state, states, _ = run_flow(cfg)
     assert flow_state == "Completed"
     assert all(states[s] == "Cached" for s in STAGES_BEFORE_EVAL), states
@@ -145,7 +159,9 @@ def test_failed_run_resumes_with_earlier_stages_cached(prefect_env, llama_trio, 
 
 
 def test_full_method_grafts_a_delta(prefect_env, llama_trio, tmp_path):
-    cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.method=full", "train.lr=1e-4", "baselines=[instruct]")
+    cfg = make_config(
+        llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.method=full", "train.lr=1e-4", "baselines=[instruct]"
+    )
     flow_state, states, result = run_flow(cfg)
     assert flow_state == "Completed", states
     assert states["extract_delta"] == "Completed" and "train-instruct" not in states
@@ -181,7 +197,12 @@ def test_two_runs_at_once_compute_each_stage_once(prefect_env, llama_trio, tmp_p
     env = {**os.environ, "SHADOWFT_HOME": str(store_root), "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
     script = CONCURRENT.format(repo=str(Path(__file__).parent.parent), trio=trio, data=str(data))
-    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
     assert all("\nCompleted\n" in o for o in outs), [o[-500:] for o in outs]
@@ -200,6 +221,7 @@ def test_ui_artifacts_are_published(prefect_env, llama_trio, tmp_path):
     cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.seed=23")
     assert run_flow(cfg)[0] == "Completed"
     with get_client(sync_client=True) as client:
+
         def latest(key: str):
             arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
             return max(arts, key=lambda a: a.created)
@@ -214,10 +236,20 @@ def test_ui_artifacts_are_published(prefect_env, llama_trio, tmp_path):
 def test_cli_run_prints_the_results_table(llama_trio, tmp_path):
     cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.seed=5", "baselines=[instruct]")
     (tmp_path / "run.yaml").write_text(cfg.to_yaml())
-    env = {**os.environ, "SHADOWFT_HOME": str(tmp_path / "store"), "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "SHADOWFT_HOME": str(tmp_path / "store"),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "COLUMNS": "200",
+    }
     env.pop("PREFECT_API_URL", None)
-    r = subprocess.run([sys.executable, "-m", "shadowft", "run", str(tmp_path / "run.yaml"), "--set", "eval.limit=2"],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "shadowft", "run", str(tmp_path / "run.yaml"), "--set", "eval.limit=2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "shadow-ft" in r.stdout and "instruct" in r.stdout and "toy-math" in r.stdout
     assert str(tmp_path / "store" / "artifacts" / "report") in r.stdout

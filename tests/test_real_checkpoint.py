@@ -37,8 +37,8 @@ def test_smollm2_pair_check_and_graft_with_a_known_delta(smollm2_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter
+    from shadowft.graft import graft
     from shadowft.pair import check_pair, similarity
-    from shadowft.weights import graft
 
     report = check_pair(smollm2_dir, smollm2_dir)
     assert report.ok and report.sigma.mean == 0.0 and report.tied_embeddings == {"base": True, "instruct": True}
@@ -72,6 +72,8 @@ def test_smollm2_pair_check_and_graft_with_a_known_delta(smollm2_dir, tmp_path):
     assert 0 < sigma.mean < 0.01
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    text = tok.decode(model.generate(**ids, max_new_tokens=8, do_sample=False)[0][ids["input_ids"].shape[1]:])
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    text = tok.decode(model.generate(**ids, max_new_tokens=8, do_sample=False)[0][ids["input_ids"].shape[1] :])
     assert text.strip()  # the grafted real model still talks

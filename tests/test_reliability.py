@@ -99,11 +99,14 @@ def _data(kind: str, tmp_path: Path) -> Path:
     if kind == "bad_json":
         return _rows_file(tmp_path / "bad.jsonl", [_good(), _good()], {2: '{"messages": [ oops'})
     if kind == "bad_rows":
-        return _rows_file(tmp_path / "rows.jsonl", [
-            _good(),
-            {"messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]},
-            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]},
-        ])
+        return _rows_file(
+            tmp_path / "rows.jsonl",
+            [
+                _good(),
+                {"messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]},
+                {"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]},
+            ],
+        )
     return write_dataset(tmp_path / "d.jsonl")
 
 
@@ -112,7 +115,14 @@ def _data(kind: str, tmp_path: Path) -> Path:
 PREFECT_CASES = [
     ("different-architectures", "arch", "ok", [], "check_pair", "config field model_type differs"),
     ("different-shapes", "shapes", "ok", [], "check_pair", "config field hidden_size differs"),
-    ("different-vocab-scope-all", "vocab", "ok", ["graft.scope=all"], "check_pair", "tensor model.embed_tokens.weight has shape"),
+    (
+        "different-vocab-scope-all",
+        "vocab",
+        "ok",
+        ["graft.scope=all"],
+        "check_pair",
+        "tensor model.embed_tokens.weight has shape",
+    ),
     ("unrelated-models", "unrelated", "ok", [], "check_pair", "is above the threshold 0.15"),
     ("truncated-shard", "truncated", "ok", [], "check_pair", "is truncated: its header promises"),
     ("shard-missing-from-index", "missing_shard", "ok", [], "check_pair", "names shard(s) that are missing"),
@@ -120,14 +130,37 @@ PREFECT_CASES = [
     ("needs-trust-remote-code", "remote_code", "ok", [], "check_pair", "needs to run code shipped with the model"),
     ("empty-dataset", None, "empty", [], "prepare_data", "training data is empty"),
     ("malformed-json-line", None, "bad_json", [], "prepare_data", "bad.jsonl line 3: invalid JSON"),
-    ("missing-field-unknown-role", None, "bad_rows", [], "prepare_data", "rows.jsonl line 2: messages[1] has unknown role 'robot'"),
-    ("every-sample-too-long", None, "ok", ["data.max_length=8", "data.overlong=drop"], "prepare_data", "samples are longer than data.max_length=8"),
+    (
+        "missing-field-unknown-role",
+        None,
+        "bad_rows",
+        [],
+        "prepare_data",
+        "rows.jsonl line 2: messages[1] has unknown role 'robot'",
+    ),
+    (
+        "every-sample-too-long",
+        None,
+        "ok",
+        ["data.max_length=8", "data.overlong=drop"],
+        "prepare_data",
+        "samples are longer than data.max_length=8",
+    ),
     ("unknown-eval-suite", None, "ok", ["eval.suites=[toy-maths]"], "flow", "unknown suite or task 'toy-maths'"),
-    ("code-eval-without-opt-in", None, "ok", ["eval.suites=[humaneval-offline]"], "flow", "execute model-written code, which is off by default"),
+    (
+        "code-eval-without-opt-in",
+        None,
+        "ok",
+        ["eval.suites=[humaneval-offline]"],
+        "flow",
+        "execute model-written code, which is off by default",
+    ),
 ]
 
 
-@pytest.mark.parametrize("case, model, data, overrides, task, message", PREFECT_CASES, ids=[c[0] for c in PREFECT_CASES])
+@pytest.mark.parametrize(
+    "case, model, data, overrides, task, message", PREFECT_CASES, ids=[c[0] for c in PREFECT_CASES]
+)
 def test_bad_input_fails_the_prefect_task_with_its_message(
     prefect_api, store_home, llama_trio, bad_models, tmp_path, monkeypatch, case, model, data, overrides, task, message
 ):
@@ -142,7 +175,9 @@ def test_bad_input_fails_the_prefect_task_with_its_message(
     state = shadow_ft(config=cfg, return_state=True)
     assert state.is_failed()
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
     states = {r.name: r.state for r in runs}
     failed = state if task == "flow" else states[task]
     assert failed.is_failed() and message in failed.message, failed.message
@@ -188,13 +223,21 @@ def _env(tmp_path: Path, api: str | None, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case, bad, overrides, message", RUN_CASES, ids=[c[0] for c in RUN_CASES])
-def test_shadowft_run_reports_bad_input_without_traceback(prefect_api, llama_trio, bad_models, tmp_path, case, bad, overrides, message):
+def test_shadowft_run_reports_bad_input_without_traceback(
+    prefect_api, llama_trio, bad_models, tmp_path, case, bad, overrides, message
+):
     trio = {"base": bad_models[bad] if bad in bad_models else llama_trio["base"], "instruct": llama_trio["instruct"]}
     data = _data(bad if bad == "bad_json" else "ok", tmp_path)
     cfg = _run_yaml(tmp_path / "run.yaml", trio, data)
     args = [a for o in overrides for a in ("--set", o)]
-    r = subprocess.run([*SHADOWFT, "run", str(cfg), *args], env=_env(tmp_path, prefect_api), cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*SHADOWFT, "run", str(cfg), *args],
+        env=_env(tmp_path, prefect_api),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr[-3000:]
     assert message in r.stderr and "hint:" in r.stderr, r.stderr[-3000:]
     assert "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]
@@ -206,7 +249,7 @@ def test_shadowft_run_reports_bad_input_without_traceback(prefect_api, llama_tri
 # -- bad input through `shadowft graft` --------------------------------------------------------------
 def _adapter_for_other_architecture(tmp_path: Path) -> list[str]:
     from shadowft.tiny import make_trio
-    from tests.test_weights import make_adapter
+    from tests.helpers import make_adapter
 
     wide = make_trio(tmp_path / "wide", arch="llama", hidden_size=48)
     return ["--adapter", str(make_adapter(wide["base"], tmp_path / "adapter"))]
@@ -220,12 +263,23 @@ def _diverged_tuned(llama_trio, tmp_path: Path) -> list[str]:
     return ["--base", str(llama_trio["base"]), "--tuned", str(bad)]
 
 
-@pytest.mark.parametrize("case, message", [("adapter-other-architecture", "does not fit"), ("diverged-update", "up_proj")])
+@pytest.mark.parametrize(
+    "case, message", [("adapter-other-architecture", "does not fit"), ("diverged-update", "up_proj")]
+)
 def test_shadowft_graft_refuses_bad_update(llama_trio, tmp_path, case, message):
-    update = _adapter_for_other_architecture(tmp_path) if case.startswith("adapter") else _diverged_tuned(llama_trio, tmp_path)
+    update = (
+        _adapter_for_other_architecture(tmp_path)
+        if case.startswith("adapter")
+        else _diverged_tuned(llama_trio, tmp_path)
+    )
     out = tmp_path / "out"
-    r = subprocess.run([*SHADOWFT, "graft", "--instruct", str(llama_trio["instruct"]), "--out", str(out), *update],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*SHADOWFT, "graft", "--instruct", str(llama_trio["instruct"]), "--out", str(out), *update],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
@@ -251,7 +305,9 @@ def _kill(proc: subprocess.Popen) -> None:
 def _popen(cmd: list[str], env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
     """Start `cmd` in its own process group, its output in `log` (a pipe could fill and block it)."""
     log = log or Path(env["SHADOWFT_HOME"] if env else "/tmp").parent / f"proc-{time.monotonic_ns()}.log"
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
@@ -298,7 +354,9 @@ def test_killed_run_resumes_training_then_reuses_every_stage_before_eval(prefect
     keys = [(b["stage"], b["key"]) for b in store.builds()]
     assert len(keys) == len(set(keys))  # nothing was computed twice
     # the killed builds' temp dirs were cleaned by the re-run that took their lock; the store is consistent
-    v = subprocess.run([*SHADOWFT, "store", "verify", "--root", str(store.root), "--json"], cwd=REPO, capture_output=True, text=True)
+    v = subprocess.run(
+        [*SHADOWFT, "store", "verify", "--root", str(store.root), "--json"], cwd=REPO, capture_output=True, text=True
+    )
     assert v.returncode == 0 and json.loads(v.stdout)["incomplete"] == [], v.stdout + v.stderr
 
 
@@ -324,8 +382,20 @@ def big_trio(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.slow
 def test_killed_graft_publishes_nothing_and_rerun_is_byte_identical(big_trio, tmp_path):
     def graft(out: Path) -> list[str]:
-        return [*SHADOWFT, "graft", "--instruct", str(big_trio["instruct"]), "--base", str(big_trio["base"]),
-                "--tuned", str(big_trio["tuned"]), "--out", str(out), "--max-shard-size", "20MB"]
+        return [
+            *SHADOWFT,
+            "graft",
+            "--instruct",
+            str(big_trio["instruct"]),
+            "--base",
+            str(big_trio["base"]),
+            "--tuned",
+            str(big_trio["tuned"]),
+            "--out",
+            str(out),
+            "--max-shard-size",
+            "20MB",
+        ]
 
     out = tmp_path / "out"
     proc = _popen(graft(out), log=tmp_path / "graft.log")
@@ -344,8 +414,9 @@ def test_killed_graft_publishes_nothing_and_rerun_is_byte_identical(big_trio, tm
     for name in files:
         if name == "shadowft_provenance.json":  # records when and where: compare the rest
             a, b = (json.loads((d / name).read_text()) for d in (out, ref))
-            assert {k: v for k, v in a.items() if k not in ("created", "out", "seconds")} == \
-                   {k: v for k, v in b.items() if k not in ("created", "out", "seconds")}
+            assert {k: v for k, v in a.items() if k not in ("created", "out", "seconds")} == {
+                k: v for k, v in b.items() if k not in ("created", "out", "seconds")
+            }
         else:
             assert (out / name).read_bytes() == (ref / name).read_bytes(), name
 
@@ -360,10 +431,27 @@ def _fsize_limit(nbytes: int):
 
 def test_disk_full_during_graft_is_a_clean_error(llama_trio, tmp_path):
     out = tmp_path / "out"
-    cmd = [*SHADOWFT, "graft", "--instruct", str(llama_trio["instruct"]), "--base", str(llama_trio["base"]),
-           "--tuned", str(llama_trio["tuned"]), "--out", str(out)]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=_fsize_limit(50_000),
-                       env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    cmd = [
+        *SHADOWFT,
+        "graft",
+        "--instruct",
+        str(llama_trio["instruct"]),
+        "--base",
+        str(llama_trio["base"]),
+        "--tuned",
+        str(llama_trio["tuned"]),
+        "--out",
+        str(out),
+    ]
+    r = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_fsize_limit(50_000),
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     assert r.returncode == 2 and "file size limit exceeded while writing" in r.stderr, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and not out.exists() and not list(tmp_path.glob(".out.*"))
 
@@ -386,9 +474,17 @@ except ShadowFTError as exc:
 def test_disk_full_during_a_stage_leaves_the_store_consistent(llama_trio, tmp_path):
     store = ArtifactStore(tmp_path / "store")
     store.build("train", "fake", lambda d: shutil.copytree(llama_trio["tuned"], d / "model") and None)
-    r = subprocess.run([sys.executable, "-c", STORE_DISK_FULL, str(store.root), str(llama_trio["base"])], cwd=REPO,
-                       capture_output=True, text=True, timeout=300, preexec_fn=_fsize_limit(50_000))
-    assert r.returncode == 2 and "file size limit exceeded while writing the delta artifact" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run(
+        [sys.executable, "-c", STORE_DISK_FULL, str(store.root), str(llama_trio["base"])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_fsize_limit(50_000),
+    )
+    assert r.returncode == 2 and "file size limit exceeded while writing the delta artifact" in r.stdout, (
+        r.stdout + r.stderr
+    )
     report = store.verify()
     assert report["complete"] == ["artifacts/train/fake"] and report["incomplete"] == []
     # with space again, the same stage builds
@@ -403,11 +499,26 @@ def test_no_space_left_on_a_real_small_filesystem(llama_trio, tmp_path):
     writer that fills a sparse file through a memory map dies of SIGBUS here instead: measured.)"""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        cmd = [*SHADOWFT, "graft", "--instruct", str(llama_trio["instruct"]), "--base", str(llama_trio["base"]),
-               "--tuned", str(llama_trio["tuned"]), "--out", str(mnt / "out")]
+        cmd = [
+            *SHADOWFT,
+            "graft",
+            "--instruct",
+            str(llama_trio["instruct"]),
+            "--base",
+            str(llama_trio["base"]),
+            "--tuned",
+            str(llama_trio["tuned"]),
+            "--out",
+            str(mnt / "out"),
+        ]
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and "no space left on the device" in r.stderr, r.stderr[-3000:]
         assert list(mnt.iterdir()) == []
@@ -459,7 +570,9 @@ def test_store_verify_reports_and_removes_garbage(tmp_path):
 
 
 # -- security ----------------------------------------------------------------------------------------
-def test_token_never_reaches_logs_parameters_artifacts_or_manifests(prefect_api, store_home, llama_trio, tmp_path, monkeypatch, capfd):
+def test_token_never_reaches_logs_parameters_artifacts_or_manifests(
+    prefect_api, store_home, llama_trio, tmp_path, monkeypatch, capfd
+):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
@@ -511,15 +624,23 @@ def test_code_never_unpickles_or_trusts_remote_code_by_default():
                 if name.endswith("torch.load"):
                     assert "weights_only" in kw and ast.unparse(kw["weights_only"]) == "True", f"{path}:{node.lineno}"
                 if "trust_remote_code" in kw:
-                    assert ast.unparse(kw["trust_remote_code"]) != "True", f"{path}:{node.lineno} forces trust_remote_code"
+                    assert ast.unparse(kw["trust_remote_code"]) != "True", (
+                        f"{path}:{node.lineno} forces trust_remote_code"
+                    )
                 if name.endswith(("pickle.load", "pickle.loads")):
                     raise AssertionError(f"{path}:{node.lineno} unpickles")
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 args = node.args.args + node.args.kwonlyargs
-                defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults + node.args.kw_defaults
+                defaults = (
+                    [None] * (len(node.args.args) - len(node.args.defaults))
+                    + node.args.defaults
+                    + node.args.kw_defaults
+                )
                 for arg, default in zip(args, defaults):
                     if arg.arg == "trust_remote_code" and default is not None and not isinstance(default, ast.Call):
-                        assert ast.unparse(default) == "False" or "Option" in ast.unparse(default), f"{path}:{node.lineno}"
+                        assert ast.unparse(default) == "False" or "Option" in ast.unparse(default), (
+                            f"{path}:{node.lineno}"
+                        )
     from shadowft.config import PairConfig
 
     assert PairConfig().trust_remote_code is False
@@ -536,15 +657,26 @@ def test_servers_bind_to_localhost_unless_told_otherwise():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 args = node.args.args + node.args.kwonlyargs
-                defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults + node.args.kw_defaults
+                defaults = (
+                    [None] * (len(node.args.args) - len(node.args.defaults))
+                    + node.args.defaults
+                    + node.args.kw_defaults
+                )
                 for arg, default in zip(args, defaults):
                     if arg.arg in ("host", "bind", "address") and isinstance(default, ast.Constant):
-                        assert default.value in loopback, f"{path}:{node.lineno}: {arg.arg} defaults to {default.value!r}"
+                        assert default.value in loopback, (
+                            f"{path}:{node.lineno}: {arg.arg} defaults to {default.value!r}"
+                        )
             if isinstance(node, ast.Call):
                 for k in node.keywords:
                     if k.arg in ("host", "bind") and isinstance(k.value, ast.Constant):
                         assert k.value.value in loopback, f"{path}:{node.lineno}: {k.arg}={k.value.value!r}"
-    scripts = [*(REPO / "deployments").rglob("*"), *REPO.glob("*.md"), *(REPO / "docs").rglob("*.md"), *REPO.glob("Makefile")]
+    scripts = [
+        *(REPO / "deployments").rglob("*"),
+        *REPO.glob("*.md"),
+        *(REPO / "docs").rglob("*.md"),
+        *REPO.glob("Makefile"),
+    ]
     for f in scripts:
         if f.is_file():
             for m in re.finditer(r"--host[ =]+(\S+)", f.read_text(errors="ignore")):

@@ -33,7 +33,9 @@ def test_score_formatting():
     assert with_change("12.3", -0.01) == "12.3 (-1.0)" and with_change("12.3", None) == "12.3"
     assert markdown_row(["*chance*", "0.0", ""]) == "| *chance* | 0.0 | |"
     assert markdown_table(["model", "vs", "a"], [["x", "y", "1.0"]], text_columns=2) == [
-        "| model | vs | a |", "| --- | --- | ---: |", "| x | y | 1.0 |"
+        "| model | vs | a |",
+        "| --- | --- | ---: |",
+        "| x | y | 1.0 |",
     ]
 
 
@@ -41,7 +43,9 @@ def test_one_loader_for_run_and_comparison_configs(tmp_path):
     with pytest.raises(ShadowFTError, match=r"seedz: unknown key \(did you mean 'seeds'\?\)") as err:
         load_compare_config(None, ["seedz=[1]"])
     assert "compare-toy.yaml" in err.value.hint
-    with pytest.raises(ShadowFTError, match=r"run\.train\.lr: must be greater than 0.*\[from override 'run\.train\.lr=-1'\]"):
+    with pytest.raises(
+        ShadowFTError, match=r"run\.train\.lr: must be greater than 0.*\[from override 'run\.train\.lr=-1'\]"
+    ):
         load_compare_config(None, ["run.train.lr=-1"])
     bad = tmp_path / "c.yaml"
     bad.write_text("seeds: [0\n")

@@ -27,8 +27,14 @@ from tests.test_pipeline import write_dataset
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "test-output" / "ui"
@@ -44,8 +50,10 @@ def free_port() -> int:
 
 def api(base: str, path: str, body: dict | None = None):
     req = urllib.request.Request(
-        f"{base}/api{path}", data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST",
+        f"{base}/api{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
     )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
@@ -80,9 +88,27 @@ def served(tmp_path, llama_trio):
     env.update(SHADOWFT_HOME=str(tmp_path / "store"), PREFECT_WORKER_QUERY_SECONDS="1", PYTHONUNBUFFERED="1")
     log = tmp_path / "serve.out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shadowft", "serve", "--port", str(port), "--prefect-home", str(tmp_path / "prefect"),
-         "--config", str(config), "--nightly-data", str(nightly), "--log-dir", str(tmp_path / "logs")],
-        cwd=REPO, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "shadowft",
+            "serve",
+            "--port",
+            str(port),
+            "--prefect-home",
+            str(tmp_path / "prefect"),
+            "--config",
+            str(config),
+            "--nightly-data",
+            str(nightly),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -120,7 +146,10 @@ def test_custom_run_from_the_form_and_nightly_schedule(served):
 
     with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
-            str(tmp / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            str(tmp / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
             viewport={"width": 1400, "height": 1000},
         )
         page = browser.new_page()
@@ -128,8 +157,10 @@ def test_custom_run_from_the_form_and_nightly_schedule(served):
 
         def field(label: str):
             """The input of the innermost form property labelled `label`."""
-            prop = page.locator(".schema-form-property", has=page.locator(
-                ".schema-form-property__label", has_text=re.compile(rf"^{label}( \(Optional\))?$")))
+            prop = page.locator(
+                ".schema-form-property",
+                has=page.locator(".schema-form-property__label", has_text=re.compile(rf"^{label}( \(Optional\))?$")),
+            )
             return prop.last.locator("input").first
 
         page.goto(f"{base}/deployments")
@@ -162,7 +193,12 @@ def test_custom_run_from_the_form_and_nightly_schedule(served):
         assert run["parameters"]["config"]["train"]["seed"] == 7
 
         deadline = time.monotonic() + 240
-        while (state := api(base, f"/flow_runs/{run['id']}")["state"]["type"]) not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        while (state := api(base, f"/flow_runs/{run['id']}")["state"]["type"]) not in (
+            "COMPLETED",
+            "FAILED",
+            "CRASHED",
+            "CANCELLED",
+        ):
             assert time.monotonic() < deadline, f"the flow run is still {state}"
             time.sleep(2)
         assert state == "COMPLETED", (tmp / "logs" / "worker.log").read_text()[-5000:]

@@ -151,7 +151,8 @@ def _code_q(code: str) -> str:
 def code_builtin(rng: random.Random) -> QA:
     fn = rng.choice(["len", "max", "min", "sum"])
     xs = _list(rng, 1, 7) if fn == "len" else _list(rng, 2, 5) if fn != "sum" else _list(rng, 2, 4)
-    value = {"len": len, "max": max, "min": min, "sum": sum}[fn](xs)
+    funcs: dict[str, Callable[[list[int]], int]] = {"len": len, "max": max, "min": min, "sum": sum}
+    value = funcs[fn](xs)
     return QA(_code_q(f"print({fn}({xs}))"), str(value), "code_builtin")
 
 
@@ -370,7 +371,7 @@ def format_items(n: int = EVAL_SIZE, seed: int = EVAL_SEED) -> list[QA]:
 def preference_rows(rng: random.Random, n: int, exclude: set[str]) -> list[dict]:
     """DPO pairs in TRL's conversational format: same question and answer, chosen in the asked
     format ("[42]"), rejected without it ("42"); the answer itself is never what is compared."""
-    rows = []
+    rows: list[dict] = []
     names, weights = list(PREFERENCE_AREAS), list(PREFERENCE_AREAS.values())
     while len(rows) < n:
         item = sample_fresh(rng, rng.choices(names, weights)[0], exclude)

@@ -22,7 +22,16 @@ MISSING_MODEL = Path("/nonexistent/model")  # a model that cannot load proves va
 
 def test_registry_has_the_suites_with_chance_levels():
     suites = {s.name: s for s in list_suites()}
-    for name in ("toy-math", "toy-coding", "toy-reasoning", "toy-domain", "humaneval-offline", "coding", "math", "reasoning"):
+    for name in (
+        "toy-math",
+        "toy-coding",
+        "toy-reasoning",
+        "toy-domain",
+        "humaneval-offline",
+        "coding",
+        "math",
+        "reasoning",
+    ):
         assert name in suites
     assert suites["toy-math"].chance == 0.0 and suites["toy-math"].offline
     assert suites["toy-reasoning"].chance == pytest.approx(0.5)  # true/false
@@ -131,7 +140,18 @@ def test_cli_eval_and_suites(llama_trio, tmp_path):
     assert listing.exit_code == 0 and "toy-reasoning" in listing.output
     out = tmp_path / "r" / "res.json"
     ran = runner.invoke(
-        app, ["eval", str(llama_trio["instruct"]), "--suite", "toy-domain", "--limit", "2", "--output", str(out), "--no-chat-template"]
+        app,
+        [
+            "eval",
+            str(llama_trio["instruct"]),
+            "--suite",
+            "toy-domain",
+            "--limit",
+            "2",
+            "--output",
+            str(out),
+            "--no-chat-template",
+        ],
     )
     assert ran.exit_code == 0, ran.output
     assert "toy-domain" in ran.output and out.is_file()

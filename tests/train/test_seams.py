@@ -65,10 +65,14 @@ def prepared(llama_trio, tmp_path):
     from shadowft.config import DataConfig
     from shadowft.data import prepare_dataset
 
-    rows = [{"messages": [{"role": "user", "content": f"{a}+1?"}, {"role": "assistant", "content": str(a + 1)}]}
-            for a in range(8)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"{a}+1?"}, {"role": "assistant", "content": str(a + 1)}]}
+        for a in range(8)
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    prepare_dataset(DataConfig(sources=[str(tmp_path / "d.jsonl")], max_length=64), llama_trio["instruct"], tmp_path / "p")
+    prepare_dataset(
+        DataConfig(sources=[str(tmp_path / "d.jsonl")], max_length=64), llama_trio["instruct"], tmp_path / "p"
+    )
     return tmp_path / "p"
 
 
@@ -94,5 +98,7 @@ def test_setup_checks_the_objective_columns(llama_trio, prepared, tmp_path):
 
 def test_unknown_launcher_fails_before_training(llama_trio, prepared, tmp_path):
     with pytest.raises(ShadowFTError, match="unknown launcher 'mpi'"):
-        train_model(llama_trio["base"], prepared, TrainConfig(max_steps=1), tmp_path / "o", tmp_path / "w", launcher="mpi")
+        train_model(
+            llama_trio["base"], prepared, TrainConfig(max_steps=1), tmp_path / "o", tmp_path / "w", launcher="mpi"
+        )
     assert not (tmp_path / "o").exists()

@@ -29,7 +29,9 @@ def data_dir(llama_trio, tmp_path_factory):
         for b in range(4)
     ]
     (root / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    prepare_dataset(DataConfig(sources=[str(root / "d.jsonl")], max_length=64), llama_trio["instruct"], root / "prepared")
+    prepare_dataset(
+        DataConfig(sources=[str(root / "d.jsonl")], max_length=64), llama_trio["instruct"], root / "prepared"
+    )
     return root / "prepared"
 
 
@@ -39,7 +41,10 @@ def test_lora_writes_a_peft_adapter(llama_trio, data_dir, tmp_path):
     res = train_model(llama_trio["base"], data_dir, spec, tmp_path / "out", tmp_path / "work", progress=events.append)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors", "loss_curve.json", "train_result.json"
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "loss_curve.json",
+        "train_result.json",
     ]
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["r"] == 8 and cfg["lora_alpha"] == 16 and cfg["lora_dropout"] == 0.0
@@ -65,7 +70,9 @@ def test_lora_writes_a_peft_adapter(llama_trio, data_dir, tmp_path):
 def test_full_writes_a_loadable_model(llama_trio, data_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    res = train_model(llama_trio["base"], data_dir, TrainConfig(method="full", **FAST), tmp_path / "out", tmp_path / "w")
+    res = train_model(
+        llama_trio["base"], data_dir, TrainConfig(method="full", **FAST), tmp_path / "out", tmp_path / "w"
+    )
     out = tmp_path / "out"
     assert res.trainable_params == res.total_params and res.global_step == 4
     assert (out / "model.safetensors").is_file() and not list(out.rglob("*.bin"))
@@ -92,7 +99,9 @@ def test_direct_baseline_trains_instruct(llama_trio, data_dir, tmp_path):
 
 def test_bad_lora_targets_and_foreign_work_dir(llama_trio, data_dir, tmp_path):
     with pytest.raises(ShadowFTError, match="no module named qkv_proj") as ei:
-        train_model(llama_trio["base"], data_dir, TrainConfig(lora_targets=["qkv_proj"], **FAST), tmp_path / "o", tmp_path / "w")
+        train_model(
+            llama_trio["base"], data_dir, TrainConfig(lora_targets=["qkv_proj"], **FAST), tmp_path / "o", tmp_path / "w"
+        )
     assert "q_proj" in ei.value.hint
 
     # A work dir with checkpoints of another job is not resumed silently.
@@ -134,7 +143,9 @@ def test_resume_after_a_crash_continues_from_the_checkpoint(llama_trio, data_dir
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     args = [str(llama_trio["base"]), str(data_dir), str(out), str(work), spec.model_dump_json()]
-    proc = subprocess.run([sys.executable, str(script), *args, "5"], check=False, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args, "5"], check=False, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert [p.name for p in complete_checkpoints(work / "checkpoints")] == ["checkpoint-2", "checkpoint-4"]
     assert not out.exists()

@@ -1,0 +1,128 @@
+"""`graft`: Instruct + update, streamed into a complete HF model dir.
+
+The steps are separate: arguments and method settings are checked, the update source is opened
+and validated against Instruct, the plan says what happens to every tensor, the engine writes the
+shards, and the provenance is written once, from the report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shadowft.checkpoint import (
+    Checkpoint,
+    OutTensor,
+    ShardedWriter,
+    atomic_output_dir,
+    check_output_dir,
+    copy_model_side_files,
+)
+from shadowft.errors import ShadowFTError
+from shadowft.graft.engine import Progress, write_model
+from shadowft.graft.plan import make_plan
+from shadowft.graft.provenance import write_provenance
+from shadowft.graft.registry import make_method, resolve_method_name
+from shadowft.graft.sources import PathLike, check_one_source, open_source
+from shadowft.graft.validate import VocabPolicy, validate_graft
+from shadowft.scope import compile_scope
+
+
+@dataclass
+class GraftReport:
+    """What a graft did (also written, with input fingerprints, as the provenance record)."""
+
+    out: str
+    method: str  # the update source: base-tuned | delta | lora (the name predates graft methods)
+    alpha: float
+    scope: str
+    grafted: int
+    copied: int
+    in_scope_without_update: int
+    warnings: list[str]
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+    graft_method: str = "linear"  # how the update was combined (see shadowft.graft.registry)
+    method_settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def refuse_out_in_inputs(out: Path, inputs: list[PathLike | None]) -> None:
+    o = Path(out).absolute().resolve()
+    for p in inputs:
+        if p is not None and Path(p).absolute().resolve() in (o, *o.parents):
+            raise ShadowFTError(
+                f"--out {out} would overwrite the input {p}", hint="write the result to a new directory"
+            )
+
+
+def graft(
+    instruct: PathLike,
+    out: PathLike,
+    *,
+    delta: PathLike | None = None,
+    base: PathLike | None = None,
+    tuned: PathLike | None = None,
+    adapter: PathLike | None = None,
+    alpha: float = 1.0,
+    scope: str = "projections",
+    method: str | None = None,
+    alpha_by_module: Mapping[str, float] | None = None,
+    max_shard_size: str | int = "5GB",
+    vocab_mismatch: VocabPolicy = "error",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> GraftReport:
+    """Write Instruct + alpha * update to `out` as a complete HF model dir.
+
+    The update is one of: a delta dir (`extract_delta`), a (base, tuned) pair, or a LoRA
+    adapter trained on Base. `method` names how it is combined (default `linear`, or
+    `per_module` when `alpha_by_module` {regex: alpha} is given). Tensors outside `scope` are
+    copied bit-exactly from Instruct; the arithmetic is float32, stored in Instruct's dtype.
+    """
+    t0 = time.perf_counter()
+    check_one_source(delta=delta, base=base, tuned=tuned, adapter=adapter)
+    rules = dict(alpha_by_module) if alpha_by_module else None
+    combine = make_method(resolve_method_name(method, rules), alpha=alpha, alpha_by_module=rules)
+    pattern = compile_scope(scope)
+    out = Path(out)
+    refuse_out_in_inputs(out, [instruct, delta, base, tuned, adapter])
+    check_output_dir(out, overwrite)
+
+    with Checkpoint(instruct, role="instruct") as ci:
+        source = open_source(delta=delta, base=base, tuned=tuned, adapter=adapter)
+        try:
+            validate_graft(ci, source, pattern, vocab_mismatch)
+            plan = make_plan(ci, source, pattern, scope, vocab_mismatch)
+            layout = [OutTensor(n, i.dtype, i.shape) for n, i in ci.tensors.items()]
+            with atomic_output_dir(out, overwrite=overwrite) as tmp:
+                writer = ShardedWriter(tmp, layout, max_shard_size=max_shard_size)
+                bytes_read = write_model(writer, ci, plan.updates, combine, progress)
+                writer.write_index()
+                copy_model_side_files(Path(instruct), tmp)
+                grafted = plan.grafted
+                report = GraftReport(
+                    out=str(out),
+                    method=source.kind,
+                    alpha=alpha,
+                    scope=scope,
+                    grafted=len(grafted),
+                    copied=len(layout) - len(grafted),
+                    in_scope_without_update=plan.in_scope_without_update,
+                    warnings=plan.warnings + combine.check(grafted),
+                    bytes_read=bytes_read,
+                    bytes_written=sum(t.nbytes for t in layout),
+                    seconds=round(time.perf_counter() - t0, 3),
+                    graft_method=combine.name,
+                    method_settings=combine.settings(),
+                )
+                write_provenance(tmp, "graft", {"instruct": Path(instruct), **source.inputs()}, report.to_dict())
+        finally:
+            source.close()
+    return report

@@ -1,0 +1,1 @@
+"""Graft methods: how an update is combined with Instruct (see `base.GraftMethod`)."""

@@ -1,0 +1,240 @@
+"""Where an update comes from: a Base/tuned pair, a stored delta, or a LoRA adapter.
+
+A source opens its files, validates that it fits Instruct (`validate`), and tells the planner the
+update of each in-scope Instruct tensor (`update_for`): how many elements it covers and a chunk
+generator that fills the engine's float32 work buffer. It does no arithmetic with Instruct: that
+is the graft method's job, so every source works with every method.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from functools import partial
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from shadowft.checkpoint import Checkpoint, TensorInfo
+from shadowft.errors import PairError, ShadowFTError
+from shadowft.graft.engine import Buffers, Stream, TensorUpdate, UpdateChunks, check_finite
+from shadowft.graft.lora import LoraAdapter, LoraModule
+from shadowft.graft.provenance import PROVENANCE_NAME
+from shadowft.graft.validate import VocabPolicy, check_full_update, check_pair_shapes, covered_elements
+
+PathLike = str | Path
+
+
+class UpdateSource(ABC):
+    """The update grafted onto Instruct, read lazily from its files."""
+
+    #: Recorded as the report's `method` (a name older than graft methods): base-tuned | delta | lora.
+    kind: ClassVar[str]
+    #: A full update carries every tensor, so an in-scope tensor without one is worth a warning.
+    carries_every_tensor: ClassVar[bool] = True
+
+    @abstractmethod
+    def checkpoints(self) -> list[Checkpoint]:
+        """The model checkpoints whose architecture must match Instruct's."""
+
+    @abstractmethod
+    def inputs(self) -> dict[str, Path]:
+        """Input dirs by role, for the provenance record."""
+
+    @abstractmethod
+    def validate(self, instruct: Checkpoint, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
+        """Raise PairError when the update does not fit `instruct` within scope `pattern`."""
+
+    @abstractmethod
+    def update_for(self, name: str, info: TensorInfo, policy: VocabPolicy, warnings: list[str]) -> TensorUpdate | None:
+        """The update of in-scope Instruct tensor `name` (None: copy it); only after `validate`."""
+
+    def plan_warnings(self, pattern: re.Pattern[str], scope: str) -> list[str]:
+        return []
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def difference_chunks(name: str, n: int, tuned: Stream, base: Stream | None, what: str, bufs: Buffers) -> UpdateChunks:
+    """float32 `tuned - base` (or `tuned` alone) over elements [0, n), chunk by chunk."""
+    for s in range(0, n, bufs.chunk):
+        e = min(n, s + bufs.chunk)
+        w = bufs.get(e - s)
+        w.copy_(tuned.chunk(s, e))
+        if base is not None:
+            w.sub_(base.chunk(s, e))
+        check_finite(w, name, what)
+        yield s, e, w
+
+
+class PairSource(UpdateSource):
+    """update = W_tuned - W_base, computed on the fly from the two model dirs."""
+
+    kind = "base-tuned"
+
+    def __init__(self, base: PathLike, tuned: PathLike) -> None:
+        self.paths = {"base": Path(base), "tuned": Path(tuned)}
+        self.base = Checkpoint(base, role="base")
+        try:
+            self.tuned = Checkpoint(tuned, role="tuned")
+        except BaseException:
+            self.base.close()
+            raise
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return [self.base, self.tuned]
+
+    def inputs(self) -> dict[str, Path]:
+        return dict(self.paths)
+
+    def validate(self, instruct: Checkpoint, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
+        check_pair_shapes(self.base, self.tuned, instruct, pattern)
+        check_full_update(instruct, self.tuned, pattern, policy)
+
+    def update_for(self, name: str, info: TensorInfo, policy: VocabPolicy, warnings: list[str]) -> TensorUpdate | None:
+        if name not in self.tuned.tensors:
+            return None
+        n, warning = covered_elements(name, info, self.tuned.tensors[name].shape, policy)
+        warnings += [warning] if warning else []
+
+        def chunks(bufs: Buffers) -> UpdateChunks:
+            base, tuned = Stream(self.base, name, bufs, "base"), Stream(self.tuned, name, bufs, "tuned")
+            return difference_chunks(name, n, tuned, base, "update (tuned - base)", bufs)
+
+        nbytes = self.base.tensors[name].nbytes + self.tuned.tensors[name].nbytes
+        return TensorUpdate(n=n, scale=1.0, chunks=chunks, bytes_read=nbytes)
+
+    def close(self) -> None:
+        self.base.close()
+        self.tuned.close()
+
+
+class DeltaSource(UpdateSource):
+    """update = a stored delta (`extract_delta`): its provenance carries the Base config."""
+
+    kind = "delta"
+
+    def __init__(self, delta: PathLike) -> None:
+        self.path = Path(delta)
+        self.delta = Checkpoint(delta, role="delta")
+        prov = self.path / PROVENANCE_NAME
+        if prov.is_file():
+            self.delta.config = json.loads(prov.read_text()).get("base_config", {})
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return [self.delta]
+
+    def inputs(self) -> dict[str, Path]:
+        return {"delta": self.path}
+
+    def validate(self, instruct: Checkpoint, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
+        check_full_update(instruct, self.delta, pattern, policy)
+
+    def update_for(self, name: str, info: TensorInfo, policy: VocabPolicy, warnings: list[str]) -> TensorUpdate | None:
+        if name not in self.delta.tensors:
+            return None
+        n, warning = covered_elements(name, info, self.delta.tensors[name].shape, policy)
+        warnings += [warning] if warning else []
+
+        def chunks(bufs: Buffers) -> UpdateChunks:
+            return difference_chunks(name, n, Stream(self.delta, name, bufs, "delta"), None, "delta", bufs)
+
+        return TensorUpdate(n=n, scale=1.0, chunks=chunks, bytes_read=self.delta.tensors[name].nbytes)
+
+    def close(self) -> None:
+        self.delta.close()
+
+
+class LoraSource(UpdateSource):
+    """update = B @ A (transposed for fan_in_fan_out) per adapted layer, scale alpha / r."""
+
+    kind = "lora"
+    carries_every_tensor = False
+
+    def __init__(self, adapter: PathLike) -> None:
+        self.path = Path(adapter)
+        self.adapter = LoraAdapter(adapter)
+        self.biases = {m.target[: -len("weight")] + "bias": m for m in self.adapter.modules.values() if m.bias}
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return []  # an adapter has no model config; `check_fits` compares every target's shape
+
+    def inputs(self) -> dict[str, Path]:
+        return {"adapter": self.path}
+
+    def validate(self, instruct: Checkpoint, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
+        self.adapter.check_fits(instruct)
+        missing_bias = [b for b in self.biases if b not in instruct.tensors]
+        if missing_bias:
+            raise PairError(f"adapter trains biases that instruct lacks: {', '.join(missing_bias[:3])}")
+
+    def plan_warnings(self, pattern: re.Pattern[str], scope: str) -> list[str]:
+        skipped = [t for t in self.adapter.modules if not pattern.search(t)]
+        return [f"{len(skipped)} adapter module(s) are outside scope {scope!r} and were not applied"] if skipped else []
+
+    def update_for(self, name: str, info: TensorInfo, policy: VocabPolicy, warnings: list[str]) -> TensorUpdate | None:
+        ckpt = self.adapter.ckpt
+        module = self.adapter.modules.get(name)
+        if module is not None:
+            nbytes = ckpt.tensors[module.a].nbytes + ckpt.tensors[module.b].nbytes
+            return TensorUpdate(
+                n=info.numel, scale=module.scale, chunks=partial(self._product, module, info), bytes_read=nbytes
+            )
+        owner = self.biases.get(name)
+        if owner is not None and owner.bias is not None:
+            bias_name = owner.bias
+
+            def chunks(bufs: Buffers) -> UpdateChunks:
+                bias = Stream(ckpt, bias_name, bufs, "delta")
+                return difference_chunks(name, info.numel, bias, None, "adapter", bufs)
+
+            return TensorUpdate(
+                n=info.numel, scale=owner.scale, chunks=chunks, bytes_read=ckpt.tensors[bias_name].nbytes
+            )
+        return None
+
+    def _product(self, m: LoraModule, info: TensorInfo, bufs: Buffers) -> UpdateChunks:
+        """B @ A in row blocks of about one work buffer, each [rows, cols] of the target's shape."""
+        a, b = self.adapter.ckpt.tensor(m.a), self.adapter.ckpt.tensor(m.b)
+        rows, cols = info.shape
+        left = (a.float().t() if m.fan_in_fan_out else b.float()).contiguous()  # [rows, r]
+        right = (b.float().t() if m.fan_in_fan_out else a.float()).contiguous()  # [r, cols]
+        check_finite(left, info.name, "adapter")
+        check_finite(right, info.name, "adapter")
+        step = max(1, bufs.chunk // max(cols, 1))
+        for s in range(0, rows, step):
+            e = min(rows, s + step)
+            w = bufs.get((e - s) * cols).view(e - s, cols)
+            torch.matmul(left[s:e], right, out=w)
+            yield s * cols, e * cols, w
+
+    def close(self) -> None:
+        self.adapter.close()
+
+
+def check_one_source(
+    *, delta: PathLike | None, base: PathLike | None, tuned: PathLike | None, adapter: PathLike | None
+) -> None:
+    """Refuse no update, several, or half a pair (before any file is opened)."""
+    given = [x is not None for x in (delta, adapter)] + [base is not None or tuned is not None]
+    if sum(given) != 1 or (base is None) != (tuned is None):
+        raise ShadowFTError("give exactly one update: --delta DIR, or --base DIR with --tuned DIR, or --adapter DIR")
+
+
+def open_source(
+    *,
+    delta: PathLike | None = None,
+    base: PathLike | None = None,
+    tuned: PathLike | None = None,
+    adapter: PathLike | None = None,
+) -> UpdateSource:
+    """Open the one update given: a delta dir, a (base, tuned) pair, or a LoRA adapter."""
+    check_one_source(delta=delta, base=base, tuned=tuned, adapter=adapter)
+    if delta is not None:
+        return DeltaSource(delta)
+    if adapter is not None:
+        return LoraSource(adapter)
+    return PairSource(base, tuned)  # type: ignore[arg-type]
