@@ -195,8 +195,8 @@ def test_graft_method_settings_and_cache_keys(llama_trio):
         "method": "per_module",
         "alpha_by_module": [[attn, 0.5], ["mlp", 1.0]],
     }
-    assert linear.stage_digest("graft") == a.stage_digest("graft") != pm.stage_digest("graft")
-    assert swapped.stage_digest("graft") != pm.stage_digest("graft")  # the first matching rule wins: order counts
+    assert linear.stage_view("graft") == a.stage_view("graft") != pm.stage_view("graft")
+    assert swapped.stage_view("graft") != pm.stage_view("graft")  # the first matching rule wins: order counts
     with pytest.raises(ShadowFTError, match="alpha_by_module: not a setting of this method"):
         load_config(None, ["graft.method=linear", "graft.alpha_by_module={mlp: 0.5}"])
     # the pipeline's graft stage keys on the same view

@@ -17,11 +17,11 @@ from shadowft.train.objectives.sft import SFT, PadCollator
 
 
 def test_objective_registry():
-    assert isinstance(get_objective("sft"), SFT) and set(OBJECTIVES) == {"sft"}
+    assert isinstance(get_objective("sft"), SFT) and set(OBJECTIVES) == {"sft", "dpo"}
     assert all(issubclass(o, Objective) for o in OBJECTIVES.values())
-    with pytest.raises(ShadowFTError, match="unknown objective 'dpo'") as err:
-        get_objective("dpo")
-    assert "sft" in err.value.hint
+    with pytest.raises(ShadowFTError, match="unknown objective 'ppo'") as err:
+        get_objective("ppo")
+    assert "sft" in err.value.hint and "dpo" in err.value.hint
 
 
 def test_launcher_registry():
@@ -47,8 +47,12 @@ def test_objective_is_a_config_field_in_the_train_key():
     lora, full = RunConfig().stage_view("train"), load_config(None, ["train.method=full"]).stage_view("train")
     assert "full_save_dtype" not in lora and "lora_rank" in lora
     assert "lora_rank" not in full and full["full_save_dtype"] == "fp32"
-    with pytest.raises(ShadowFTError, match=r"train\.objective: must be one of 'sft'"):
-        load_config(None, ["train.objective=dpo"])
+    with pytest.raises(ShadowFTError, match=r"train\.objective: must be one of 'sft' or 'dpo'"):
+        load_config(None, ["train.objective=ppo"])
+    # objective settings are in the key of their own objective only (SFT keys do not move)
+    assert "dpo_beta" not in lora
+    dpo = load_config(None, ["train.objective=dpo", "train.dpo_beta=0.2"]).stage_view("train")
+    assert dpo["dpo_beta"] == 0.2 and dpo["dpo_loss"] == "sigmoid" and dpo["lr"] == 5e-6
 
 
 def test_sft_collator_pads_and_masks():
