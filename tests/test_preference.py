@@ -106,7 +106,11 @@ def test_malformed_rows_are_reported_with_file_and_line(llama_trio, tmp_path):
 def test_row_level_checks_per_format():
     with pytest.raises(ValueError, match="exactly one assistant message"):
         to_preference(
-            {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "user", "content": "a"}], "rejected": []},
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "chosen": [{"role": "user", "content": "a"}],
+                "rejected": [],
+            },
             "messages",
         )
     with pytest.raises(ValueError, match="must end with a user turn"):
@@ -131,7 +135,10 @@ def test_row_level_checks_per_format():
 
 
 def test_sft_rows_are_refused_as_preference_data(llama_trio, tmp_path):
-    src = _write(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+    src = _write(
+        tmp_path / "sft.jsonl",
+        [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}],
+    )
     with pytest.raises(ShadowFTError, match="unrecognised preference row"):
         prepare_preferences(DataConfig(sources=[src]), llama_trio["instruct"], tmp_path / "out")
 

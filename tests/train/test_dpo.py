@@ -24,10 +24,14 @@ FAST = {"objective": "dpo", "max_steps": 4, "batch_size": 4, "grad_accum": 1, "s
 def pref_dir(llama_trio, tmp_path_factory):
     root = tmp_path_factory.mktemp("dpo-data")
     rows = [
-        {"prompt": f"what is {a} + {b}?", "chosen": f"[{a + b}]", "rejected": str(a + b)} for a in range(8) for b in range(4)
+        {"prompt": f"what is {a} + {b}?", "chosen": f"[{a + b}]", "rejected": str(a + b)}
+        for a in range(8)
+        for b in range(4)
     ]
     (root / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    prepare_preferences(DataConfig(sources=[str(root / "p.jsonl")], max_length=64), llama_trio["instruct"], root / "prep")
+    prepare_preferences(
+        DataConfig(sources=[str(root / "p.jsonl")], max_length=64), llama_trio["instruct"], root / "prep"
+    )
     return root / "prep"
 
 
@@ -51,7 +55,10 @@ def test_dpo_full_uses_a_frozen_reference_copy(llama_trio, pref_dir, tmp_path):
     spec = TrainConfig(method="full", **{**FAST, "max_steps": 2, "lr": 1e-4})
     res = train_model(llama_trio["base"], pref_dir, spec, tmp_path / "out", tmp_path / "work")
     assert res.reference_params == res.total_params  # a frozen copy of the starting model
-    tuned, start = load_file(tmp_path / "out" / "model.safetensors"), load_file(llama_trio["base"] / "model.safetensors")
+    tuned, start = (
+        load_file(tmp_path / "out" / "model.safetensors"),
+        load_file(llama_trio["base"] / "model.safetensors"),
+    )
     assert any(not torch.equal(tuned[k], start[k].to(tuned[k].dtype)) for k in start)
 
 
