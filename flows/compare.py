@@ -32,7 +32,7 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
     run, base, instruct, store = resolve_run(config.run)
 
     check_pair(run.pair, base, instruct, run.graft.scope, store)
-    data = prepare_data(run.data, instruct, store)
+    data = prepare_data(run.data, instruct, store, run.train.objective)
 
     evals: dict[str, dict[str, Artifact]] = {"instruct": {"-": evaluate(run.eval, instruct, "instruct", store)}}
     info: dict[str, dict[str, Any]] = {"instruct": {"kind": "reference", "chat_template": True}}

@@ -24,7 +24,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shadowft.config import (
-    DEFAULT_LR,
     GraftConfig,
     Method,
     RunConfig,
@@ -59,7 +58,7 @@ class CompareConfig(BaseModel):
     lr: dict[Method, float] = Field(
         default_factory=dict,
         description="Peak learning rate per method; a method not listed uses run.train.lr if run.train.method is "
-        "that method, else its published default (LoRA 2e-4, full 1e-5).",
+        "that method, else its default for run.train.objective (SFT: LoRA 2e-4, full 1e-5).",
     )
     alphas: list[float] = Field(
         default_factory=lambda: [1.0], min_length=1, description="Graft alphas of Shadow-FT (1.0 is the published one)."
@@ -99,7 +98,7 @@ class CompareConfig(BaseModel):
             return self.lr[method]
         if method == self.run.train.method and self.run.train.lr is not None:
             return self.run.train.lr
-        return DEFAULT_LR[method]
+        return TrainConfig(method=method, objective=self.run.train.objective).effective_lr
 
     def train_for(self, method: str, seed: int) -> TrainConfig:
         """The training config of `method` at `seed` (the run's settings otherwise)."""
