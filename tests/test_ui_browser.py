@@ -168,7 +168,7 @@ def test_custom_run_from_the_form_and_nightly_schedule(served):
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_text("Custom run", exact=True).click()
         page.wait_for_url(re.compile(r"/run\?"))
-        expect(page.get_by_text("Peak learning rate; empty = method default")).to_be_visible()
+        expect(page.get_by_text("Peak learning rate; empty = the default for the method")).to_be_visible()
         page.screenshot(path=str(SHOTS / "run-form.png"))
 
         # an invalid value is refused before any run exists
