@@ -185,6 +185,9 @@ class ArtifactStore:
                 self._log_build(manifest)
             except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
+                # the announced build id dies with the failed build (Prefect caches no failure): a
+                # later build announces a new one, so failures leave nothing behind in the store
+                self._pending(stage, key).unlink(missing_ok=True)
                 full = as_disk_full(exc, f"the {stage} artifact in {self.root}")
                 if full is not None:
                     raise full from None
