@@ -16,7 +16,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from shadowft.console import console
+from shadowft import console as ui
+from shadowft.console import console, quiet_prefect
 from shadowft.errors import ShadowFTError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -31,22 +32,33 @@ def _quiet_prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 
-class _UserErrorWithoutTraceback(logging.Filter):
-    """A logging filter: Prefect logs a failed task or flow with its traceback; for a ShadowFTError
-    (the user's input is wrong, the message says how to fix it) the message alone is shown."""
+class _UserErrorShownOnce(logging.Filter):
+    """A logging filter for the terminal: Prefect logs a failed task or flow four times (the exception
+    with its traceback, then each state with the message, newlines escaped). For a ShadowFTError (the
+    user's input is wrong; the message says how to fix it) the CLI prints it once, with its hint, so
+    these lines are dropped here; with `--verbose` they are kept, without the traceback. The Prefect
+    API (the UI's run logs) still gets every line: this filter sits on the console handler only."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, ShadowFTError):
+            if not ui.VERBOSE:
+                return False
             record.exc_info, record.exc_text = None, None
+        elif not ui.VERBOSE and "ShadowFTError" in record.getMessage():
+            return False  # "Finished in state Failed('... ShadowFTError: ...')"
         return True
 
 
 def _quiet_user_error_tracebacks() -> None:
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _UserErrorWithoutTraceback) for f in logger.filters):
-            logger.addFilter(_UserErrorWithoutTraceback())
+    """Install `_UserErrorShownOnce` on the terminal handlers (Prefect's console handler sits on the
+    root logger; the run loggers propagate to it), and quiet Prefect's own chatter."""
+    quiet_prefect()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not any(
+            isinstance(f, _UserErrorShownOnce) for f in handler.filters
+        ):
+            handler.addFilter(_UserErrorShownOnce())
 
 
 def _scores_table(title: str, columns: list[str], rows: list[dict[str, str]]) -> Table:

@@ -187,6 +187,24 @@ def _read_hub(name: str, split: str, problems: _Problems) -> Iterator[_Record]:
         yield _Record(f"{name}[{split}] row {i + 1}", row)
 
 
+def looks_local(ref: str) -> bool:
+    """A path the user meant as a local file or dir (not a hub id like `org/name`, not `zoo:`)."""
+    return not ref.startswith(ZOO_PREFIX) and (
+        ref.startswith((".", "/", "~")) or ref.count("/") > 1 or Path(ref).suffix.lower() in LOCAL_SUFFIXES
+    )
+
+
+def check_sources_exist(sources: list[str]) -> None:
+    """Fail in milliseconds on a local data file that is not there (before any model is loaded)."""
+    for source in sources:
+        if looks_local(source) and not Path(source).expanduser().exists():
+            raise ShadowFTError(
+                f"data source {source!r} does not exist",
+                hint=f"check the path (relative paths are read from {Path.cwd()}); local sources are "
+                ".jsonl, .json or .parquet files, anything else is read as a `datasets` name",
+            )
+
+
 def _read_source(source: str, split: str, problems: _Problems) -> tuple[str, Iterator[_Record]]:
     if source.startswith(ZOO_PREFIX):
         raise ShadowFTError(

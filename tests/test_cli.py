@@ -72,3 +72,45 @@ def test_subcommand_help_and_user_errors():
         assert runner.invoke(app, [name, "--help"]).exit_code == 0, name
     r = _run([sys.executable, "-m", "shadowft", "run", str(ROOT / "no-such.yaml")])
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def _run_in(tmp: Path, *args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess[str], float]:
+    import os
+    import time
+
+    env = {**os.environ, "COLUMNS": "120", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "PREFECT_HOME": str(tmp / "prefect")}
+    for k in ("SHADOWFT_HOME", "PREFECT_API_URL"):
+        env.pop(k, None)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "shadowft", *args], capture_output=True, text=True, cwd=tmp, env=env,
+                       timeout=timeout)
+    return r, time.monotonic() - t0
+
+
+def test_missing_inputs_fail_in_seconds_before_prefect_and_the_family(tmp_path):
+    """A missing Base dir or data file: exit 2 with a hint, no Prefect server, no family installed."""
+    toy = str(ROOT / "examples" / "toy.yaml")
+    for override, says in (("pair.base=/nonexistent", "base model '/nonexistent' is not a directory"),
+                           ("data.sources=[./nope.jsonl]", "data source './nope.jsonl' does not exist")):
+        r, seconds = _run_in(tmp_path, "run", toy, "--set", override)
+        assert r.returncode == 2 and says in r.stderr and "hint:" in r.stderr, r.stderr
+        assert seconds < 5 + 5  # under 5 s on an idle machine; slack for a loaded CI box
+        assert "temporary server" not in r.stderr + r.stdout
+        assert not (tmp_path / ".shadowft").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_failed_run_prints_its_error_once_and_leaves_no_pending_id(tmp_path):
+    """The user error inside a task: one `error:` + `hint:`, none of Prefect's four echo lines, exit 2."""
+    (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "user", "content": "x"}\n')
+    r, _ = _run_in(tmp_path, "run", str(ROOT / "examples" / "toy.yaml"), "--set", "data.sources=[./bad.jsonl]")
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out[-3000:]
+    assert out.count("malformed record") == 1 and out.count("hint:") == 1, out
+    assert "ShadowFTError" not in out and "Traceback" not in out and "\\n" not in out
+    assert not list((tmp_path / "runs" / "store" / "artifacts").rglob(".*.pending"))
+    # --verbose brings Prefect's own lines back (here: its failure states, without a traceback)
+    r, _ = _run_in(tmp_path, "--verbose", "run", str(ROOT / "examples" / "toy.yaml"), "--set",
+                   "data.sources=[./bad.jsonl]")
+    assert r.returncode == 2 and "Finished in state Failed" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
