@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from shadowft import console as ui
+from shadowft import lifeline
 from shadowft.console import console, quiet_prefect
 from shadowft.errors import ShadowFTError
 
@@ -92,7 +93,8 @@ def run(
     from shadowft.stages import preflight
 
     cfg = load_config(config, set_ or [])  # config errors stop here, before Prefect starts
-    preflight(cfg)  # unknown suites, code suites without opt-in: also before Prefect starts
+    preflight(cfg)  # missing inputs, unknown suites, code suites without opt-in: also before Prefect starts
+    lifeline.start()  # Prefect's temporary server (and any launcher) dies with this command, even on SIGKILL
     _quiet_prefect_defaults()
     from flows.shadow_ft import shadow_ft
 
@@ -126,6 +128,7 @@ def compare(
 
     cfg = load_compare_config(config, set_ or [])
     preflight(cfg.run)
+    lifeline.start()
     if threads:
         import torch
 
