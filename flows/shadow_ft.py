@@ -40,11 +40,9 @@ def as_model(method: str, start: Path, tuned: Artifact, label: str, store: str) 
 
 
 def store_root(config: RunConfig) -> str:
-    import os
+    from shadowft.store import run_store
 
-    from shadowft.store import default_home
-
-    return str(default_home() if "SHADOWFT_HOME" in os.environ else Path(config.output.root).absolute() / "store")
+    return str(run_store(config.output.root))
 
 
 def resolve_run(config: RunConfig) -> tuple[RunConfig, Path, Path, str]:
