@@ -9,6 +9,7 @@ conventional method). Every stage is cached in the artifact store and in Prefect
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import flow
@@ -20,6 +21,7 @@ from shadowft.train.methods import get_method
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
 from tasks.pair import check_pair
+from tasks.publish import promotion_gate, run_folder
 from tasks.report import report
 from tasks.train import train
 from tasks.weights import extract_delta, graft
@@ -62,9 +64,10 @@ def resolve_run(config: RunConfig) -> tuple[RunConfig, Path, Path, str]:
 
 @flow(name="shadow-ft")
 def shadow_ft(config: RunConfig = RunConfig()) -> dict:
+    started = time.time()
     config, base, instruct, store = resolve_run(config)
 
-    check_pair(config.pair, base, instruct, config.graft.scope, store)
+    pair = check_pair(config.pair, base, instruct, config.graft.scope, store)
     data = prepare_data(config.data, instruct, store)
 
     tuned_base = train(config.train, base, data, "base", store)
@@ -79,7 +82,18 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
 
     evals = {name: evaluate(config.eval, model, name, store) for name, model in models.items()}
     final = report(evals, config.output.name or "Shadow-FT results", store)
-    return {
+    result = {
         "report": str(final.path),
         "models": {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()},
     }
+
+    # the run folder (runs/<name>/<time>/) and, for re-tunes, the promotion gate
+    stages = {"pair": pair, "data": data, "train-base": tuned_base, "graft-shadow-ft": models["shadow-ft"]}
+    if update.stage == "delta":
+        stages["delta"] = update
+    if "direct" in config.baselines:
+        stages["train-instruct"] = tuned_instruct
+    folder = run_folder(config, stages, evals, final, result["models"], started)
+    if config.output.promote:
+        promotion_gate(folder, config.output.max_regression)
+    return {**result, "folder": str(folder)}

@@ -87,7 +87,7 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True, highlight=False)
         if exc.hint:
             err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True, highlight=False)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))  # 2: bad input; 3: a run refused by the promotion gate
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")
         sys.exit(130)

@@ -75,13 +75,16 @@ def _scores_table(title: str, columns: list[str], rows: list[dict[str, str]]) ->
 def _print_summary(result: dict[str, Any]) -> None:
     from shadowft.report import chance_row, table_rows
 
-    summary = json.loads((Path(result["report"]) / "summary.json").read_text())
+    summary = json.loads((Path(result.get("folder") or result["report"]) / "summary.json").read_text())
     columns = ["model", *summary["suites"], "mean"]
     rows = [*table_rows(summary), {"model": "[dim]chance[/]", **chance_row(summary, style="dim")}]
     console.print(_scores_table("Scores in % (change vs Instruct)", columns, rows))
-    console.print(f"report, chart and summary: {result['report']}")
+    if "folder" in result:
+        console.print(f"report, charts, summary and config: {result['folder']}", soft_wrap=True, highlight=False)
+    else:
+        console.print(f"report, chart and summary: {result['report']}", soft_wrap=True, highlight=False)
     for name, path in result["models"].items():
-        console.print(f"  {name}: {path}")
+        console.print(f"  {name}: {path}", soft_wrap=True, highlight=False)
 
 
 def run(

@@ -246,7 +246,19 @@ class OutputConfig(_Section):
     """Where the run writes its artifacts and reports."""
 
     root: str = Field(default="./runs", description="Directory for runs, reports and the artifact store.")
-    name: str | None = Field(default=None, description="Run name used in reports; empty = generated.")
+    name: str | None = Field(
+        default=None,
+        description="Run name: the run folder is <root>/<name>/<time>/ (default name: shadow-ft), and the "
+        "report's title.",
+    )
+    promote: bool = Field(
+        default=False,
+        description="Promotion gate for re-tunes: make this run's Shadow-FT model <root>/<name>/promoted only "
+        "if no suite drops more than max_regression points against the promoted one; otherwise the run fails.",
+    )
+    max_regression: float = Field(
+        default=1.0, ge=0, description="Largest drop in % points on any suite that promotion accepts."
+    )
 
 
 #: The stages of a run, in order; `RunConfig.stage_view` knows the config each one depends on.

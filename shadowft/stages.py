@@ -34,7 +34,7 @@ STAGE_VERSIONS = {
     "delta": "1",
     "graft": "1",
     "eval": "1",
-    "report": "1",
+    "report": "2",
     "distance": "1",
     "compare": "1",
 }
@@ -225,7 +225,8 @@ def train_spec(
             model, data.path / "data", train, tmp / "model", store.work_dir("train", spec.key), progress
         )
         (tmp / "loss_curve.json").write_text(json.dumps(result.loss_curve, indent=2) + "\n")
-        return {"train": result.to_dict()}
+        # not out_dir: it names the store's temporary dir, renamed away when the artifact is published
+        return {"train": {k: v for k, v in result.to_dict().items() if k != "out_dir"}}
 
     spec.produce = produce
     return spec
