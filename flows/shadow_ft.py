@@ -78,22 +78,19 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     if "direct" in config.baselines:
         tuned_instruct = train(config.train, instruct, data, "instruct", store)
         models["direct"] = as_model(config.train.method, instruct, tuned_instruct, "direct", store)
-    models["shadow-ft"] = graft(config.graft, instruct, update, "shadow-ft", store)
+    models["shadow-ft"] = shadow = graft(config.graft, instruct, update, "shadow-ft", store)
 
     evals = {name: evaluate(config.eval, model, name, store) for name, model in models.items()}
     final = report(evals, config.output.name or "Shadow-FT results", store)
-    result = {
-        "report": str(final.path),
-        "models": {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()},
-    }
+    model_dirs = {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()}
 
     # the run folder (runs/<name>/<time>/) and, for re-tunes, the promotion gate
-    stages = {"pair": pair, "data": data, "train-base": tuned_base, "graft-shadow-ft": models["shadow-ft"]}
+    stages = {"pair": pair, "data": data, "train-base": tuned_base, "graft-shadow-ft": shadow}
     if update.stage == "delta":
         stages["delta"] = update
     if "direct" in config.baselines:
         stages["train-instruct"] = tuned_instruct
-    folder = run_folder(config, stages, evals, final, result["models"], started)
+    folder = run_folder(config, stages, evals, final, model_dirs, started)
     if config.output.promote:
         promotion_gate(folder, config.output.max_regression)
-    return {**result, "folder": str(folder)}
+    return {"report": str(final.path), "models": model_dirs, "folder": str(folder)}

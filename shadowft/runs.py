@@ -104,7 +104,7 @@ def describe(config: dict[str, Any], stages: dict[str, Path], evals: dict[str, P
     for label, path in [*stages.items(), *((f"eval-{m}", p) for m, p in evals.items())]:
         m = _manifest(path)
         created = m.get("created")
-        reused = bool(created) and datetime.fromisoformat(created).timestamp() < started - 1
+        reused = isinstance(created, str) and datetime.fromisoformat(created).timestamp() < started - 1
         times.append({"stage": label, "seconds": m.get("seconds"), "reused": reused, "key": m.get("key")})
     pair = config.get("pair", {})
     return rounded(
