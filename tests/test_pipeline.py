@@ -221,7 +221,8 @@ def test_cli_run_prints_the_results_table(llama_trio, tmp_path):
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "shadow-ft" in r.stdout and "instruct" in r.stdout and "toy-math" in r.stdout
-    assert str(tmp_path / "store" / "artifacts" / "report") in r.stdout
+    assert str(tmp_path / "runs" / "shadow-ft") in r.stdout  # the run folder, not the store's hashed path
+    assert (tmp_path / "runs" / "shadow-ft" / "latest" / "report.md").is_file()
 
 
 def _floats(x):
