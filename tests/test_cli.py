@@ -114,3 +114,28 @@ def test_a_failed_run_prints_its_error_once_and_leaves_no_pending_id(tmp_path):
                    "data.sources=[./bad.jsonl]")
     assert r.returncode == 2 and "Finished in state Failed" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_quiet_mode_silences_the_generation_length_warning_and_verbose_keeps_it(zoo_family, tmp_path):
+    """The embedded Instruct model's generation config sets max_new_tokens and lm-eval passes max_length:
+    transformers warns on every generated batch (114 of a demo's lines). Quiet mode drops it."""
+    code = (
+        "import sys\n"
+        "from shadowft.console import set_verbose\n"
+        "set_verbose(sys.argv[1] == 'verbose')\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[2])\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[2])\n"
+        "model.generate(tok('Reverse 123.', return_tensors='pt').input_ids, max_length=40, do_sample=False)\n"
+    )
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    said = {}
+    for mode in ("quiet", "verbose"):
+        r = subprocess.run([sys.executable, "-c", code, mode, str(zoo_family.root / "instruct")], capture_output=True,
+                           text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        said[mode] = r.stderr
+    assert "seem to have been set" in said["verbose"] and "seem to have been set" not in said["quiet"]

@@ -222,6 +222,7 @@ def test_cli_run_prints_the_results_table(llama_trio, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "shadow-ft" in r.stdout and "instruct" in r.stdout and "toy-math" in r.stdout
     assert str(tmp_path / "runs" / "shadow-ft") in r.stdout  # the run folder, not the store's hashed path
+    assert "temporary server" not in r.stderr + r.stdout  # quiet by default: no Prefect server chatter
     assert (tmp_path / "runs" / "shadow-ft" / "latest" / "report.md").is_file()
 
 
