@@ -85,11 +85,12 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     model_dirs = {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()}
 
     # the run folder (runs/<name>/<time>/) and, for re-tunes, the promotion gate
-    stages = {"pair": pair, "data": data, "train-base": tuned_base, "graft-shadow-ft": shadow}
-    if update.stage == "delta":
-        stages["delta"] = update
+    stages = {"pair": pair, "data": data, "train-base": tuned_base}
     if "direct" in config.baselines:
         stages["train-instruct"] = tuned_instruct
+    if update.stage == "delta":
+        stages["delta"] = update
+    stages["graft-shadow-ft"] = shadow
     folder = run_folder(config, stages, evals, final, model_dirs, started)
     if config.output.promote:
         promotion_gate(folder, config.output.max_regression)
