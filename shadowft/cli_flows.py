@@ -46,9 +46,17 @@ class _UserErrorShownOnce(logging.Filter):
             if not ui.VERBOSE:
                 return False
             record.exc_info, record.exc_text = None, None
-        elif not ui.VERBOSE and "ShadowFTError" in record.getMessage():
-            return False  # "Finished in state Failed('... ShadowFTError: ...')"
+        elif not ui.VERBOSE and any(f"{name}:" in record.getMessage() for name in _user_error_names()):
+            return False  # "Finished in state Failed('... PairError: ...')"
         return True
+
+
+def _user_error_names(cls: type = ShadowFTError) -> set[str]:
+    """Class names of ShadowFTError and all its subclasses (PairError, EvalError, PromotionRefused, ...)."""
+    names = {cls.__name__}
+    for sub in cls.__subclasses__():
+        names |= _user_error_names(sub)
+    return names
 
 
 def _quiet_user_error_tracebacks() -> None:

@@ -109,6 +109,11 @@ def test_a_failed_run_prints_its_error_once_and_leaves_no_pending_id(tmp_path):
     assert out.count("malformed record") == 1 and out.count("hint:") == 1, out
     assert "ShadowFTError" not in out and "Traceback" not in out and "\\n" not in out
     assert not list((tmp_path / "runs" / "store" / "artifacts").rglob(".*.pending"))
+    # a subclass (PairError from the pair check task): also once, and no "PairError:" state lines
+    r, _ = _run_in(tmp_path, "run", str(ROOT / "examples" / "toy.yaml"), "--set", "pair.max_sigma=0.0001")
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and out.count("is above the threshold") == 1 and out.count("hint:") == 1, out
+    assert "PairError" not in out and "Traceback" not in out
     # --verbose brings Prefect's own lines back (here: its failure states, without a traceback)
     r, _ = _run_in(tmp_path, "--verbose", "run", str(ROOT / "examples" / "toy.yaml"), "--set",
                    "data.sources=[./bad.jsonl]")
