@@ -144,3 +144,21 @@ def test_quiet_mode_silences_the_generation_length_warning_and_verbose_keeps_it(
         assert r.returncode == 0, r.stderr[-2000:]
         said[mode] = r.stderr
     assert "seem to have been set" in said["verbose"] and "seem to have been set" not in said["quiet"]
+
+
+def test_a_run_refused_by_the_promotion_gate_exits_3_with_the_table_of_drops(tmp_path):
+    import json
+
+    args = ["run", str(ROOT / "examples" / "toy.yaml"), "--set", "output.promote=true", "--set", "train.max_steps=3",
+            "--set", "eval.limit=5", "--set", "baselines=[instruct]", "--set", "eval.suites=[toy-math,toy-reasoning]"]
+    r, _ = _run_in(tmp_path, *args)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    promoted = (tmp_path / "runs" / "toy" / "promoted").resolve()
+    summary = json.loads((promoted / "summary.json").read_text())
+    summary["scores"]["shadow-ft"]["toy-reasoning"] += 0.5  # the promoted model was much better there
+    (promoted / "summary.json").write_text(json.dumps(summary))
+    r, _ = _run_in(tmp_path, *args)
+    out = r.stdout + r.stderr
+    assert r.returncode == 3, out[-3000:]
+    assert out.count("not promoted: toy-reasoning -50.0 points") == 1 and "| toy-reasoning |" in out
+    assert "PromotionRefused" not in out and (tmp_path / "runs" / "toy" / "promoted").resolve() == promoted
