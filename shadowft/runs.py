@@ -156,13 +156,14 @@ def score_rows(summary: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def report_markdown(title: str, summary: dict[str, Any], run: dict[str, Any], folder: Path) -> str:
+def report_markdown(title: str, summary: dict[str, Any], run: dict[str, Any]) -> str:
     """The run folder's report.md: what produced the scores, the scores, the stage times."""
     p, d, g, e = run["pair"], run["data"], run["graft"], run["eval"]
     lines = [
         f"# {title}",
         "",
-        f"Run folder `{folder}`, finished {datetime.now(timezone.utc).isoformat(timespec='seconds')}.",
+        f"Finished {datetime.now(timezone.utc).isoformat(timespec='seconds')}; the files named below sit beside "
+        "this report in its run folder.",
         "",
         "## Scores",
         "",
@@ -253,11 +254,7 @@ def publish_run(
     base = name_dir(output_root, name)
     base.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
-    folder = base / stamp
-    n = 1
-    while folder.exists():  # two runs started in the same second
-        n += 1
-        folder = base / f"{stamp}-{n}"
+    folder = base / stamp  # the final name is taken at the rename (two runs may start in the same second)
     summary = json.loads((report_dir / "summary.json").read_text())
     if "stderr" not in summary:  # a report built before stderr was summarized
         summary["stderr"] = {
@@ -272,7 +269,7 @@ def publish_run(
         (tmp / "summary.json").write_text(
             json.dumps(rounded({**summary, "title": title, "run": run, "models": models}), indent=2) + "\n"
         )
-        (tmp / "report.md").write_text(report_markdown(title, summary, run, folder))
+        (tmp / "report.md").write_text(report_markdown(title, summary, run))
         shutil.copyfile(report_dir / "chart.png", tmp / "chart.png")
         curves = {
             label.removeprefix("train-"): _read_json(p / "loss_curve.json") or []
@@ -287,12 +284,27 @@ def publish_run(
         }
         (tmp / "artifacts.json").write_text(json.dumps({"artifacts": index, "models": models}, indent=2) + "\n")
         os.chmod(tmp, 0o777 & ~_umask())
-        os.replace(tmp, folder)
+        folder = _rename_to_free_name(tmp, base, stamp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _link(base / "latest", folder)
     return folder
+
+
+def _rename_to_free_name(tmp: Path, base: Path, stamp: str) -> Path:
+    """Rename `tmp` to `base/stamp`, or `stamp-2`, `-3`, ... when taken. os.rename onto an existing
+    non-empty dir fails, so two runs publishing at once never share (or overwrite) a folder."""
+    for n in range(1, 1000):
+        folder = base / (stamp if n == 1 else f"{stamp}-{n}")
+        if folder.exists():
+            continue
+        try:
+            os.rename(tmp, folder)
+            return folder
+        except OSError:  # taken between the check and the rename (ENOTEMPTY / EEXIST)
+            continue
+    raise ShadowFTError(f"no free run folder name for {base / stamp}")
 
 
 def _umask() -> int:

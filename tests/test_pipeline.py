@@ -282,3 +282,27 @@ def test_run_folder_describes_the_run_and_the_promotion_gate_decides(prefect_env
     # a looser gate lets the same model through
     flow_state, _, result = run_flow(cfg.model_copy(update={"output": cfg.output.model_copy(update={"max_regression": 50.0})}))
     assert flow_state == "Completed" and (base / "promoted").resolve() == Path(result["folder"])
+
+
+def test_two_runs_publishing_in_the_same_second_get_two_folders(tmp_path):
+    """The run folder is named at the rename: a name taken meanwhile gets the next suffix, never shared."""
+    import threading
+
+    from shadowft.runs import _rename_to_free_name
+
+    base = tmp_path / "runs" / "x"
+    base.mkdir(parents=True)
+    tmps = []
+    for i in range(8):
+        t = base / f".t{i}"
+        t.mkdir()
+        (t / "report.md").write_text(str(i))
+        tmps.append(t)
+    got: list[Path] = []
+    threads = [threading.Thread(target=lambda t=t: got.append(_rename_to_free_name(t, base, "20260101-000000")))
+               for t in tmps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 8 and sorted((p / "report.md").read_text() for p in got) == [str(i) for i in range(8)]
