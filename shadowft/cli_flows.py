@@ -51,7 +51,7 @@ class _UserErrorShownOnce(logging.Filter):
         return True
 
 
-def _user_error_names(cls: type = ShadowFTError) -> set[str]:
+def _user_error_names(cls: type[Exception] = ShadowFTError) -> set[str]:
     """Class names of ShadowFTError and all its subclasses (PairError, EvalError, PromotionRefused, ...)."""
     names = {cls.__name__}
     for sub in cls.__subclasses__():
