@@ -9,6 +9,7 @@ conventional method). Every stage is cached in the artifact store and in Prefect
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import flow
@@ -20,6 +21,7 @@ from shadowft.train.methods import get_method
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
 from tasks.pair import check_pair
+from tasks.publish import promotion_gate, run_folder
 from tasks.report import report
 from tasks.train import train
 from tasks.weights import extract_delta, graft
@@ -40,11 +42,9 @@ def as_model(method: str, start: Path, tuned: Artifact, label: str, store: str) 
 
 
 def store_root(config: RunConfig) -> str:
-    import os
+    from shadowft.store import run_store
 
-    from shadowft.store import default_home
-
-    return str(default_home() if "SHADOWFT_HOME" in os.environ else Path(config.output.root).absolute() / "store")
+    return str(run_store(config.output.root))
 
 
 def resolve_run(config: RunConfig) -> tuple[RunConfig, Path, Path, str]:
@@ -64,9 +64,10 @@ def resolve_run(config: RunConfig) -> tuple[RunConfig, Path, Path, str]:
 
 @flow(name="shadow-ft")
 def shadow_ft(config: RunConfig = RunConfig()) -> dict:
+    started = time.time()
     config, base, instruct, store = resolve_run(config)
 
-    check_pair(config.pair, base, instruct, config.graft.scope, store)
+    pair = check_pair(config.pair, base, instruct, config.graft.scope, store)
     data = prepare_data(config.data, instruct, store, config.train.objective)
 
     tuned_base = train(config.train, base, data, "base", store)
@@ -77,11 +78,20 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     if "direct" in config.baselines:
         tuned_instruct = train(config.train, instruct, data, "instruct", store)
         models["direct"] = as_model(config.train.method, instruct, tuned_instruct, "direct", store)
-    models["shadow-ft"] = graft(config.graft, instruct, update, "shadow-ft", store)
+    models["shadow-ft"] = shadow = graft(config.graft, instruct, update, "shadow-ft", store)
 
     evals = {name: evaluate(config.eval, model, name, store) for name, model in models.items()}
     final = report(evals, config.output.name or "Shadow-FT results", store)
-    return {
-        "report": str(final.path),
-        "models": {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()},
-    }
+    model_dirs = {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()}
+
+    # the run folder (runs/<name>/<time>/) and, for re-tunes, the promotion gate
+    stages = {"pair": pair, "data": data, "train-base": tuned_base}
+    if "direct" in config.baselines:
+        stages["train-instruct"] = tuned_instruct
+    if update.stage == "delta":
+        stages["delta"] = update
+    stages["graft-shadow-ft"] = shadow
+    folder = run_folder(config, stages, evals, final, model_dirs, started)
+    if config.output.promote:
+        promotion_gate(folder, config.output.max_regression)
+    return {"report": str(final.path), "models": model_dirs, "folder": str(folder)}

@@ -472,6 +472,13 @@ def _remove_dead_temp_dirs(out: Path) -> list[Path]:
     return removed
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter before Python 3.13's os)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary dir beside `out`; on success rename it to `out`, on failure delete it.
@@ -483,6 +490,8 @@ def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temp_dirs(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{_HOST}-{os.getpid()}-", dir=out.parent))
+    # mkdtemp makes the dir 0700 and the rename keeps it: give it the mode a new dir gets under the umask
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
     except BaseException as exc:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from shadowft import __version__, cli_eval, cli_flows, cli_store, cli_weights, cli_zoo
-from shadowft.console import console, err_console
+from shadowft.console import console, err_console, set_verbose
 from shadowft.errors import ShadowFTError
 
 #: name -> command function; the function's signature and docstring are its CLI and help.
@@ -57,8 +57,15 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show the dependencies' own warnings, bars and Prefect's server messages."
+        ),
+    ] = False,
 ) -> None:
     """Shadow-FT: tune the Base model, graft its update onto the Instruct model."""
+    set_verbose(verbose)
 
 
 for _name, _fn in COMMANDS.items():
@@ -80,7 +87,7 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True, highlight=False)
         if exc.hint:
             err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True, highlight=False)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))  # 2: bad input; 3: a run refused by the promotion gate
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")
         sys.exit(130)

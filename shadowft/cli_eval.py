@@ -11,10 +11,6 @@ from rich.table import Table
 from shadowft.console import console
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
-
-
 def eval_(
     model: Annotated[Path, typer.Argument(help="Model directory (Hugging Face format) to evaluate.")],
     suite: Annotated[
@@ -81,11 +77,16 @@ def eval_(
         max_gen_toks=max_gen_toks,
         results_name=output.name,
     )
-    table = Table(title=f"{model} (chat template {'on' if result.chat_template else 'off'})")
-    for col in ("suite", "score", "n", "chance", "metric"):
-        table.add_column(col, justify="right" if col in ("score", "n", "chance") else "left")
+    from shadowft.report import suite_stderr
+    from shadowft.tables import pct
+
+    # the same unit as `shadowft run`'s table and report: % with one decimal, ± the standard error
+    table = Table(title=f"{model}: scores in % (chat template {'on' if result.chat_template else 'off'})")
+    for col in ("suite", "score", "± stderr", "n", "chance", "metric"):
+        table.add_column(col, justify="left" if col in ("suite", "metric") else "right")
     for name, s in result.suites.items():
-        table.add_row(name, _fmt(s.score), str(s.n), _fmt(s.chance), s.metric)
+        se = suite_stderr(s.model_dump(mode="json"))
+        table.add_row(name, pct(s.score), pct(se), str(s.n), pct(s.chance), s.metric)
     console.print(table)
     console.print(f"results: {output}  ({result.timings['total_s']:.1f} s)")
 
@@ -93,15 +94,16 @@ def eval_(
 def suites() -> None:
     """List the named evaluation suites."""
     from shadowft.evaluate import list_suites
+    from shadowft.tables import pct
 
     table = Table(title="suites (also: any lm-eval task/group name, or a folder of task YAMLs)")
-    for col in ("suite", "tasks", "chance", "offline", "runs code", "description"):
-        table.add_column(col)
+    for col in ("suite", "tasks", "chance %", "offline", "runs code", "description"):
+        table.add_column(col, no_wrap=col == "suite")
     for s in list_suites():
         table.add_row(
             s.name,
             ", ".join(t.name for t in s.tasks),
-            _fmt(s.chance),
+            pct(s.chance),
             "yes" if s.offline else "no",
             "yes" if s.code_execution else "no",
             s.description,

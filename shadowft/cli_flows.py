@@ -16,7 +16,9 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from shadowft.console import console
+from shadowft import console as ui
+from shadowft import lifeline
+from shadowft.console import console, quiet_prefect
 from shadowft.errors import ShadowFTError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -31,22 +33,41 @@ def _quiet_prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 
-class _UserErrorWithoutTraceback(logging.Filter):
-    """A logging filter: Prefect logs a failed task or flow with its traceback; for a ShadowFTError
-    (the user's input is wrong, the message says how to fix it) the message alone is shown."""
+class _UserErrorShownOnce(logging.Filter):
+    """A logging filter for the terminal: Prefect logs a failed task or flow four times (the exception
+    with its traceback, then each state with the message, newlines escaped). For a ShadowFTError (the
+    user's input is wrong; the message says how to fix it) the CLI prints it once, with its hint, so
+    these lines are dropped here; with `--verbose` they are kept, without the traceback. The Prefect
+    API (the UI's run logs) still gets every line: this filter sits on the console handler only."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, ShadowFTError):
+            if not ui.VERBOSE:
+                return False
             record.exc_info, record.exc_text = None, None
+        elif not ui.VERBOSE and any(f"{name}:" in record.getMessage() for name in _user_error_names()):
+            return False  # "Finished in state Failed('... PairError: ...')"
         return True
 
 
+def _user_error_names(cls: type[Exception] = ShadowFTError) -> set[str]:
+    """Class names of ShadowFTError and all its subclasses (PairError, EvalError, PromotionRefused, ...)."""
+    names = {cls.__name__}
+    for sub in cls.__subclasses__():
+        names |= _user_error_names(sub)
+    return names
+
+
 def _quiet_user_error_tracebacks() -> None:
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _UserErrorWithoutTraceback) for f in logger.filters):
-            logger.addFilter(_UserErrorWithoutTraceback())
+    """Install `_UserErrorShownOnce` on the terminal handlers (Prefect's console handler sits on the
+    root logger; the run loggers propagate to it), and quiet Prefect's own chatter."""
+    quiet_prefect()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not any(
+            isinstance(f, _UserErrorShownOnce) for f in handler.filters
+        ):
+            handler.addFilter(_UserErrorShownOnce())
 
 
 def _scores_table(title: str, columns: list[str], rows: list[dict[str, str]]) -> Table:
@@ -62,13 +83,16 @@ def _scores_table(title: str, columns: list[str], rows: list[dict[str, str]]) ->
 def _print_summary(result: dict[str, Any]) -> None:
     from shadowft.report import chance_row, table_rows
 
-    summary = json.loads((Path(result["report"]) / "summary.json").read_text())
+    summary = json.loads((Path(result.get("folder") or result["report"]) / "summary.json").read_text())
     columns = ["model", *summary["suites"], "mean"]
     rows = [*table_rows(summary), {"model": "[dim]chance[/]", **chance_row(summary, style="dim")}]
     console.print(_scores_table("Scores in % (change vs Instruct)", columns, rows))
-    console.print(f"report, chart and summary: {result['report']}")
+    if "folder" in result:
+        console.print(f"report, charts, summary and config: {result['folder']}", soft_wrap=True, highlight=False)
+    else:
+        console.print(f"report, chart and summary: {result['report']}", soft_wrap=True, highlight=False)
     for name, path in result["models"].items():
-        console.print(f"  {name}: {path}")
+        console.print(f"  {name}: {path}", soft_wrap=True, highlight=False)
 
 
 def run(
@@ -80,7 +104,8 @@ def run(
     from shadowft.stages import preflight
 
     cfg = load_config(config, set_ or [])  # config errors stop here, before Prefect starts
-    preflight(cfg)  # unknown suites, code suites without opt-in: also before Prefect starts
+    preflight(cfg)  # missing inputs, unknown suites, code suites without opt-in: also before Prefect starts
+    lifeline.start()  # Prefect's temporary server (and any launcher) dies with this command, even on SIGKILL
     _quiet_prefect_defaults()
     from flows.shadow_ft import shadow_ft
 
@@ -114,6 +139,7 @@ def compare(
 
     cfg = load_compare_config(config, set_ or [])
     preflight(cfg.run)
+    lifeline.start()
     if threads:
         import torch
 

@@ -22,7 +22,13 @@ _EXPLAIN = {
 
 @store_app.command()
 def verify(
-    root: Annotated[Optional[Path], typer.Option(help="Store root; default $SHADOWFT_HOME or ./.shadowft.")] = None,
+    root: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Store root; default: the one `shadowft run` uses ($SHADOWFT_HOME, ./runs/store or ./.shadowft)."
+        ),
+    ] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Run config YAML: check the store of its output.root.")] = None,
     remove: Annotated[
         bool, typer.Option("--remove", help="Delete incomplete builds, stale work dirs and stale pending ids.")
     ] = False,
@@ -32,11 +38,23 @@ def verify(
 
     Exits 1 when garbage remains (run again with --remove), 0 when the store is clean.
     """
-    from shadowft.store import ArtifactStore
+    from shadowft.store import ArtifactStore, find_store
 
+    checked = [root] if root is not None else []
+    if root is None:
+        output_root = None
+        if config is not None:
+            from shadowft.config import load_config
+
+            output_root = load_config(config).output.root
+        root, checked = find_store(output_root)
     store = ArtifactStore(root)
     if not (store.root / "artifacts").exists() and not (store.root / "work").exists():
-        err_console.print(f"[yellow]no store at {store.root}[/] (set SHADOWFT_HOME or pass --root)")
+        where = " nor ".join(str(c) for c in checked)
+        err_console.print(
+            f"[yellow]no store at {where}[/] (point elsewhere with --root DIR, --config RUN.yaml or SHADOWFT_HOME)",
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
     report = store.verify(remove=remove)
     removed = set(report["removed"])

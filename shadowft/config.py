@@ -335,7 +335,19 @@ class OutputConfig(_Section):
     """Where the run writes its artifacts and reports."""
 
     root: str = Field(default="./runs", description="Directory for runs, reports and the artifact store.")
-    name: str | None = Field(default=None, description="Run name used in reports; empty = generated.")
+    name: str | None = Field(
+        default=None,
+        description="Run name: the run folder is <root>/<name>/<time>/ (default name: shadow-ft), and the "
+        "report's title.",
+    )
+    promote: bool = Field(
+        default=False,
+        description="Promotion gate for re-tunes: make this run's Shadow-FT model <root>/<name>/promoted only "
+        "if no suite drops more than max_regression points against the promoted one; otherwise the run fails.",
+    )
+    max_regression: float = Field(
+        default=1.0, ge=0, description="Largest drop in % points on any suite that promotion accepts."
+    )
 
 
 #: The stages of a run, in order; `RunConfig.stage_view` knows the config each one depends on.
@@ -458,6 +470,18 @@ def _dump(section: BaseModel, exclude: set[str] | None = None) -> dict[str, Any]
 # -- loading -------------------------------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading `1e-4` and `-1e-4` as numbers (YAML 1.2), not as strings: a bad
+    value is then echoed as the number it is (`got -0.0001`), and a good one needs no coercion."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse ``key.sub=value`` (value read as a YAML scalar or flow list) into (path, value)."""
     key, sep, raw = text.partition("=")
@@ -465,7 +489,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ShadowFTError(f"override {text!r} is not of the form key.sub=value", hint="for example: train.lr=1e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ShadowFTError(f"override {text!r}: the value is not valid YAML ({exc})") from None
     return key.split("."), value
@@ -498,7 +522,7 @@ def load_model(
         if not p.is_file():
             raise ShadowFTError(f"{what} file {p} does not exist", hint=f"see {example} for a starting point")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             problem = getattr(exc, "problem", None) or str(exc)

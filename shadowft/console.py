@@ -1,9 +1,48 @@
 """The CLI's rich consoles (results to stdout, progress and errors to stderr), shared by every
-command module without importing the command table (which would be an import cycle)."""
+command module without importing the command table (which would be an import cycle), and the
+quiet mode: known chatter of the dependencies is silenced unless `shadowft --verbose`."""
 
 from __future__ import annotations
+
+import logging
+import os
 
 from rich.console import Console
 
 console = Console()
 err_console = Console(stderr=True)
+
+#: Set by `shadowft --verbose`: the dependencies' own logging and bars are left as they are.
+VERBOSE = False
+
+# Environment defaults of quiet mode (a value the user already set wins). They must be set before the
+# libraries are imported, so the CLI's root callback applies them first thing.
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",  # generation-length and tokenizer warnings (114 lines in one demo)
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # "Generating test split", "Saving the dataset" bars
+    "TOKENIZERS_PARALLELISM": "false",  # the fork warning of the Rust tokenizers
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
+# Prefect loggers that talk about Prefect itself (temporary server start / stop, its docs link);
+# the flow and task run loggers (one line per stage) stay at INFO.
+PREFECT_CHATTER = ("prefect", "prefect.server", "prefect._internal", "prefect.client", "prefect.events")
+
+
+def set_verbose(verbose: bool) -> None:
+    """Quiet mode (the default) sets `QUIET_ENV`; `--verbose` leaves the environment alone."""
+    global VERBOSE
+    VERBOSE = verbose
+    if not verbose:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+def quiet_prefect() -> None:
+    """After Prefect is imported (its logging setup sets the levels): Prefect's own INFO chatter off."""
+    if VERBOSE:
+        return
+    for name in PREFECT_CHATTER:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):  # NOTSET in Prefect's config: would inherit WARNING
+        logging.getLogger(name).setLevel(logging.INFO)

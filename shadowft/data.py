@@ -79,8 +79,8 @@ class DataStats:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DataStats:
-        d = dict(d)
+    def from_dict(cls, d: dict[str, Any], out_dir: str | Path = "") -> DataStats:
+        d = {"out_dir": str(out_dir), **d}
         d["sources"] = [SourceStats(**s) for s in d.get("sources", [])]
         return cls(**d)
 
@@ -126,10 +126,18 @@ def _read_jsonl(path: Path, problems: _Problems) -> Iterator[_Record]:
             if not line.strip():
                 continue
             where = f"{path} line {lineno}"
+            text = line.rstrip("\r\n")  # the newline would move an error at the end onto the next line
             try:
-                yield _Record(where, json.loads(line))
+                yield _Record(where, json.loads(text))
             except json.JSONDecodeError as exc:
-                problems.add(where, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                problems.add(where, _json_problem(exc, text))
+
+
+def _json_problem(exc: json.JSONDecodeError, text: str) -> str:
+    """The decoder's message with the column it stopped at; a record cut short says so."""
+    if exc.pos >= len(text.rstrip()):
+        return f"invalid JSON (the record ends at column {len(text.rstrip())} before it is complete: a missing `}}` or `]`?)"
+    return f"invalid JSON ({exc.msg} at column {exc.colno})"
 
 
 def _read_json(path: Path, problems: _Problems) -> Iterator[_Record]:
@@ -182,6 +190,24 @@ def _read_hub(name: str, split: str, problems: _Problems) -> Iterator[_Record]:
         ) from None
     for i, row in enumerate(ds):
         yield _Record(f"{name}[{split}] row {i + 1}", row)
+
+
+def looks_local(ref: str) -> bool:
+    """A path the user meant as a local file or dir (not a hub id like `org/name`, not `zoo:`)."""
+    return not ref.startswith(ZOO_PREFIX) and (
+        ref.startswith((".", "/", "~")) or ref.count("/") > 1 or Path(ref).suffix.lower() in LOCAL_SUFFIXES
+    )
+
+
+def check_sources_exist(sources: list[str]) -> None:
+    """Fail in milliseconds on a local data file that is not there (before any model is loaded)."""
+    for source in sources:
+        if looks_local(source) and not Path(source).expanduser().exists():
+            raise ShadowFTError(
+                f"data source {source!r} does not exist",
+                hint=f"check the path (relative paths are read from {Path.cwd()}); local sources are "
+                ".jsonl, .json or .parquet files, anything else is read as a `datasets` name",
+            )
 
 
 def _read_source(source: str, split: str, problems: _Problems) -> tuple[str, Iterator[_Record]]:
@@ -490,7 +516,10 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
             str(tmp / "dataset")
         )
         tok.save_pretrained(str(tmp / "tokenizer"))
-        (tmp / "stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+        # not `out_dir`: the folder is renamed (here, and again by the artifact store), so a path
+        # recorded inside it would name a temporary dir that no longer exists
+        on_disk = {k: v for k, v in stats.to_dict().items() if k != "out_dir"}
+        (tmp / "stats.json").write_text(json.dumps(on_disk, indent=2) + "\n")
     return stats
 
 
@@ -508,4 +537,4 @@ def load_prepared(data_dir: Path):
 
 
 def load_stats(data_dir: Path) -> DataStats:
-    return DataStats.from_dict(json.loads((Path(data_dir) / "stats.json").read_text()))
+    return DataStats.from_dict(json.loads((Path(data_dir) / "stats.json").read_text()), out_dir=data_dir)

@@ -8,12 +8,37 @@ Prefect UI and humans) and a PNG bar chart.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from shadowft.tables import chance_cells, markdown_row, markdown_table, pct, with_change
 
 REFERENCE_MODEL = "instruct"
+#: Decimal places of every fraction written to a summary (0.1 % is 0.001; 6 places hide float noise
+#: such as -0.020000000000000018 without losing anything a table shows).
+DIGITS = 6
+
+
+def rounded(x: Any) -> Any:
+    """`x` with every float rounded to `DIGITS` places (dicts and lists recursively), -0.0 as 0.0."""
+    if isinstance(x, float):
+        return round(x, DIGITS) + 0.0
+    if isinstance(x, dict):
+        return {k: rounded(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [rounded(v) for v in x]
+    return x
+
+
+def suite_stderr(suite: dict[str, Any]) -> float | None:
+    """Standard error of a suite's score (the mean of its tasks' scores): lm-eval's per-task stderr
+    combined as sqrt(sum se^2) / k; None when a task has none (e.g. a metric without one)."""
+    tasks = suite.get("tasks") or {}
+    errs = [t.get("stderr") for t in tasks.values()]
+    if not errs or any(e is None for e in errs):
+        return None
+    return math.sqrt(sum(e * e for e in errs)) / len(errs)
 
 
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -41,14 +66,21 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for model, scores in rows.items()
     }
     n = {s: next((r["suites"][s].get("n") for r in results.values() if s in r["suites"]), None) for s in suites}
-    return {
-        "suites": suites,
-        "chance": chance,
-        "n": n,
-        "scores": rows,
-        "change_vs_instruct": change,
-        "reference": REFERENCE_MODEL,
+    stderr = {
+        model: {s: (suite_stderr(r["suites"][s]) if s in r["suites"] else None) for s in suites}
+        for model, r in results.items()
     }
+    return rounded(
+        {
+            "suites": suites,
+            "chance": chance,
+            "n": n,
+            "scores": rows,
+            "stderr": stderr,
+            "change_vs_instruct": change,
+            "reference": REFERENCE_MODEL,
+        }
+    )
 
 
 def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
@@ -139,7 +171,10 @@ def draw_chart(summary: dict[str, Any], path: Path) -> Path:
     """The run report's chart: suites (and their mean) on the x axis, one bar per model."""
     cols = [*summary["suites"], "mean"]
     series = {m: [summary["scores"][m].get(c) or 0.0 for c in cols] for m in summary["scores"]}
-    return bar_chart(path, cols, series, summary["chance"], "Shadow-FT vs baselines (dashed: chance)")
+    stderr = summary.get("stderr") or {}
+    errors = {m: [(stderr.get(m) or {}).get(c) or 0.0 for c in cols] for m in summary["scores"]}
+    title = "Shadow-FT vs baselines (error bars: standard error; dashed: chance)"
+    return bar_chart(path, cols, series, summary["chance"], title, errors=errors if stderr else None)
 
 
 def write_report(results: dict[str, dict[str, Any]], out_dir: Path, title: str = "Shadow-FT results") -> dict[str, Any]:

@@ -30,6 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from shadowft import lifeline
 from shadowft.console import console, err_console
 from shadowft.errors import ShadowFTError
 
@@ -188,6 +189,10 @@ def serve(
 
     def on_term(*_: Any) -> None:
         raise KeyboardInterrupt
+
+    # A supervisor sends SIGTERM, then SIGKILL a few seconds later: the graceful stop below may not
+    # finish, so a watcher stops the server and worker (their own sessions) once this process is gone.
+    lifeline.start()
 
     signal.signal(signal.SIGTERM, on_term)
     # A process started in the background inherits SIGINT ignored, and Python then never raises

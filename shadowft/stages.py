@@ -34,7 +34,7 @@ STAGE_VERSIONS = {
     "delta": "1",
     "graft": "1",
     "eval": "1",
-    "report": "1",
+    "report": "2",
     "distance": "1",
     "compare": "1",
 }
@@ -139,7 +139,24 @@ def preflight(config: RunConfig) -> None:
     training run: the evaluation suites exist, and code suites are opted in (HF_ALLOW_CODE_EVAL=1)."""
     from shadowft.evaluate import require_code_opt_in, resolve_suites
 
+    check_local_inputs(config)
     require_code_opt_in(resolve_suites(config.eval.suites))
+
+
+def check_local_inputs(config: RunConfig) -> None:
+    """Local model dirs and data files exist: a typo fails in milliseconds, before the embedded family
+    is installed or a Prefect API starts (hub ids and `zoo:` placeholders are checked where resolved)."""
+    from shadowft.data import check_sources_exist, looks_local
+
+    for role, ref in (("base", config.pair.base), ("instruct", config.pair.instruct)):
+        p = Path(ref).expanduser()
+        if looks_local(ref) and not p.is_dir():
+            raise ShadowFTError(
+                f"{role} model {ref!r} is not a directory" + (" (it is a file)" if p.exists() else ""),
+                hint=f"set pair.{role} to a local model dir or a hub id like Qwen/Qwen3-4B"
+                + ("-Base" if role == "base" else ""),
+            )
+    check_sources_exist(config.data.sources)
 
 
 def zoo_placeholders(family_root: Path) -> dict[str, Path]:
@@ -218,7 +235,8 @@ def train_spec(
             model, data.path / "data", train, tmp / "model", store.work_dir("train", spec.key), progress
         )
         (tmp / "loss_curve.json").write_text(json.dumps(result.loss_curve, indent=2) + "\n")
-        return {"train": result.to_dict()}
+        # not out_dir: it names the store's temporary dir, renamed away when the artifact is published
+        return {"train": {k: v for k, v in result.to_dict().items() if k != "out_dir"}}
 
     spec.produce = produce
     return spec

@@ -41,6 +41,28 @@ def default_home() -> Path:
     return Path(os.environ.get("SHADOWFT_HOME", DEFAULT_HOME)).absolute()
 
 
+def run_store(output_root: str | Path = "./runs") -> Path:
+    """The store a run writes to: `$SHADOWFT_HOME` when set, else `<output.root>/store`."""
+    if "SHADOWFT_HOME" in os.environ:
+        return default_home()
+    return Path(output_root).expanduser().absolute() / "store"
+
+
+def find_store(config_output_root: str | Path | None = None) -> tuple[Path, list[Path]]:
+    """The store that `shadowft run` uses here, for commands given no --root. -> (root, candidates checked)
+
+    With a run config's `output.root`: its store. Otherwise `$SHADOWFT_HOME`, else the first existing
+    of `./runs/store` (the default `output.root`) and `./.shadowft` (library default)."""
+    if config_output_root is not None or "SHADOWFT_HOME" in os.environ:
+        root = run_store(config_output_root or "./runs")
+        return root, [root]
+    candidates = [run_store("./runs"), default_home()]
+    for c in candidates:
+        if (c / "artifacts").exists() or (c / "work").exists():
+            return c, candidates
+    return candidates[0], candidates
+
+
 class Artifact(BaseModel):
     """A small, serialisable handle to a published artifact (what tasks return)."""
 
@@ -185,6 +207,9 @@ class ArtifactStore:
                 self._log_build(manifest)
             except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
+                # the announced build id dies with the failed build (Prefect caches no failure): a
+                # later build announces a new one, so failures leave nothing behind in the store
+                self._pending(stage, key).unlink(missing_ok=True)
                 full = as_disk_full(exc, f"the {stage} artifact in {self.root}")
                 if full is not None:
                     raise full from None

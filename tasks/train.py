@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from shadowft.config import TrainConfig
 from shadowft.stages import train_spec
 from shadowft.store import Artifact
+from shadowft.train.progress import fan_out, terminal_progress
 from tasks._stage import artifact_key_name, build_stage, stage_options
 
 
@@ -36,7 +37,12 @@ def _progress_reporter(role: str):
 def train(train: TrainConfig, model: Path, data: Artifact, role: str, store_root: str) -> Artifact:
     """`role` names what is trained (base / instruct) for the UI; the model dir is what counts."""
     art, _ = build_stage(
-        train_spec, train=train, model=model, data=data, store_root=store_root, progress=_progress_reporter(role)
+        train_spec,
+        train=train,
+        model=model,
+        data=data,
+        store_root=store_root,
+        progress=fan_out(_progress_reporter(role), terminal_progress(role)),  # the UI's artifact and a bar
     )
     info = json.loads((art.path / "manifest.json").read_text())["train"]
     curve = json.loads((art.path / "loss_curve.json").read_text())

@@ -76,3 +76,33 @@ def test_fingerprint_changes_with_content_and_is_stable(llama_trio, tmp_path):
     before = fingerprint_path(copy)
     shard.write_bytes(shard.read_bytes())  # a rewrite of a weight file (new mtime) invalidates
     assert fingerprint_path(copy) != before
+
+
+def test_published_dir_has_the_umask_mode_not_the_temp_dirs(tmp_path):
+    """mkdtemp's 0700 must not survive the rename: a published model is readable as the umask says."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+        os.umask(0o027)
+        with atomic_output_dir(tmp_path / "out2") as tmp:
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out2").stat().st_mode) == 0o750
+
+
+def test_fingerprint_tells_apart_same_size_same_mtime_weights(tmp_path):
+    """Copies that share size and mtime (a shipped family's Base and Instruct) still differ by content."""
+    import os
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, byte in ((a, b"\x01"), (b, b"\x02")):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"\x00" * 100_000 + byte * 100_000)
+        os.utime(d / "model.safetensors", ns=(1_000_000_000, 1_000_000_000))
+    assert fingerprint_path(a) != fingerprint_path(b)

@@ -94,3 +94,93 @@ def test_subcommand_help_and_user_errors():
         assert runner.invoke(app, [name, "--help"]).exit_code == 0, name
     r = _run([sys.executable, "-m", "shadowft", "run", str(ROOT / "no-such.yaml")])
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def _run_in(tmp: Path, *args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess[str], float]:
+    import os
+    import time
+
+    env = {**os.environ, "COLUMNS": "120", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "PREFECT_HOME": str(tmp / "prefect")}
+    for k in ("SHADOWFT_HOME", "PREFECT_API_URL"):
+        env.pop(k, None)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "shadowft", *args], capture_output=True, text=True, cwd=tmp, env=env,
+                       timeout=timeout)
+    return r, time.monotonic() - t0
+
+
+def test_missing_inputs_fail_in_seconds_before_prefect_and_the_family(tmp_path):
+    """A missing Base dir or data file: exit 2 with a hint, no Prefect server, no family installed."""
+    toy = str(ROOT / "examples" / "toy.yaml")
+    for override, says in (("pair.base=/nonexistent", "base model '/nonexistent' is not a directory"),
+                           ("data.sources=[./nope.jsonl]", "data source './nope.jsonl' does not exist")):
+        r, seconds = _run_in(tmp_path, "run", toy, "--set", override)
+        assert r.returncode == 2 and says in r.stderr and "hint:" in r.stderr, r.stderr
+        assert seconds < 5 + 5  # under 5 s on an idle machine; slack for a loaded CI box
+        assert "temporary server" not in r.stderr + r.stdout
+        assert not (tmp_path / ".shadowft").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_failed_run_prints_its_error_once_and_leaves_no_pending_id(tmp_path):
+    """The user error inside a task: one `error:` + `hint:`, none of Prefect's four echo lines, exit 2."""
+    (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "user", "content": "x"}\n')
+    r, _ = _run_in(tmp_path, "run", str(ROOT / "examples" / "toy.yaml"), "--set", "data.sources=[./bad.jsonl]")
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out[-3000:]
+    assert out.count("malformed record") == 1 and out.count("hint:") == 1, out
+    assert "ShadowFTError" not in out and "Traceback" not in out and "\\n" not in out
+    assert not list((tmp_path / "runs" / "store" / "artifacts").rglob(".*.pending"))
+    # a subclass (PairError from the pair check task): also once, and no "PairError:" state lines
+    r, _ = _run_in(tmp_path, "run", str(ROOT / "examples" / "toy.yaml"), "--set", "pair.max_sigma=0.0001")
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and out.count("is above the threshold") == 1 and out.count("hint:") == 1, out
+    assert "PairError" not in out and "Traceback" not in out
+    # --verbose brings Prefect's own lines back (here: its failure states, without a traceback)
+    r, _ = _run_in(tmp_path, "--verbose", "run", str(ROOT / "examples" / "toy.yaml"), "--set",
+                   "data.sources=[./bad.jsonl]")
+    assert r.returncode == 2 and "Finished in state Failed" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_quiet_mode_silences_the_generation_length_warning_and_verbose_keeps_it(zoo_family, tmp_path):
+    """The embedded Instruct model's generation config sets max_new_tokens and lm-eval passes max_length:
+    transformers warns on every generated batch (114 of a demo's lines). Quiet mode drops it."""
+    code = (
+        "import sys\n"
+        "from shadowft.console import set_verbose\n"
+        "set_verbose(sys.argv[1] == 'verbose')\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[2])\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[2])\n"
+        "model.generate(tok('Reverse 123.', return_tensors='pt').input_ids, max_length=40, do_sample=False)\n"
+    )
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    said = {}
+    for mode in ("quiet", "verbose"):
+        r = subprocess.run([sys.executable, "-c", code, mode, str(zoo_family.root / "instruct")], capture_output=True,
+                           text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        said[mode] = r.stderr
+    assert "seem to have been set" in said["verbose"] and "seem to have been set" not in said["quiet"]
+
+
+def test_a_run_refused_by_the_promotion_gate_exits_3_with_the_table_of_drops(tmp_path):
+    import json
+
+    args = ["run", str(ROOT / "examples" / "toy.yaml"), "--set", "output.promote=true", "--set", "train.max_steps=3",
+            "--set", "eval.limit=5", "--set", "baselines=[instruct]", "--set", "eval.suites=[toy-math,toy-reasoning]"]
+    r, _ = _run_in(tmp_path, *args)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    promoted = (tmp_path / "runs" / "toy" / "promoted").resolve()
+    summary = json.loads((promoted / "summary.json").read_text())
+    summary["scores"]["shadow-ft"]["toy-reasoning"] += 0.5  # the promoted model was much better there
+    (promoted / "summary.json").write_text(json.dumps(summary))
+    r, _ = _run_in(tmp_path, *args)
+    out = r.stdout + r.stderr
+    assert r.returncode == 3, out[-3000:]
+    assert out.count("not promoted: toy-reasoning -50.0 points") == 1 and "| toy-reasoning |" in out
+    assert "PromotionRefused" not in out and (tmp_path / "runs" / "toy" / "promoted").resolve() == promoted

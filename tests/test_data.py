@@ -101,6 +101,7 @@ def test_formats_detected_and_labels_masked(tmp_path, tok_dir):
     assert [x.format for x in stats.sources] == ["messages", "sharegpt", "alpaca", "alpaca"]
     assert [x.samples for x in stats.sources] == [2, 1, 2, 1]
     assert load_stats(out).to_dict() == stats.to_dict()
+    assert "out_dir" not in json.loads((out / "stats.json").read_text())  # it would name the renamed temp dir
     assert json.loads((out / "stats.json").read_text())["assistant_tokens"] == stats.assistant_tokens
 
     ds = load_prepared(out)
@@ -164,6 +165,15 @@ def test_malformed_rows_name_file_and_line(tmp_path, tok_dir):
     assert f"{f} line 6: messages[1] missing field 'role' or 'content'" in msg
     assert f"{f} line 7: no assistant turn" in msg
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_record_missing_its_closing_brackets_is_reported_at_its_end(tmp_path, tok_dir):
+    """Not "column 1" (the decoder's position after the newline): the record is cut short, said so."""
+    f = tmp_path / "cut.jsonl"
+    f.write_text(json.dumps(msg_row("a", "b")) + "\n" + '{"messages": [{"role": "user", "content": "x"}\n')
+    with pytest.raises(ShadowFTError) as ei:
+        prepare_dataset(DataConfig(sources=[str(f)]), tok_dir, tmp_path / "out")
+    assert f"{f} line 2: invalid JSON (the record ends at column 46 before it is complete" in ei.value.message
 
 
 def test_json_array_and_sharegpt_errors_report_lines(tmp_path, tok_dir):

@@ -57,6 +57,7 @@ def make_config(trio, data: Path, *overrides: str) -> RunConfig:
             "train.save_steps=2",
             "eval.suites=[toy-math,toy-reasoning]",
             "eval.limit=4",
+            f"output.root={data.parent / 'runs'}",  # run folders beside the test's data, not in the repo
             *overrides,
         ],
     )
@@ -252,4 +253,88 @@ def test_cli_run_prints_the_results_table(llama_trio, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "shadow-ft" in r.stdout and "instruct" in r.stdout and "toy-math" in r.stdout
-    assert str(tmp_path / "store" / "artifacts" / "report") in r.stdout
+    assert str(tmp_path / "runs" / "shadow-ft") in r.stdout  # the run folder, not the store's hashed path
+    assert "temporary server" not in r.stderr + r.stdout  # quiet by default: no Prefect server chatter
+    assert (tmp_path / "runs" / "shadow-ft" / "latest" / "report.md").is_file()
+
+
+def _floats(x):
+    if isinstance(x, float):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _floats(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _floats(v)
+
+
+def test_run_folder_describes_the_run_and_the_promotion_gate_decides(prefect_env, llama_trio, tmp_path):
+    """runs/<name>/<time>/ holds a self-describing report; a re-tune is promoted unless a suite regresses
+    (then the flow run ends Failed with the table of drops, and `promoted` stays where it was)."""
+    cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.seed=31", "output.name=nightly-test",
+                      "output.promote=true", "output.max_regression=1.0")
+    flow_state, states, result = run_flow(cfg)
+    assert flow_state == "Completed", states
+    first = Path(result["folder"])
+    base = tmp_path / "runs" / "nightly-test"
+    assert first.parent == base and (base / "latest").resolve() == first and (base / "promoted").resolve() == first
+    assert {p.name for p in first.iterdir()} == {"report.md", "summary.json", "chart.png", "loss.png", "config.yaml",
+                                                 "artifacts.json"}
+    report = (first / "report.md").read_text()
+    for fact in ("mean sigma", "samples", "tokens", "sft / lora", "4 steps", "lr 0.0002", "global batch 32",
+                 "alpha 1", "scope `projections`", "backend hf", "chat template", "Stage times", "±"):
+        assert fact in report, fact
+    summary = json.loads((first / "summary.json").read_text())
+    assert summary["run"]["train"]["base"]["steps"] == 4 and summary["stderr"]["shadow-ft"]["toy-math"] is not None
+    assert all(f == round(f, 6) for f in _floats(summary))  # numbers rounded once: no -0.020000000000000018
+    artifacts = json.loads((first / "artifacts.json").read_text())["artifacts"]
+    assert all(Path(a["path"]).is_dir() for a in artifacts.values())
+    history = [json.loads(x) for x in (base / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["event"] == "promoted" and history[-1]["folder"] == first.name
+
+    # the promoted model was better than this one: every suite of the promoted run is made 10 points higher
+    promoted_summary = json.loads((first / "summary.json").read_text())
+    for suite in promoted_summary["suites"]:
+        promoted_summary["scores"]["shadow-ft"][suite] = promoted_summary["scores"]["shadow-ft"][suite] + 0.10
+    (first / "summary.json").write_text(json.dumps(promoted_summary))
+    flow_state, states, _ = run_flow(cfg)
+    gate_state = next(v for k, v in states.items() if k.startswith("promotion-gate"))
+    assert flow_state == "Failed" and gate_state == "Failed", states
+    assert (base / "promoted").resolve() == first  # not replaced
+    second = (base / "latest").resolve()
+    assert second != first and (second / "report.md").exists()  # the run's own folder is still written
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        gate = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["shadow-ft-promotion"])))
+        assert "**drop**" in max(gate, key=lambda a: a.created).data
+
+    # a looser gate lets the same model through
+    flow_state, _, result = run_flow(cfg.model_copy(update={"output": cfg.output.model_copy(update={"max_regression": 50.0})}))
+    assert flow_state == "Completed" and (base / "promoted").resolve() == Path(result["folder"])
+
+
+def test_two_runs_publishing_in_the_same_second_get_two_folders(tmp_path):
+    """The run folder is named at the rename: a name taken meanwhile gets the next suffix, never shared."""
+    import threading
+
+    from shadowft.runs import _rename_to_free_name
+
+    base = tmp_path / "runs" / "x"
+    base.mkdir(parents=True)
+    tmps = []
+    for i in range(8):
+        t = base / f".t{i}"
+        t.mkdir()
+        (t / "report.md").write_text(str(i))
+        tmps.append(t)
+    got: list[Path] = []
+    threads = [threading.Thread(target=lambda t=t: got.append(_rename_to_free_name(t, base, "20260101-000000")))
+               for t in tmps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 8 and sorted((p / "report.md").read_text() for p in got) == [str(i) for i in range(8)]

@@ -45,10 +45,13 @@ def test_failed_build_leaves_nothing(tmp_path):
         (d / "half").write_text("partial")
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError):
-        store.build("s", "k", produce)
+    store.cache_token("s", "k")  # what Prefect's cache key does before the task runs: announces a build id
+    assert (tmp_path / "artifacts" / "s" / ".k.pending").exists()
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            store.build("s", "k", produce)
     assert store.get("s", "k") is None
-    assert [p.name for p in (tmp_path / "artifacts" / "s").iterdir() if not p.name.endswith(".pending")] == []
+    assert list((tmp_path / "artifacts" / "s").iterdir()) == []  # no temp dir, no pending id left behind
 
 
 def test_dir_without_manifest_does_not_exist_and_verify_removes_it(tmp_path):
@@ -100,3 +103,27 @@ def test_concurrent_builds_compute_once(tmp_path):
         assert p.exitcode == 0
     assert log.read_text() == "built\n"
     assert (ArtifactStore(tmp_path / "store").path("s", "same") / MANIFEST).exists()
+
+
+def test_store_verify_finds_the_store_shadowft_run_uses(tmp_path, monkeypatch):
+    """No --root: the run's default store (./runs/store) is found; when none exists, the message names
+    every place checked and how to point elsewhere."""
+    from typer.testing import CliRunner
+
+    from shadowft.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SHADOWFT_HOME", raising=False)
+    runner = CliRunner()
+    r = runner.invoke(app, ["store", "verify"])
+    assert r.exit_code == 1
+    assert str(tmp_path / "runs" / "store") in r.output and str(tmp_path / ".shadowft") in r.output
+    assert "--root" in r.output and "--config" in r.output
+
+    ArtifactStore(tmp_path / "runs" / "store").build("s", "k", lambda d: (d / "f").write_text("x") and None)
+    r = runner.invoke(app, ["store", "verify"])
+    assert r.exit_code == 0 and "1 complete artifact" in r.output and str(tmp_path / "runs" / "store") in r.output
+
+    (tmp_path / "cfg.yaml").write_text("output:\n  root: elsewhere\n")
+    r = runner.invoke(app, ["store", "verify", "--config", "cfg.yaml"])
+    assert r.exit_code == 1 and str(tmp_path / "elsewhere" / "store") in r.output

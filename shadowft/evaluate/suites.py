@@ -104,9 +104,16 @@ def _registry() -> dict[str, Suite]:
             "toy_reasoning",
             "acc",
             _toy_mc_chance(toy / "toy_reasoning.jsonl"),
-            "Embedded toy multiple-choice reasoning, log-likelihood accuracy.",
+            "Embedded toy true/false questions (comparisons, list membership), log-likelihood accuracy.",
         ),
-        _local("toy-domain", "toy", "toy_domain", "exact_match", 0.0, "Embedded toy domain facts, exact match."),
+        _local(
+            "toy-domain",
+            "toy",
+            "toy_domain",
+            "exact_match",
+            0.0,
+            "Embedded toy domain skill: reverse a digit string, exact match.",
+        ),
         _local(
             "toy-format",
             "toy",

@@ -91,3 +91,48 @@ def progress_callback(progress: ProgressFn | None, work_dir: Path) -> Any:
             self._flush()
 
     return _Progress()
+
+
+def terminal_progress(role: str, file: Any = None, disable: bool | None = None) -> ProgressFn:
+    """A tqdm bar on the terminal for one training run: step of max steps, loss, rate and ETA.
+
+    `disable=None` shows it only on a terminal (a Prefect worker's log gets no carriage-return
+    lines); the bar is opened at the first event (when max_steps is known) and closed at the last."""
+    from tqdm.auto import tqdm
+
+    state: dict[str, Any] = {"bar": None}
+
+    def report(event: dict[str, Any]) -> None:
+        total, step = event.get("max_steps") or 0, event.get("step") or 0
+        bar = state["bar"]
+        if bar is None:
+            bar = state["bar"] = tqdm(
+                total=total or None,
+                initial=max(step - 1, 0),  # a resumed run starts where its checkpoint was
+                desc=f"train {role}",
+                unit="step",
+                file=file,
+                disable=disable,
+                mininterval=0.5,
+                dynamic_ncols=True,
+                leave=True,
+            )
+        if event.get("loss") is not None:
+            bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+        if event.get("event") == "step" and step > bar.n:
+            bar.update(step - bar.n)
+        if total and step >= total and event.get("event") == "step":
+            bar.close()
+
+    return report
+
+
+def fan_out(*reporters: ProgressFn | None) -> ProgressFn:
+    """One progress callback that calls each of `reporters` (the Prefect artifact and the terminal bar)."""
+    active = [r for r in reporters if r is not None]
+
+    def report(event: dict[str, Any]) -> None:
+        for r in active:
+            r(event)
+
+    return report

@@ -137,7 +137,9 @@ def publish(job: TrainJob, outcome: FitOutcome, out_dir: Path, seconds: float) -
     with atomic_output_dir(out_dir) as tmp:  # published by rename only when complete
         outcome.save(tmp)
         write_json_atomic(tmp / "loss_curve.json", curve)
-        write_json_atomic(tmp / "train_result.json", {**result.to_dict(), "spec": spec.model_dump(mode="json")})
+        # without `out_dir`: the folder is renamed after this (by us and by the artifact store)
+        on_disk = {k: v for k, v in result.to_dict().items() if k != "out_dir"}
+        write_json_atomic(tmp / "train_result.json", {**on_disk, "spec": spec.model_dump(mode="json")})
     return result
 
 

@@ -155,6 +155,11 @@ def test_cli_eval_and_suites(llama_trio, tmp_path):
     )
     assert ran.exit_code == 0, ran.output
     assert "toy-domain" in ran.output and out.is_file()
+    assert "0.0" in ran.output and "0.000" not in ran.output  # % with one decimal, as `shadowft run` shows
+    from shadowft.evaluate import list_suites
+
+    described = {s.name: s.description for s in list_suites()}
+    assert "reverse a digit string" in described["toy-domain"] and "true/false" in described["toy-reasoning"]
     assert json.loads(out.read_text())["chat_template"] is False
     refused = runner.invoke(app, ["eval", str(llama_trio["instruct"]), "--suite", "humaneval-offline"])
     assert refused.exit_code != 0 and isinstance(refused.exception, ShadowFTError)
