@@ -54,7 +54,9 @@ def test_toy_dpo_example_killed_in_training_resumes_then_is_all_cached(prefect_a
     assert r.returncode == 0, r.stderr[-3000:]
     states = states_of_last_flow_run()
     assert {
-        n: s for n, s in states.items() if s != "Cached" and not n.startswith(("report", "embedded_family"))
+        n: s
+        for n, s in states.items()
+        if s != "Cached" and not n.startswith(("report", "embedded_family", "run-folder"))
     } == {}, states
     new = [(b["stage"], b["key"]) for b in store.builds() if (b["stage"], b["key"]) not in before]
     assert {stage for stage, _ in new} <= {"report"}, new
