@@ -16,6 +16,10 @@ from shadowft.train.job import FitOutcome, TrainJob
 from shadowft.train.methods import get_method
 from shadowft.train.objectives import TrainerParts, get_objective
 from shadowft.train.progress import ProgressFn, progress_callback
+from shadowft.train.resources import resolve_attn_implementation, resolve_threads, thread_limit
+
+#: strategies whose weights live sharded across ranks: saving is a collective (every rank takes part)
+SHARDED = ("fsdp", "deepspeed")
 
 
 def training_args(job: TrainJob) -> dict[str, Any]:
@@ -45,7 +49,7 @@ def training_args(job: TrainJob) -> dict[str, Any]:
         use_cpu=job.device == "cpu",
         activation_checkpointing=spec.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if spec.gradient_checkpointing else None,
-        report_to=[],
+        report_to=[spec.report_to] if spec.report_to in ("wandb", "mlflow") else [],  # tensorboard: fit's own
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -57,18 +61,34 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
     """Train per `job`; resume from `job.resume` when set. `progress` gets every step and log."""
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerState
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
     spec = job.spec
     objective, method = get_objective(spec.objective), get_method(spec.method)
     dataset = load_prepared(job.data_dir)
+    packing = data_packing(job.data_dir)
+    if packing and not objective.supports_packing:
+        raise ShadowFTError(
+            f"data.packing is not supported by the {spec.objective!r} objective",
+            hint="set data.packing=false",
+        )
+    attn = resolve_attn_implementation(spec.attn_implementation, job.device)
+    if packing and attn not in PACKING_ATTENTION:
+        raise ShadowFTError(
+            f"data.packing needs an attention implementation that separates packed conversations by their "
+            f"position ids ({', '.join(PACKING_ATTENTION)}); train.attn_implementation is {attn}",
+            hint="set train.attn_implementation=sdpa (or auto), or data.packing=false",
+        )
     tok_dir = job.data_dir / "tokenizer" if (job.data_dir / "tokenizer").is_dir() else job.model_dir
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
 
     transformers.set_seed(spec.seed)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(job.model_dir), dtype=method.load_dtype(job.precision), trust_remote_code=job.trust_remote_code
+            str(job.model_dir),
+            dtype=method.load_dtype(job.precision),
+            trust_remote_code=job.trust_remote_code,
+            attn_implementation=attn,
         )
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"cannot load a causal LM from {job.model_dir}: {exc}") from None
@@ -85,40 +105,46 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
+    callbacks = [progress_callback(progress, job.work_dir)]
+    if spec.report_to == "tensorboard":
+        from transformers.integrations import TensorBoardCallback
+
+        board = TensorBoardCallback()
+        board.logging_dir = str(job.work_dir / "tensorboard")  # outlives the checkpoints
+        callbacks.append(board)
     parts = TrainerParts(
         model=model,
         tokenizer=tokenizer,
         dataset=dataset,
         args=training_args(job),
-        callbacks=[progress_callback(progress, job.work_dir)],
+        callbacks=callbacks,
         device=job.device,
+        packing=packing,
     )
     trainer = objective.build_trainer(parts)
     trainer.remove_callback(PrinterCallback)  # progress goes to `progress`, not stdout
+    world_size = int(trainer.args.world_size)
+    threads = resolve_threads(spec.threads, total, local_processes=max(1, world_size // spec.num_nodes))
     resume = str(job.resume) if job.resume else None
     deterministic = torch.are_deterministic_algorithms_enabled()
     if job.device == "cpu":  # bitwise-reproducible CPU runs (restored afterwards)
         torch.use_deterministic_algorithms(True, warn_only=True)
     training_loss: float | None
     try:
-        if resume and is_finished(Path(resume)):
-            # The run crashed after its last checkpoint and before the output was published. The Trainer
-            # would still run one extra step when resuming mid-epoch at max_steps, so load it instead.
-            trainer._load_from_checkpoint(resume)  # private API: safetensors + weights_only loads
-            trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
-            training_loss = None
-        else:
-            training_loss = trainer.train(resume_from_checkpoint=resume).training_loss
+        with thread_limit(threads):
+            training_loss = _train(trainer, resume)
     except torch.OutOfMemoryError:
         raise ShadowFTError(
             "out of memory while training",
             hint="lower train.batch_size (raise grad_accum to keep the global batch), enable "
-            "train.gradient_checkpointing, lower data.max_length, or use train.method=lora",
+            "train.gradient_checkpointing, lower data.max_length, or use train.method=lora "
+            "(`shadowft plan CONFIG` estimates what fits)",
         ) from None
     finally:
         torch.use_deterministic_algorithms(deterministic)
 
     state = trainer.state
+    sharded = spec.distributed in SHARDED
     return FitOutcome(
         global_step=state.global_step,
         max_steps=state.max_steps,
@@ -128,5 +154,45 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
         samples=len(dataset),
         trainable_params=trainable,
         total_params=total,
-        save=lambda out: method.save(trainer.model, tokenizer, spec, job.model_dir, out),
+        save=(
+            (lambda out: _save_sharded(trainer, tokenizer, out))
+            if sharded
+            else (lambda out: method.save(trainer.model, tokenizer, spec, job.model_dir, out))
+        ),
+        collective_save=sharded,
+        world_size=world_size,
+        threads=threads,
+        attn_implementation=attn,
+        packing=packing,
     )
+
+
+#: attention implementations that keep packed conversations apart using position ids
+PACKING_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def data_packing(data_dir: Path) -> bool:
+    """Whether the prepared data asked for packed batches (`data.packing`, recorded by the data stage)."""
+    from shadowft.data import load_stats
+
+    return bool(getattr(load_stats(data_dir), "packing", False))
+
+
+def _train(trainer: Any, resume: str | None) -> float | None:
+    """Train, or resume from `resume`. -> the Trainer's mean loss (None when nothing was left to train)"""
+    from transformers import TrainerState
+
+    if resume and is_finished(Path(resume)):
+        # The run crashed after its last checkpoint and before the output was published. The Trainer
+        # would still run one extra step when resuming mid-epoch at max_steps, so load it instead.
+        trainer._load_from_checkpoint(resume)  # private API: safetensors + weights_only loads
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        return None
+    return float(trainer.train(resume_from_checkpoint=resume).training_loss)
+
+
+def _save_sharded(trainer: Any, tokenizer: Any, out: Path) -> None:
+    """FSDP / ZeRO-3: every rank calls this (the Trainer gathers the shards; the main process writes)."""
+    trainer.save_model(str(out))
+    if trainer.args.process_index == 0:
+        tokenizer.save_pretrained(str(out))
