@@ -57,6 +57,7 @@ class ProcessLauncher(Launcher):
             proc = subprocess.Popen(
                 full, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=os.getcwd()
             )
+        (launch_dir / "logs" / "launcher.pid").write_text(f"{proc.pid}\n")
         relay = _Relay(launch_dir / "events.jsonl", progress)
         try:
             while proc.poll() is None:
