@@ -73,12 +73,6 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
             hint="set data.packing=false",
         )
     attn = resolve_attn_implementation(spec.attn_implementation, job.device)
-    if packing and attn not in PACKING_ATTENTION:
-        raise ShadowFTError(
-            f"data.packing needs an attention implementation that separates packed conversations by their "
-            f"position ids ({', '.join(PACKING_ATTENTION)}); train.attn_implementation is {attn}",
-            hint="set train.attn_implementation=sdpa (or auto), or data.packing=false",
-        )
     tok_dir = job.data_dir / "tokenizer" if (job.data_dir / "tokenizer").is_dir() else job.model_dir
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
 
@@ -99,7 +93,10 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
             f"token id {max_id} in the prepared data is outside the model's vocabulary ({vocab})",
             hint="prepare the data with the tokenizer of this model family (the Instruct model dir)",
         )
-    if spec.gradient_checkpointing:
+    if packing:
+        check_packing(model, attn)
+    if spec.gradient_checkpointing or packing:
+        # packing: with a cache the model skips the position-id masks that keep conversations apart
         model.config.use_cache = False
     model = method.prepare(model, spec)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -168,7 +165,20 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
 
 
 #: attention implementations that keep packed conversations apart using position ids
-PACKING_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def check_packing(model: Any, attn: str) -> None:
+    """data.packing needs a model whose attention builds its masks from position ids (transformers'
+    attention-interface models: Llama, Qwen, Mistral, Gemma, ...); older ones (Bloom, CodeGen, custom
+    code) would let packed conversations attend to each other."""
+    name = type(model).__name__
+    if attn not in PACKING_ATTENTION or not getattr(model, "_supports_attention_backend", False):
+        raise ShadowFTError(
+            f"data.packing: {name} with attention {attn} cannot keep packed conversations apart "
+            f"(it does not mask by position ids)",
+            hint="set data.packing=false for this model (or use a model on transformers' attention interface)",
+        )
 
 
 def data_packing(data_dir: Path) -> bool:
