@@ -14,7 +14,7 @@ from shadowft.cli import COMMANDS, GROUPS, app
 
 ROOT = Path(__file__).resolve().parent.parent
 EVERY_COMMAND = {"similarity", "check-pair", "delta", "graft", "convert", "eval", "suites", "zoo", "store",
-                 "run", "demo", "compare", "serve"}
+                 "run", "demo", "compare", "serve", "plan"}
 
 
 def _commands(help_text: str) -> set[str]:
