@@ -45,4 +45,6 @@ def test_two_process_training_in_the_pipeline_then_all_cached(prefect_env, zoo_f
 
     again_state, again, _ = run_flow(cfg)
     assert again_state == "Completed"
-    assert all(s == "Cached" for s in again.values()), again
+    # every stage from cache (the report is rendered again, as in tests/test_pipeline.py)
+    assert all(s == "Cached" for name, s in again.items() if name != "report"), again
+    assert again["train-base"] == again["train-instruct"] == "Cached"

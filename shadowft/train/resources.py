@@ -167,6 +167,11 @@ def resolve_launch(spec: TrainConfig, *, gpus: int | None = None) -> LaunchPlan:
             f"train.distributed={dist} is configured through an accelerate config",
             hint="set train.launcher=accelerate (or auto)",
         )
+    if launcher == "accelerate" and device == "cpu" and world > 1:
+        raise ShadowFTError(
+            "accelerate launch starts several CPU processes only through MPI, which shadowft does not configure",
+            hint="on CPU use train.launcher=torchrun (or auto) for several processes",
+        )
     config = spec.accelerate_config
     if launcher == "accelerate" and config is None:
         config = str(CONFIG_DIR / SHIPPED_CONFIGS["ddp" if dist == "none" else dist])

@@ -155,3 +155,15 @@ def test_sigkill_of_the_launching_process_then_resume(zoo_family, prepared, tmp_
     r = train_model(zoo_family.base, prepared, s, out, work)
     assert r.resumed_step >= 2 and r.resumed_from and r.global_step == 40 and r.world_size == 2
     assert_none_left(work)
+
+
+def test_accelerate_launch_runs_the_same_worker(zoo_family, prepared, tmp_path):
+    """`accelerate launch` with the shipped DDP config, one CPU process (accelerate starts several CPU
+    processes only through MPI; on GPUs the same command starts one per GPU)."""
+    events: list[dict] = []
+    r = train_model(zoo_family.base, prepared, spec(launcher="accelerate"), tmp_path / "out", tmp_path / "work",
+                    events.append)
+    assert (r.launcher, r.world_size, r.global_step) == ("accelerate", 1, 4)
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4]
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert_none_left(tmp_path / "work")

@@ -131,9 +131,9 @@ def accelerate_args(plan: Any) -> list[str]:
         f"--main_process_port={plan.main_port}",
     ]
     if plan.device == "cpu":
-        args.append("--cpu")
-    if plan.world_size > 1 and plan.distributed == "ddp":
-        args.append("--multi_gpu")  # accelerate's name for DDP through torch.distributed.run, CPU included
+        args.append("--cpu")  # one process (accelerate starts several CPU processes only through MPI)
+    elif plan.world_size > 1 and plan.distributed == "ddp":
+        args.append("--multi_gpu")  # accelerate's name for DDP through torch.distributed.run
     return args
 
 
