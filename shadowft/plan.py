@@ -326,36 +326,41 @@ def format_estimate(est: MemoryEstimate) -> str:
 
 
 def sizing_table(batch_size: int = 1, seq_len: int = 4096, gpu_gib: float = 80.0) -> str:
-    """The README's table: the paper's models x LoRA / full x 1 / 8 GPUs (bf16), per-GPU GiB."""
+    """The README's table: the paper's models x LoRA / full x 1 / 8 GPUs (bf16), GiB per GPU."""
     rows = [
-        "| model | method | GPUs | strategy | per GPU (GiB) | fits 80 GB |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | method | GPUs | strategy | GiB per GPU | with gradient checkpointing |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
     ]
+
+    def cell(est: MemoryEstimate) -> str:
+        return f"{est.total / GiB:.1f}" + ("" if est.fits else " (no)")
+
     for name in KNOWN_MODELS:
         shape = model_shape(name)
-        for method in ("lora", "full"):
-            for world, dist in ((1, "none"), (8, "ddp"), (8, "deepspeed")):
-                if method == "lora" and dist == "deepspeed":
-                    continue
-                for ckpt in (False, True):
-                    est = estimate(
-                        shape,
-                        model=name,
-                        method=method,
-                        precision="bf16",
-                        distributed=dist,
-                        world_size=world,
-                        batch_size=batch_size,
-                        seq_len=seq_len,
-                        gradient_checkpointing=ckpt,
-                        device_bytes=gpu_gib * GiB,
-                    )
-                    strat = {"none": "one process", "ddp": "DDP", "deepspeed": "ZeRO-3"}[dist]
-                    strat += " + grad. ckpt" if ckpt else ""
-                    rows.append(
-                        f"| {name} | {method} | {world} | {strat} | {est.total / GiB:.1f} | "
-                        f"{'yes' if est.fits else 'no'} |"
-                    )
+        for method, world, dist in (
+            ("lora", 1, "none"),
+            ("lora", 8, "ddp"),
+            ("full", 1, "none"),
+            ("full", 8, "ddp"),
+            ("full", 8, "deepspeed"),
+        ):
+            plain, ckpt = (
+                estimate(
+                    shape,
+                    model=name,
+                    method=method,
+                    precision="bf16",
+                    distributed=dist,
+                    world_size=world,
+                    batch_size=batch_size,
+                    seq_len=seq_len,
+                    gradient_checkpointing=c,
+                    device_bytes=gpu_gib * GiB,
+                )
+                for c in (False, True)
+            )
+            strat = {"none": "one process", "ddp": "DDP", "deepspeed": "ZeRO-3"}[dist]
+            rows.append(f"| {name} | {method} | {world} | {strat} | {cell(plain)} | {cell(ckpt)} |")
     return "\n".join(rows)
 
 
