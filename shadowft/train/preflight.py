@@ -59,11 +59,27 @@ def check_accelerate_config(plan: LaunchPlan) -> None:
         )
 
 
+#: train.report_to -> the packages that can serve it (any one)
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def check_tracker(report_to: str) -> None:
+    """A tracker whose package is missing fails here, not after the model has loaded."""
+    packages = TRACKER_PACKAGES.get(report_to, ())
+    if packages and not any(importlib.util.find_spec(p) is not None for p in packages):
+        extra = 'pip install "shadowft[tensorboard]"' if report_to == "tensorboard" else f"pip install {report_to}"
+        raise ShadowFTError(
+            f"train.report_to={report_to} needs the `{packages[0]}` package, which is not installed",
+            hint=f"{extra}, or set train.report_to=none",
+        )
+
+
 def preflight(model_dir: Path, data_dir: Path, spec: TrainConfig, *, trust_remote_code: bool = False) -> LaunchPlan:
     """Everything checkable before a model loads. -> the launch plan"""
     from shadowft.plan import check_fit, estimate_for_job
 
     plan = resolve_launch(spec)
+    check_tracker(spec.report_to)
     if plan.launcher == "accelerate":
         check_accelerate_config(plan)
     check_fit(estimate_for_job(model_dir, data_dir, spec, plan, trust_remote_code=trust_remote_code))

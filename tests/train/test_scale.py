@@ -171,3 +171,17 @@ def test_threads_recorded_and_weights_reproducible(llama_trio, prepared, tmp_pat
     assert a.threads == b.threads == 1
     wa, wb = (load_file(str(p / "adapter_model.safetensors")) for p in (tmp_path / "a", tmp_path / "b"))
     assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_a_tracker_without_its_package_fails_before_training(llama_trio, prepared, tmp_path):
+    import importlib.util
+
+    from shadowft.train.preflight import check_tracker
+
+    check_tracker("tensorboard")  # installed here (the `tensorboard` extra)
+    check_tracker("none")
+    if importlib.util.find_spec("mlflow") is None:
+        with pytest.raises(ShadowFTError, match="report_to=mlflow needs the `mlflow` package") as err:
+            train_model(llama_trio["base"], prepared(False), TrainConfig(max_steps=1, report_to="mlflow"),
+                        tmp_path / "o", tmp_path / "w")
+        assert "report_to=none" in err.value.hint and not (tmp_path / "o").exists()
