@@ -138,6 +138,13 @@ def main() -> None:
         "--loaded", action=argparse.BooleanOptionalAction, default=True, help="the cold pipeline beside a neighbour"
     )
     ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of this process (evaluation runs here; training sets its own train.threads), "
+        "as `shadowft compare --threads`",
+    )
+    ap.add_argument(
         "--packing", action=argparse.BooleanOptionalAction, default=True, help="training tokens/s padded vs packed"
     )
     args = ap.parse_args()
@@ -154,6 +161,10 @@ def main() -> None:
     from shadowft.zoo.build import build_family
 
     cfg = load_config(args.config, args.overrides)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     builds = family_builds(home) if args.family_build else {}
     with prefect_test_harness(server_startup_timeout=120):
         t0 = time.perf_counter()
@@ -194,6 +205,7 @@ def main() -> None:
     record = {
         "config": str(args.config),
         "overrides": args.overrides,
+        "threads": args.threads,
         "family_install_s": family_s,
         "family_from_scratch_s": builds,
         "family_manifest": json.loads(family.manifest.read_text()).get("timings", {})
