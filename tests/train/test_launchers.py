@@ -167,3 +167,21 @@ def test_accelerate_launch_runs_the_same_worker(zoo_family, prepared, tmp_path):
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4]
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     assert_none_left(tmp_path / "work")
+
+
+def test_two_nodes_through_the_train_stage_share_one_artifact(zoo_family, tmp_path):
+    """The train stage on each node (same config but node_rank, one shared store): node 0 builds and
+    publishes; node 1 runs its rank without taking the key's lock, then returns node 0's artifact."""
+    from shadowft.stages import data_spec, run, train_spec
+    from shadowft.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path / "store")
+    data, _ = run(data_spec(DataConfig(sources=[str(zoo_family.data / "domain.jsonl")], max_samples=32,
+                                       max_length=128), zoo_family.instruct), store)
+    port = free_port()
+    specs = {r: spec(num_processes=1, num_nodes=2, node_rank=r, main_port=port) for r in (0, 1)}
+    with ThreadPoolExecutor(2) as pool:
+        futures = {r: pool.submit(run, train_spec(specs[r], zoo_family.base, data, store), store) for r in (0, 1)}
+        (art0, built0), (art1, built1) = (futures[r].result(timeout=600) for r in (0, 1))
+    assert built0 and not built1 and art0.path == art1.path
+    assert json.loads((art0.path / "model" / "train_result.json").read_text())["world_size"] == 2
