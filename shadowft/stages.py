@@ -164,10 +164,18 @@ def resolve_model(ref: str, revision: str | None = None, role: str = "model", tr
 
 def preflight(config: RunConfig) -> None:
     """Checks that need neither models nor data, run before any stage so that a typo does not cost a
-    training run: the evaluation suites exist, and code suites are opted in (HF_ALLOW_CODE_EVAL=1)."""
+    training run: the evaluation suites exist, code suites are opted in (HF_ALLOW_CODE_EVAL=1), and
+    the training launch can run here (strategy, processes, accelerate config, tracker package)."""
     from shadowft.evaluate import require_code_opt_in, resolve_suites
+    from shadowft.train.preflight import check_accelerate_config, check_tracker
+    from shadowft.train.resources import resolve_launch
 
     require_code_opt_in(resolve_suites(config.eval.suites))
+    # the launch (processes, nodes, strategy), its engine config and the tracker: before any stage
+    plan = resolve_launch(config.train)
+    check_tracker(config.train.report_to)
+    if plan.launcher == "accelerate":
+        check_accelerate_config(plan)
 
 
 def zoo_placeholders(family_root: Path) -> dict[str, Path]:

@@ -185,3 +185,13 @@ def test_a_tracker_without_its_package_fails_before_training(llama_trio, prepare
             train_model(llama_trio["base"], prepared(False), TrainConfig(max_steps=1, report_to="mlflow"),
                         tmp_path / "o", tmp_path / "w")
         assert "report_to=none" in err.value.hint and not (tmp_path / "o").exists()
+
+
+def test_run_preflight_refuses_a_launch_that_cannot_run_before_any_stage():
+    from shadowft.stages import preflight
+
+    preflight(load_config(None, ["train.num_processes=2"]))  # DDP over gloo runs on CPU
+    with pytest.raises(ShadowFTError, match="train.distributed=fsdp needs CUDA GPUs"):
+        preflight(load_config(None, ["train.distributed=fsdp"]))
+    with pytest.raises(ShadowFTError, match="accelerate launch starts several CPU processes only through MPI"):
+        preflight(load_config(None, ["train.num_processes=2", "train.launcher=accelerate"]))
