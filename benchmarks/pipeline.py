@@ -9,6 +9,11 @@ In one fresh SHADOWFT_HOME and PREFECT_HOME (so nothing is cached at the start):
            same run after the data file is restored: the stages before evaluation come from cache;
            we report the time the resumed run spends on them, as a fraction of the full run
 
+  loaded   the cold pipeline again (fresh store, family installed) beside a CPU-bound neighbour (a
+           torch matmul loop with torch's default threads), in the same run as the quiet one
+  packing  non-pad tokens per second of a training on the embedded family, padded vs packed
+           (data.packing), same data and steps
+
 With --family-build it also trains the default family from scratch twice, in one run: on a quiet
 machine, and beside a CPU-bound neighbour (a torch matmul loop with torch's default threads, the
 usual neighbour on a shared machine). The demo itself installs the family shipped with the package.
@@ -81,6 +86,29 @@ def cpu_neighbour():
         proc.wait()
 
 
+def packing_rows(home: Path, family, steps: int = 40) -> dict[str, dict[str, float]]:
+    """Training throughput on the embedded family with and without data.packing (non-pad tokens/s)."""
+    from shadowft.config import DataConfig, TrainConfig
+    from shadowft.data import prepare_dataset
+    from shadowft.train import train_model
+
+    out: dict[str, dict[str, float]] = {}
+    for packing in (False, True):
+        label = "packed" if packing else "padded"
+        data = home / f"packing-{label}" / "data"
+        stats = prepare_dataset(
+            DataConfig(sources=[str(family.data / "domain.jsonl")], max_samples=600, max_length=256, packing=packing),
+            family.instruct,
+            data,
+        )
+        spec = TrainConfig(max_steps=steps, batch_size=8, grad_accum=1, lr=2e-3, save_steps=10_000)
+        r = train_model(family.base, data, spec, data.parent / "out", data.parent / "work")
+        tokens = steps * spec.batch_size * stats.mean_length  # non-pad tokens seen (mean over the data)
+        fit_s = r.seconds
+        out[label] = {"seconds": fit_s, "tokens": tokens, "tokens_per_s": tokens / fit_s, "final_loss": r.final_loss}
+    return out
+
+
 def family_builds(home: Path) -> dict[str, float]:
     """Seconds for a from-scratch default family build, quiet and beside a CPU-bound neighbour."""
     from shadowft.zoo.build import build_family
@@ -106,6 +134,19 @@ def main() -> None:
     ap.add_argument(
         "--family-build", action="store_true", help="also time from-scratch family builds, quiet and loaded"
     )
+    ap.add_argument(
+        "--loaded", action=argparse.BooleanOptionalAction, default=True, help="the cold pipeline beside a neighbour"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of this process (evaluation runs here; training sets its own train.threads), "
+        "as `shadowft compare --threads`",
+    )
+    ap.add_argument(
+        "--packing", action=argparse.BooleanOptionalAction, default=True, help="training tokens/s padded vs packed"
+    )
     args = ap.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="shadowft-bench-pipeline-"))
@@ -120,6 +161,10 @@ def main() -> None:
     from shadowft.zoo.build import build_family
 
     cfg = load_config(args.config, args.overrides)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     builds = family_builds(home) if args.family_build else {}
     with prefect_test_harness(server_startup_timeout=120):
         t0 = time.perf_counter()
@@ -140,11 +185,27 @@ def main() -> None:
         )
         resume_s, resume_state, resume_tasks = timed_run(failing)
 
+        loaded: dict = {}
+        if args.loaded:  # the same cold pipeline in a fresh store, beside a CPU-bound neighbour
+            os.environ["SHADOWFT_HOME"] = str(home / "shadowft-loaded")
+            build_family(progress=False)
+            with cpu_neighbour():
+                loaded_s, loaded_state, loaded_tasks = timed_run(cfg)
+            os.environ["SHADOWFT_HOME"] = str(home / "shadowft")
+            loaded = {
+                "pipeline_s": loaded_s,
+                "state": loaded_state,
+                "ratio_to_quiet": loaded_s / cold_s,
+                "tasks": loaded_tasks,
+            }
+    packing = packing_rows(home, family) if args.packing else {}
+
     done_before = [t for t in resume_tasks if not t["name"].startswith(EVAL_STAGES)]
     cached_s = sum(t["seconds"] for t in done_before)
     record = {
         "config": str(args.config),
         "overrides": args.overrides,
+        "threads": args.threads,
         "family_install_s": family_s,
         "family_from_scratch_s": builds,
         "family_manifest": json.loads(family.manifest.read_text()).get("timings", {})
@@ -166,6 +227,8 @@ def main() -> None:
             "fraction_of_full_run": cached_s / cold_s,
             "stages_already_done": {t["name"]: t["state"] for t in done_before},
         },
+        "loaded": loaded,
+        "packing": packing,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
     from rich.console import Console
@@ -190,6 +253,20 @@ def main() -> None:
     t.add_row("warm (all cached)", f"{warm_s:.1f}", f"{warm_s / cold_s:.3f}", "<= 30 s")
     t.add_row("resume: time on stages already done", f"{cached_s:.2f}", f"{cached_s / cold_s:.3f}", "< 0.10")
     t.add_row("resume: whole resumed run", f"{resume_s:.1f}", f"{resume_s / cold_s:.2f}", "")
+    if loaded:
+        t.add_row(
+            "loaded: pipeline beside a CPU-bound process",
+            f"{loaded['pipeline_s']:.1f}",
+            f"{loaded['ratio_to_quiet']:.2f} x quiet",
+            "<= 1.5 x quiet",
+        )
+    for label, row in packing.items():
+        t.add_row(
+            f"training {label}: {row['tokens_per_s']:.0f} non-pad tokens/s",
+            f"{row['seconds']:.1f}",
+            f"{packing['padded']['seconds'] / row['seconds']:.2f} x padded speed",
+            "",
+        )
     Console().print(t)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=2) + "\n")

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from shadowft import __version__, cli_eval, cli_flows, cli_store, cli_weights, cli_zoo
+from shadowft import __version__, cli_eval, cli_flows, cli_plan, cli_store, cli_weights, cli_zoo
 from shadowft.console import console, err_console, set_verbose
 from shadowft.errors import ShadowFTError
 
@@ -30,6 +30,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "demo": cli_flows.demo,
     "compare": cli_flows.compare,
     "serve": cli_flows.serve,
+    "plan": cli_plan.plan,
 }
 #: name -> a group of subcommands
 GROUPS: dict[str, typer.Typer] = {

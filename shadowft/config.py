@@ -67,6 +67,10 @@ Scheduler = Literal[
 ]
 DataFormat = Literal["auto", "messages", "sharegpt", "alpaca"]
 Baseline = Literal["instruct", "direct"]
+Distributed = Literal["auto", "none", "ddp", "fsdp", "deepspeed"]
+LauncherName = Literal["auto", "inprocess", "torchrun", "accelerate"]
+ReportTo = Literal["none", "tensorboard", "wandb", "mlflow"]
+AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 
 
 class _Section(BaseModel):
@@ -138,6 +142,12 @@ class DataConfig(_Section):
     )
     system_prompt: str | None = Field(
         default=None, description="System message added to conversations that have none; empty = none added."
+    )
+    packing: bool = Field(
+        default=False,
+        description="Train on several conversations per sequence, padding-free (position ids restart per "
+        "conversation, so none attends to another); needs an attention implementation that supports it "
+        "(sdpa, flash_attention_2).",
     )
 
     @field_validator("sources")
@@ -212,6 +222,52 @@ class TrainConfig(_Section):
     )
     dpo_loss: DPOLoss = Field(
         default="sigmoid", description="DPO only: TRL's loss type; sigmoid is the original DPO loss (TRL's default)."
+    )
+    # -- how and where the training runs (launched jobs: shadowft.train.launchers) --
+    distributed: Distributed = Field(
+        default="auto",
+        description="Multi-process strategy: auto (none for one process, ddp for several), none, ddp (a full "
+        "replica per process), fsdp or deepspeed (ZeRO-3: weights, gradients and optimizer states sharded; "
+        "GPU only). Global batch = batch_size x grad_accum x num_processes x num_nodes.",
+    )
+    num_processes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Processes (ranks) per node; empty = the visible GPUs (1 on CPU). More than one starts a "
+        "launched job (torchrun / accelerate launch).",
+    )
+    num_nodes: int = Field(default=1, ge=1, description="Machines the job spans (torchrun --nnodes).")
+    node_rank: int = Field(default=0, ge=0, description="This machine's rank among num_nodes (0 = the main node).")
+    main_address: str = Field(
+        default="127.0.0.1", description="Rendezvous address: the main node's host name or IP (torchrun --master_addr)."
+    )
+    main_port: int = Field(default=29500, ge=1, le=65535, description="Rendezvous port on the main node.")
+    launcher: LauncherName = Field(
+        default="auto",
+        description="How the processes start: auto (in-process for one, torchrun for ddp, accelerate launch "
+        "for fsdp / deepspeed or with accelerate_config), inprocess, torchrun or accelerate.",
+    )
+    accelerate_config: str | None = Field(
+        default=None,
+        description="An `accelerate launch` config file (yours, or the project's configs/accelerate/*.yaml); "
+        "empty = the shipped one for the strategy.",
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads per process for torch; empty = 1 for models under 50M parameters (more "
+        "threads only contend on a shared CPU), else the physical cores divided among the local processes. "
+        "Fixed by the config, never by the machine's momentary load.",
+    )
+    attn_implementation: AttnImplementation = Field(
+        default="auto",
+        description="Attention kernel: auto (flash_attention_2 on a GPU where it is installed, else sdpa), "
+        "sdpa, eager or flash_attention_2.",
+    )
+    report_to: ReportTo = Field(
+        default="none",
+        description="Experiment tracker: none, tensorboard (offline event files in the run's work dir), wandb or "
+        "mlflow (credentials only from their environment variables).",
     )
 
     @field_validator("lora_targets")
@@ -355,7 +411,11 @@ class OutputConfig(_Section):
 STAGES = ("pair", "data", "train", "delta", "graft", "eval", "report")
 
 # Fields that change how a stage runs but not what it produces (left out of cache keys).
-_NOT_IN_KEY = {"train": {"save_steps", "save_total_limit"}, "pair": {"force"}, "eval": {"batch_size"}}
+_NOT_IN_KEY = {
+    "train": {"save_steps", "save_total_limit", "node_rank", "main_address", "main_port", "report_to", "launcher"},
+    "pair": {"force"},
+    "eval": {"batch_size"},
+}
 #: TrainConfig fields that only one training method reads (the others' are left out of its key).
 METHOD_FIELDS: dict[str, set[str]] = {
     "lora": {"lora_rank", "lora_alpha", "lora_dropout", "lora_targets"},

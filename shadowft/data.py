@@ -74,6 +74,7 @@ class DataStats:
     mean_length: float
     sources: list[SourceStats] = field(default_factory=list)
     out_dir: str = ""
+    packing: bool = False  # data.packing: the train stage packs batches padding-free
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -508,6 +509,7 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
         mean_length=round(sum(lengths) / len(lengths), 2),
         sources=per_source,
         out_dir=str(out_dir),
+        packing=spec.packing,
     )
 
     features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32"))})

@@ -222,6 +222,11 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
     from datasets import Dataset
 
     out_dir = Path(out_dir)
+    if getattr(spec, "packing", False):
+        raise ShadowFTError(
+            "data.packing applies to SFT only: DPO batches chosen and rejected replies of one prompt together",
+            hint="set data.packing=false with train.objective=dpo",
+        )
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
     tok = load_tokenizer(tokenizer_dir)

@@ -16,6 +16,7 @@ Artifact layout (under the store's `artifacts/<stage>/<key>/`):
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,15 +62,42 @@ class StageSpec:
     config: Any
     inputs: dict[str, str]
     produce: Callable[[Path], dict | None]
+    #: set on a worker node of a multi-node training (train.node_rank > 0): runs this node's ranks
+    #: instead of building; node 0 builds and publishes the artifact in the shared store
+    lend: Callable[[], None] | None = None
 
     @property
     def key(self) -> str:
         return artifact_key(self.stage, STAGE_VERSIONS[self.stage], self.config, self.inputs)
 
 
+#: how long a worker node waits for node 0 to publish after their joint training ended
+LEND_PUBLISH_TIMEOUT_S = 600.0
+
+
 def run(spec: StageSpec, store: ArtifactStore) -> tuple[Artifact, bool]:
-    """Build the spec's artifact unless it exists. -> (artifact, built now)"""
-    return store.build(spec.stage, spec.key, spec.produce, config=spec.config, inputs=spec.inputs)
+    """Build the spec's artifact unless it exists. -> (artifact, built now)
+
+    A worker node of a multi-node training (`spec.lend`) does not build: it runs its ranks (without
+    the key's lock, which node 0 holds while they train together), then returns the artifact node 0
+    published in the shared store.
+    """
+    if spec.lend is None:
+        return store.build(spec.stage, spec.key, spec.produce, config=spec.config, inputs=spec.inputs)
+    found = store.get(spec.stage, spec.key)
+    if found is not None:
+        return found, False
+    spec.lend()
+    deadline = time.monotonic() + LEND_PUBLISH_TIMEOUT_S
+    while (found := store.get(spec.stage, spec.key)) is None:
+        if time.monotonic() > deadline:
+            raise ShadowFTError(
+                f"this node's ranks finished, but node 0 published no {spec.stage} artifact {spec.key} within "
+                f"{LEND_PUBLISH_TIMEOUT_S:.0f} s",
+                hint="SHADOWFT_HOME must be storage that every node sees; check node 0's run",
+            )
+        time.sleep(1.0)
+    return found, False
 
 
 # -- identities of inputs ------------------------------------------------------------------------
@@ -136,11 +164,19 @@ def resolve_model(ref: str, revision: str | None = None, role: str = "model", tr
 
 def preflight(config: RunConfig) -> None:
     """Checks that need neither models nor data, run before any stage so that a typo does not cost a
-    training run: the evaluation suites exist, and code suites are opted in (HF_ALLOW_CODE_EVAL=1)."""
+    training run: the evaluation suites exist, code suites are opted in (HF_ALLOW_CODE_EVAL=1), and
+    the training launch can run here (strategy, processes, accelerate config, tracker package)."""
     from shadowft.evaluate import require_code_opt_in, resolve_suites
+    from shadowft.train.preflight import check_accelerate_config, check_tracker
+    from shadowft.train.resources import resolve_launch
 
     check_local_inputs(config)
     require_code_opt_in(resolve_suites(config.eval.suites))
+    # the launch (processes, nodes, strategy), its engine config and the tracker: before any stage
+    plan = resolve_launch(config.train)
+    check_tracker(config.train.report_to)
+    if plan.launcher == "accelerate":
+        check_accelerate_config(plan)
 
 
 def check_local_inputs(config: RunConfig) -> None:
@@ -238,7 +274,19 @@ def train_spec(
         # not out_dir: it names the store's temporary dir, renamed away when the artifact is published
         return {"train": {k: v for k, v in result.to_dict().items() if k != "out_dir"}}
 
+    def lend() -> None:
+        train_model(
+            model,
+            data.path / "data",
+            train,
+            store.work_dir("train", spec.key) / "unused-out",
+            store.work_dir("train", spec.key),
+            progress,
+        )
+
     spec.produce = produce
+    if train.node_rank > 0:
+        spec.lend = lend
     return spec
 
 

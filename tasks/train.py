@@ -52,6 +52,9 @@ def train(train: TrainConfig, model: Path, data: Artifact, role: str, store_root
         f"- final loss: {info['final_loss']}, mean train loss: {info['train_loss']}\n"
         f"- lr {info['lr']}, {info['trainable_params']:,} of {info['total_params']:,} parameters trained, "
         f"{info['seconds']:.0f}s on {info['device']} ({info['precision']})\n"
+        f"- launched: {info.get('launcher', 'inprocess')}, {info.get('distributed', 'none')}, world size "
+        f"{info.get('world_size', 1)} ({info.get('devices', '')}); global batch {info.get('global_batch')} = "
+        f"batch x grad_accum x world size\n"
         f"- loss curve: {len(curve)} points in `{art.path / 'loss_curve.json'}`\n"
     )
     create_markdown_artifact(md, key=artifact_key_name("training", role), description=f"Training summary ({role})")

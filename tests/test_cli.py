@@ -27,6 +27,7 @@ EVERY_COMMAND = {
     "demo",
     "compare",
     "serve",
+    "plan",
 }
 
 
@@ -100,21 +101,29 @@ def _run_in(tmp: Path, *args: str, timeout: float = 300) -> tuple[subprocess.Com
     import os
     import time
 
-    env = {**os.environ, "COLUMNS": "120", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "PREFECT_HOME": str(tmp / "prefect")}
+    env = {
+        **os.environ,
+        "COLUMNS": "120",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "PREFECT_HOME": str(tmp / "prefect"),
+    }
     for k in ("SHADOWFT_HOME", "PREFECT_API_URL"):
         env.pop(k, None)
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "shadowft", *args], capture_output=True, text=True, cwd=tmp, env=env,
-                       timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-m", "shadowft", *args], capture_output=True, text=True, cwd=tmp, env=env, timeout=timeout
+    )
     return r, time.monotonic() - t0
 
 
 def test_missing_inputs_fail_in_seconds_before_prefect_and_the_family(tmp_path):
     """A missing Base dir or data file: exit 2 with a hint, no Prefect server, no family installed."""
     toy = str(ROOT / "examples" / "toy.yaml")
-    for override, says in (("pair.base=/nonexistent", "base model '/nonexistent' is not a directory"),
-                           ("data.sources=[./nope.jsonl]", "data source './nope.jsonl' does not exist")):
+    for override, says in (
+        ("pair.base=/nonexistent", "base model '/nonexistent' is not a directory"),
+        ("data.sources=[./nope.jsonl]", "data source './nope.jsonl' does not exist"),
+    ):
         r, seconds = _run_in(tmp_path, "run", toy, "--set", override)
         assert r.returncode == 2 and says in r.stderr and "hint:" in r.stderr, r.stderr
         assert seconds < 5 + 5  # under 5 s on an idle machine; slack for a loaded CI box
@@ -137,8 +146,9 @@ def test_a_failed_run_prints_its_error_once_and_leaves_no_pending_id(tmp_path):
     assert r.returncode == 2 and out.count("is above the threshold") == 1 and out.count("hint:") == 1, out
     assert "PairError" not in out and "Traceback" not in out
     # --verbose brings Prefect's own lines back (here: its failure states, without a traceback)
-    r, _ = _run_in(tmp_path, "--verbose", "run", str(ROOT / "examples" / "toy.yaml"), "--set",
-                   "data.sources=[./bad.jsonl]")
+    r, _ = _run_in(
+        tmp_path, "--verbose", "run", str(ROOT / "examples" / "toy.yaml"), "--set", "data.sources=[./bad.jsonl]"
+    )
     assert r.returncode == 2 and "Finished in state Failed" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
 
@@ -161,8 +171,13 @@ def test_quiet_mode_silences_the_generation_length_warning_and_verbose_keeps_it(
     env.pop("TRANSFORMERS_VERBOSITY", None)
     said = {}
     for mode in ("quiet", "verbose"):
-        r = subprocess.run([sys.executable, "-c", code, mode, str(zoo_family.root / "instruct")], capture_output=True,
-                           text=True, env=env, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", code, mode, str(zoo_family.root / "instruct")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         said[mode] = r.stderr
     assert "seem to have been set" in said["verbose"] and "seem to have been set" not in said["quiet"]
@@ -171,8 +186,20 @@ def test_quiet_mode_silences_the_generation_length_warning_and_verbose_keeps_it(
 def test_a_run_refused_by_the_promotion_gate_exits_3_with_the_table_of_drops(tmp_path):
     import json
 
-    args = ["run", str(ROOT / "examples" / "toy.yaml"), "--set", "output.promote=true", "--set", "train.max_steps=3",
-            "--set", "eval.limit=5", "--set", "baselines=[instruct]", "--set", "eval.suites=[toy-math,toy-reasoning]"]
+    args = [
+        "run",
+        str(ROOT / "examples" / "toy.yaml"),
+        "--set",
+        "output.promote=true",
+        "--set",
+        "train.max_steps=3",
+        "--set",
+        "eval.limit=5",
+        "--set",
+        "baselines=[instruct]",
+        "--set",
+        "eval.suites=[toy-math,toy-reasoning]",
+    ]
     r, _ = _run_in(tmp_path, *args)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     promoted = (tmp_path / "runs" / "toy" / "promoted").resolve()

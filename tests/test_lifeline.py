@@ -75,7 +75,15 @@ def test_children_in_their_own_session_die_with_a_sigkilled_parent(tmp_path):
 @pytest.mark.slow
 def test_sigkilled_run_leaves_no_prefect_server(tmp_path):
     """`shadowft run` killed with SIGKILL while its temporary Prefect API (uvicorn) runs: the API stops too."""
-    cmd = [sys.executable, "-m", "shadowft", "run", str(ROOT / "examples" / "toy.yaml"), "--set", "train.max_steps=2000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shadowft",
+        "run",
+        str(ROOT / "examples" / "toy.yaml"),
+        "--set",
+        "train.max_steps=2000",
+    ]
     run = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     server = []
@@ -105,10 +113,23 @@ def test_serve_stopped_by_a_supervisor_frees_its_port(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "shadowft", "serve", "--port", str(port), "--prefect-home", str(tmp_path / "ph"),
-           "--log-dir", str(tmp_path / "logs"), "--nightly-data", str(tmp_path / "n.jsonl")]
-    serve = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "shadowft",
+        "serve",
+        "--port",
+        str(port),
+        "--prefect-home",
+        str(tmp_path / "ph"),
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--nightly-data",
+        str(tmp_path / "n.jsonl"),
+    ]
+    serve = subprocess.Popen(
+        cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 240
     for line in serve.stdout:  # wait until the UI is announced (server, pool, deployments, worker up)
         if "Prefect UI" in line or time.monotonic() > deadline:

@@ -272,18 +272,43 @@ def _floats(x):
 def test_run_folder_describes_the_run_and_the_promotion_gate_decides(prefect_env, llama_trio, tmp_path):
     """runs/<name>/<time>/ holds a self-describing report; a re-tune is promoted unless a suite regresses
     (then the flow run ends Failed with the table of drops, and `promoted` stays where it was)."""
-    cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.seed=31", "output.name=nightly-test",
-                      "output.promote=true", "output.max_regression=1.0")
+    cfg = make_config(
+        llama_trio,
+        write_dataset(tmp_path / "d.jsonl"),
+        "train.seed=31",
+        "output.name=nightly-test",
+        "output.promote=true",
+        "output.max_regression=1.0",
+    )
     flow_state, states, result = run_flow(cfg)
     assert flow_state == "Completed", states
     first = Path(result["folder"])
     base = tmp_path / "runs" / "nightly-test"
     assert first.parent == base and (base / "latest").resolve() == first and (base / "promoted").resolve() == first
-    assert {p.name for p in first.iterdir()} == {"report.md", "summary.json", "chart.png", "loss.png", "config.yaml",
-                                                 "artifacts.json"}
+    assert {p.name for p in first.iterdir()} == {
+        "report.md",
+        "summary.json",
+        "chart.png",
+        "loss.png",
+        "config.yaml",
+        "artifacts.json",
+    }
     report = (first / "report.md").read_text()
-    for fact in ("mean sigma", "samples", "tokens", "sft / lora", "4 steps", "lr 0.0002", "global batch 32",
-                 "alpha 1", "scope `projections`", "backend hf", "chat template", "Stage times", "±"):
+    for fact in (
+        "mean sigma",
+        "samples",
+        "tokens",
+        "sft / lora",
+        "4 steps",
+        "lr 0.0002",
+        "global batch 32",
+        "alpha 1",
+        "scope `projections`",
+        "backend hf",
+        "chat template",
+        "Stage times",
+        "±",
+    ):
         assert fact in report, fact
     summary = json.loads((first / "summary.json").read_text())
     assert summary["run"]["train"]["base"]["steps"] == 4 and summary["stderr"]["shadow-ft"]["toy-math"] is not None
@@ -308,11 +333,15 @@ def test_run_folder_describes_the_run_and_the_promotion_gate_decides(prefect_env
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        gate = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["shadow-ft-promotion"])))
+        gate = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["shadow-ft-promotion"]))
+        )
         assert "**drop**" in max(gate, key=lambda a: a.created).data
 
     # a looser gate lets the same model through
-    flow_state, _, result = run_flow(cfg.model_copy(update={"output": cfg.output.model_copy(update={"max_regression": 50.0})}))
+    flow_state, _, result = run_flow(
+        cfg.model_copy(update={"output": cfg.output.model_copy(update={"max_regression": 50.0})})
+    )
     assert flow_state == "Completed" and (base / "promoted").resolve() == Path(result["folder"])
 
 
@@ -331,8 +360,9 @@ def test_two_runs_publishing_in_the_same_second_get_two_folders(tmp_path):
         (t / "report.md").write_text(str(i))
         tmps.append(t)
     got: list[Path] = []
-    threads = [threading.Thread(target=lambda t=t: got.append(_rename_to_free_name(t, base, "20260101-000000")))
-               for t in tmps]
+    threads = [
+        threading.Thread(target=lambda t=t: got.append(_rename_to_free_name(t, base, "20260101-000000"))) for t in tmps
+    ]
     for t in threads:
         t.start()
     for t in threads:

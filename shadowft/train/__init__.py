@@ -4,7 +4,8 @@
 
 - `objectives/`: the loss (today `sft`), selected by `train.objective`;
 - `methods`: what is trained (`lora` adapter or `full` weights), selected by `train.method`;
-- `launchers/`: how the fit phase's processes start (today `inprocess`).
+- `launchers/`: how the fit phase's processes start (`inprocess`, `torchrun`, `accelerate`), chosen
+  from the `train` section by `resources.resolve_launch`; `worker` is one rank of a launched job.
 
 Importing this package loads no transformers, PEFT or TRL; the phases import them when they run.
 """

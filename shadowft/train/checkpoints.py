@@ -16,7 +16,17 @@ from shadowft.files import write_json_atomic
 
 CHECKPOINT_PREFIX = "checkpoint-"
 # Settings that change the checkpoint cadence or logging, not the job: they may differ on a resume.
-_NOT_PART_OF_JOB = {"save_steps", "save_total_limit", "logging_steps"}
+# (Where the rendezvous is, which node this is, the tracker and the launcher do not change the job either.)
+_NOT_PART_OF_JOB = {
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "node_rank",
+    "main_address",
+    "main_port",
+    "report_to",
+    "launcher",
+}
 
 
 def checkpoint_step(checkpoint: Path) -> int:

@@ -16,6 +16,10 @@ from shadowft.train.job import FitOutcome, TrainJob
 from shadowft.train.methods import get_method
 from shadowft.train.objectives import TrainerParts, get_objective
 from shadowft.train.progress import ProgressFn, progress_callback
+from shadowft.train.resources import resolve_attn_implementation, resolve_threads, thread_limit
+
+#: strategies whose weights live sharded across ranks: saving is a collective (every rank takes part)
+SHARDED = ("fsdp", "deepspeed")
 
 
 def training_args(job: TrainJob) -> dict[str, Any]:
@@ -45,7 +49,7 @@ def training_args(job: TrainJob) -> dict[str, Any]:
         use_cpu=job.device == "cpu",
         activation_checkpointing=spec.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if spec.gradient_checkpointing else None,
-        report_to=[],
+        report_to=[spec.report_to] if spec.report_to in ("wandb", "mlflow") else [],  # tensorboard: fit's own
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -57,18 +61,28 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
     """Train per `job`; resume from `job.resume` when set. `progress` gets every step and log."""
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerState
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
     spec = job.spec
     objective, method = get_objective(spec.objective), get_method(spec.method)
     dataset = load_prepared(job.data_dir)
+    packing = data_packing(job.data_dir)
+    if packing and not objective.supports_packing:
+        raise ShadowFTError(
+            f"data.packing is not supported by the {spec.objective!r} objective",
+            hint="set data.packing=false",
+        )
+    attn = resolve_attn_implementation(spec.attn_implementation, job.device)
     tok_dir = job.data_dir / "tokenizer" if (job.data_dir / "tokenizer").is_dir() else job.model_dir
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
 
     transformers.set_seed(spec.seed)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(job.model_dir), dtype=method.load_dtype(job.precision), trust_remote_code=job.trust_remote_code
+            str(job.model_dir),
+            dtype=method.load_dtype(job.precision),
+            trust_remote_code=job.trust_remote_code,
+            attn_implementation=attn,
         )
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"cannot load a causal LM from {job.model_dir}: {exc}") from None
@@ -79,48 +93,57 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
             f"token id {max_id} in the prepared data is outside the model's vocabulary ({vocab})",
             hint="prepare the data with the tokenizer of this model family (the Instruct model dir)",
         )
-    if spec.gradient_checkpointing:
+    if packing:
+        check_packing(model, attn)
+    if spec.gradient_checkpointing or packing:
+        # packing: with a cache the model skips the position-id masks that keep conversations apart
         model.config.use_cache = False
     model = method.prepare(model, spec)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
+    callbacks = [progress_callback(progress, job.work_dir)]
+    if spec.report_to == "tensorboard":
+        from transformers.integrations import TensorBoardCallback
+
+        board = TensorBoardCallback()
+        board.logging_dir = str(job.work_dir / "tensorboard")  # outlives the checkpoints
+        callbacks.append(board)
     parts = TrainerParts(
         model=model,
         tokenizer=tokenizer,
         dataset=dataset,
         args=training_args(job),
-        callbacks=[progress_callback(progress, job.work_dir)],
+        callbacks=callbacks,
         device=job.device,
         spec=spec,
         data_dir=job.data_dir,
+        packing=packing,
     )
     trainer = objective.build_trainer(parts)
     trainer.remove_callback(PrinterCallback)  # progress goes to `progress`, not stdout
+    world_size = int(trainer.args.world_size)
+    threads = resolve_threads(spec.threads, total, local_processes=max(1, world_size // spec.num_nodes))
     resume = str(job.resume) if job.resume else None
     deterministic = torch.are_deterministic_algorithms_enabled()
     if job.device == "cpu":  # bitwise-reproducible CPU runs (restored afterwards)
         torch.use_deterministic_algorithms(True, warn_only=True)
     training_loss: float | None
     try:
-        if resume and is_finished(Path(resume)):
-            # The run crashed after its last checkpoint and before the output was published. The Trainer
-            # would still run one extra step when resuming mid-epoch at max_steps, so load it instead.
-            trainer._load_from_checkpoint(resume)  # private API: safetensors + weights_only loads
-            trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
-            training_loss = None
-        else:
-            training_loss = trainer.train(resume_from_checkpoint=resume).training_loss
+        with thread_limit(threads):
+            training_loss = _train(trainer, resume)
     except torch.OutOfMemoryError:
         raise ShadowFTError(
             "out of memory while training",
             hint="lower train.batch_size (raise grad_accum to keep the global batch), enable "
-            "train.gradient_checkpointing, lower data.max_length, or use train.method=lora",
+            "train.gradient_checkpointing, lower data.max_length, or use train.method=lora "
+            "(`shadowft plan CONFIG` estimates what fits)",
         ) from None
     finally:
         torch.use_deterministic_algorithms(deterministic)
 
     state = trainer.state
+    sharded = spec.distributed in SHARDED
     return FitOutcome(
         global_step=state.global_step,
         max_steps=state.max_steps,
@@ -131,5 +154,58 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
         trainable_params=trainable,
         total_params=total,
         reference_params=objective.reference_params(trainer),
-        save=lambda out: method.save(trainer.model, tokenizer, spec, job.model_dir, out),
+        save=(
+            (lambda out: _save_sharded(trainer, tokenizer, out))
+            if sharded
+            else (lambda out: method.save(trainer.model, tokenizer, spec, job.model_dir, out))
+        ),
+        collective_save=sharded,
+        world_size=world_size,
+        threads=threads,
+        attn_implementation=attn,
+        packing=packing,
     )
+
+
+#: attention implementations that keep packed conversations apart using position ids
+PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def check_packing(model: Any, attn: str) -> None:
+    """data.packing needs a model whose attention builds its masks from position ids (transformers'
+    attention-interface models: Llama, Qwen, Mistral, Gemma, ...); older ones (Bloom, CodeGen, custom
+    code) would let packed conversations attend to each other."""
+    name = type(model).__name__
+    if attn not in PACKING_ATTENTION or not getattr(model, "_supports_attention_backend", False):
+        raise ShadowFTError(
+            f"data.packing: {name} with attention {attn} cannot keep packed conversations apart "
+            f"(it does not mask by position ids)",
+            hint="set data.packing=false for this model (or use a model on transformers' attention interface)",
+        )
+
+
+def data_packing(data_dir: Path) -> bool:
+    """Whether the prepared data asked for packed batches (`data.packing`, recorded by the data stage)."""
+    import json
+
+    return bool(json.loads((Path(data_dir) / "stats.json").read_text()).get("packing", False))
+
+
+def _train(trainer: Any, resume: str | None) -> float | None:
+    """Train, or resume from `resume`. -> the Trainer's mean loss (None when nothing was left to train)"""
+    from transformers import TrainerState
+
+    if resume and is_finished(Path(resume)):
+        # The run crashed after its last checkpoint and before the output was published. The Trainer
+        # would still run one extra step when resuming mid-epoch at max_steps, so load it instead.
+        trainer._load_from_checkpoint(resume)  # private API: safetensors + weights_only loads
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        return None
+    return float(trainer.train(resume_from_checkpoint=resume).training_loss)
+
+
+def _save_sharded(trainer: Any, tokenizer: Any, out: Path) -> None:
+    """FSDP / ZeRO-3: every rank calls this (the Trainer gathers the shards; the main process writes)."""
+    trainer.save_model(str(out))
+    if trainer.args.process_index == 0:
+        tokenizer.save_pretrained(str(out))

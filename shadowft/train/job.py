@@ -72,3 +72,13 @@ class FitOutcome:
     total_params: int
     save: Callable[[Path], None] = field(repr=False)
     reference_params: int = 0  # a separate reference model in memory (DPO, full); 0 = none
+    #: FSDP / ZeRO-3: every rank must call `save` (the shards are gathered); else only rank 0 does
+    collective_save: bool = False
+    world_size: int = 1
+    threads: int = 1
+    attn_implementation: str = "sdpa"
+    packing: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but `save` (what a launched rank 0 hands back to the launcher)."""
+        return {k: v for k, v in self.__dict__.items() if k != "save"}

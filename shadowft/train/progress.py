@@ -58,6 +58,8 @@ def progress_callback(progress: ProgressFn | None, work_dir: Path) -> Any:
                     progress(event)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if not state.is_world_process_zero:  # launched jobs: rank 0 reports (issue 12)
+                return
             self.pending = {
                 "event": "step",
                 "step": state.global_step,
@@ -68,6 +70,8 @@ def progress_callback(progress: ProgressFn | None, work_dir: Path) -> Any:
                 self._flush()
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if not state.is_world_process_zero:  # launched jobs: rank 0 reports (issue 12)
+                return
             if logs and "loss" in logs:
                 self.last_loss = float(logs["loss"])
                 write_json_atomic(work_dir / "loss_curve.json", loss_curve(state.log_history))

@@ -31,9 +31,11 @@ from shadowft.errors import CheckpointError, OutputExistsError, ShadowFTError
 from shadowft.files import write_json_atomic
 from shadowft.train.checkpoints import checkpoint_step, claim_work_dir
 from shadowft.train.job import FitOutcome, TrainJob
-from shadowft.train.launchers import DEFAULT_LAUNCHER, get_launcher
+from shadowft.train.launchers import get_launcher
 from shadowft.train.objectives import get_objective
+from shadowft.train.preflight import preflight
 from shadowft.train.progress import ProgressFn, loss_curve
+from shadowft.train.resources import resolve_launch
 
 
 @dataclass
@@ -58,6 +60,17 @@ class TrainResult:
     precision: str
     lr: float
     reference_params: int = 0
+    # how it ran (launched jobs: shadowft.train.launchers); global_batch = batch x grad_accum x world_size
+    launcher: str = "inprocess"
+    distributed: str = "none"
+    world_size: int = 1
+    num_nodes: int = 1
+    devices: str = "1 x cpu"
+    global_batch: int = 0
+    threads: int = 1
+    attn_implementation: str = "sdpa"
+    packing: bool = False
+    report_to: str = "none"
     loss_curve: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_curve: bool = False) -> dict[str, Any]:
@@ -97,6 +110,7 @@ def setup(
         raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
     get_objective(spec.objective).check_dataset(load_prepared(data_dir), data_dir)
     device, precision = resolve_precision(spec.precision)
+    preflight(model_dir, data_dir, spec, trust_remote_code=trust_remote_code)  # fits? engine config sane?
     # The work dir belongs to one training job: refuse to resume checkpoints made with other settings.
     job = {
         "model_dir": str(model_dir.resolve()),
@@ -109,7 +123,22 @@ def setup(
 
 def publish(job: TrainJob, outcome: FitOutcome, out_dir: Path, seconds: float) -> TrainResult:
     """Write the trained weights, the loss curve and the result to `out_dir` (atomically)."""
+    result = summarize(job, outcome, out_dir, seconds)
+    with atomic_output_dir(out_dir) as tmp:  # published by rename only when complete
+        outcome.save(tmp)
+        write_json_atomic(tmp / "loss_curve.json", result.loss_curve)
+        # without `out_dir`: the folder is renamed after this (by us and by the artifact store)
+        on_disk = {k: v for k, v in result.to_dict().items() if k != "out_dir"}
+        write_json_atomic(tmp / "train_result.json", {**on_disk, "spec": job.spec.model_dump(mode="json")})
+    return result
+
+
+def summarize(job: TrainJob, outcome: FitOutcome, out_dir: Path, seconds: float) -> TrainResult:
+    """The `TrainResult` of a finished fit (what `publish` records)."""
+    from shadowft.train.resources import resolve_launch
+
     spec = job.spec
+    plan = resolve_launch(spec)
     curve = loss_curve(outcome.log_history)
     result = TrainResult(
         out_dir=str(out_dir),
@@ -132,14 +161,20 @@ def publish(job: TrainJob, outcome: FitOutcome, out_dir: Path, seconds: float) -
         precision=job.precision,
         lr=spec.effective_lr,
         reference_params=outcome.reference_params,
+        launcher=plan.launcher,
+        distributed=plan.distributed,
+        world_size=outcome.world_size,
+        num_nodes=plan.num_nodes,
+        devices=f"{plan.num_nodes} x {plan.num_processes} x {job.device}"
+        if plan.num_nodes > 1
+        else f"{plan.num_processes} x {job.device}",
+        global_batch=spec.batch_size * spec.grad_accum * outcome.world_size,
+        threads=outcome.threads,
+        attn_implementation=outcome.attn_implementation,
+        packing=outcome.packing,
+        report_to=spec.report_to,
         loss_curve=curve,
     )
-    with atomic_output_dir(out_dir) as tmp:  # published by rename only when complete
-        outcome.save(tmp)
-        write_json_atomic(tmp / "loss_curve.json", curve)
-        # without `out_dir`: the folder is renamed after this (by us and by the artifact store)
-        on_disk = {k: v for k, v in result.to_dict().items() if k != "out_dir"}
-        write_json_atomic(tmp / "train_result.json", {**on_disk, "spec": spec.model_dump(mode="json")})
     return result
 
 
@@ -153,7 +188,7 @@ def train_model(
     *,
     trust_remote_code: bool = False,
     keep_checkpoints: bool = False,
-    launcher: str = DEFAULT_LAUNCHER,
+    launcher: str | None = None,
 ) -> TrainResult:
     """Fine-tune the model in `model_dir` on the prepared dataset in `data_dir` per `spec`.
 
@@ -162,12 +197,21 @@ def train_model(
     (event, step, max_steps, loss, epoch) after every optimizer step and every log; an exception raised
     by it stops training, leaving the checkpoints for a resume. On success the output is published at
     `out_dir` and the checkpoints are deleted unless `keep_checkpoints`.
+
+    `launcher` (default: from the config, `shadowft.train.resources.resolve_launch`) starts the fit:
+    in this process, or one process per rank through torchrun / accelerate launch. On a worker node
+    of a multi-node job (train.node_rank > 0) nothing is published: node 0's rank 0 publishes.
     """
     model_dir, data_dir, out_dir, work_dir = (Path(p) for p in (model_dir, data_dir, out_dir, work_dir))
     t0 = time.time()
     job = setup(model_dir, data_dir, spec, out_dir, work_dir, trust_remote_code=trust_remote_code)
-    outcome = get_launcher(launcher).launch(job, progress)
+    plan = resolve_launch(spec)
+    outcome = get_launcher(launcher or plan.launcher).launch(job, progress)
+    if plan.node_rank > 0:  # a worker node of a multi-node job: node 0 publishes the output
+        return summarize(job, outcome, out_dir, time.time() - t0)
     result = publish(job, outcome, out_dir, time.time() - t0)
+    for handed_over in (work_dir / "launch").glob("node-*/final"):  # a launched job's weights, now published
+        shutil.rmtree(handed_over, ignore_errors=True)
     if not keep_checkpoints:
         shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
     return result

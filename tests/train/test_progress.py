@@ -12,15 +12,24 @@ from shadowft.train.progress import fan_out, terminal_progress
 
 
 def test_training_shows_step_loss_rate_on_the_terminal(llama_trio, tmp_path):
-    rows = [{"messages": [{"role": "user", "content": f"{a} + 1?"}, {"role": "assistant", "content": str(a + 1)}]}
-            for a in range(16)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"{a} + 1?"}, {"role": "assistant", "content": str(a + 1)}]}
+        for a in range(16)
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    prepare_dataset(DataConfig(sources=[str(tmp_path / "d.jsonl")], max_length=64), llama_trio["instruct"],
-                    tmp_path / "data")
+    prepare_dataset(
+        DataConfig(sources=[str(tmp_path / "d.jsonl")], max_length=64), llama_trio["instruct"], tmp_path / "data"
+    )
     screen, events = io.StringIO(), []
     spec = TrainConfig(method="lora", max_steps=3, batch_size=4, grad_accum=1, save_steps=100)
-    train_model(llama_trio["base"], tmp_path / "data", spec, tmp_path / "out", tmp_path / "work",
-                progress=fan_out(events.append, terminal_progress("base", file=screen, disable=False)))
+    train_model(
+        llama_trio["base"],
+        tmp_path / "data",
+        spec,
+        tmp_path / "out",
+        tmp_path / "work",
+        progress=fan_out(events.append, terminal_progress("base", file=screen, disable=False)),
+    )
     shown = screen.getvalue()
     last = shown.replace("\r", "\n").strip().splitlines()[-1]
     assert last.startswith("train base: 100%") and "3/3" in last and "step/s" in last and "loss=" in last

@@ -5,8 +5,9 @@ from __future__ import annotations
 from shadowft.registry import lookup
 from shadowft.train.launchers.base import Launcher
 from shadowft.train.launchers.inprocess import InProcess
+from shadowft.train.launchers.process import Accelerate, Torchrun
 
-LAUNCHERS: dict[str, type[Launcher]] = {"inprocess": InProcess}
+LAUNCHERS: dict[str, type[Launcher]] = {"inprocess": InProcess, "torchrun": Torchrun, "accelerate": Accelerate}
 DEFAULT_LAUNCHER = "inprocess"
 
 

@@ -1,9 +1,9 @@
 """The launcher seam: how the processes that run the fit phase are started.
 
-A launcher takes a `TrainJob` and returns a `FitOutcome`. In-process runs `fit` here; a
-multi-process launcher (accelerate / torchrun) would write the job to the work dir, start one
-process per rank running the same `fit`, relay rank 0's progress events, and return an outcome whose
-`save` reads the weights rank 0 wrote. Checkpoints and resume are the same for every launcher
+A launcher takes a `TrainJob` and returns a `FitOutcome`. In-process runs `fit` here; the
+multi-process launchers (`process.py`: torchrun, accelerate launch) write the job to the work dir,
+start one process per rank running the same `fit`, relay rank 0's progress events, and return an
+outcome whose `save` copies the weights rank 0 wrote. Checkpoints and resume are the same for every launcher
 (`shadowft.train.checkpoints`), decided before launch.
 """
 

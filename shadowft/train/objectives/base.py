@@ -28,6 +28,7 @@ class TrainerParts:
     device: str
     spec: Any = None  # the TrainConfig (objective settings such as DPO's beta)
     data_dir: Path | None = None  # the prepared data (its stats.json records the cutoff length)
+    packing: bool = False  # data.packing: padding-free batches (only objectives with supports_packing)
 
 
 class Objective:
@@ -38,6 +39,8 @@ class Objective:
     columns: ClassVar[tuple[str, ...]]
     #: columns holding token ids (checked against the model's vocabulary)
     token_columns: ClassVar[tuple[str, ...]] = ("input_ids",)
+    #: whether `packed_collator` exists (data.packing)
+    supports_packing: ClassVar[bool] = False
 
     def check_dataset(self, dataset: Any, data_dir: Path) -> None:
         """Fail early, with a hint, when the prepared data cannot feed this objective."""
@@ -56,6 +59,10 @@ class Objective:
 
     def collator(self, tokenizer: Any, device: str) -> Any:
         """The data collator (None lets the trainer class use its own)."""
+        raise NotImplementedError
+
+    def packed_collator(self, tokenizer: Any) -> Any:
+        """The padding-free collator for data.packing (objectives with `supports_packing`)."""
         raise NotImplementedError
 
     def args_class(self) -> type:
@@ -85,6 +92,8 @@ class Objective:
             model=parts.model,
             args=args,
             train_dataset=parts.dataset,
-            data_collator=self.collator(parts.tokenizer, parts.device),
+            data_collator=(
+                self.packed_collator(parts.tokenizer) if parts.packing else self.collator(parts.tokenizer, parts.device)
+            ),
             callbacks=parts.callbacks,
         )

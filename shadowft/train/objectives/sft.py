@@ -46,6 +46,20 @@ class SFT(Objective):
 
     name = "sft"
     columns = ("input_ids", "labels")
+    supports_packing = True
 
     def collator(self, tokenizer: Any, device: str) -> PadCollator:
         return PadCollator(pad_id(tokenizer), 8 if device == "cuda" else None)
+
+    def packed_collator(self, tokenizer: Any) -> Any:
+        return packed_collator()
+
+
+def packed_collator() -> Any:
+    """data.packing: the batch's conversations end to end in one row, no padding. Position ids restart
+    at each conversation, which the attention (sdpa / flash) uses to keep them apart; the first label
+    of each conversation is -100 so no token is trained to predict the next conversation's start.
+    Each conversation's tokens then get exactly the loss they get in a padded batch."""
+    from transformers import DataCollatorWithFlattening
+
+    return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
