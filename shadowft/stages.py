@@ -166,6 +166,7 @@ def pair_spec(pair: PairConfig, base: Path, instruct: Path, scope: str) -> Stage
             max_sigma=pair.max_sigma,
             force=pair.force,
             trust_remote_code=pair.trust_remote_code,
+            option_names=("pair.max_sigma", "pair.force"),
         )
         (tmp / "pair.json").write_text(json.dumps(report.to_dict(with_tensors=True), indent=2) + "\n")
         return {"sigma_mean": report.sigma.mean if report.sigma else None}
@@ -248,6 +249,7 @@ def graft_spec(graft_cfg: GraftConfig, instruct: Path, update: Artifact) -> Stag
             scope=graft_cfg.scope,
             method=graft_cfg.method,
             alpha_by_module=graft_cfg.alpha_by_module or None,
+            pair_options=None,  # the flow's pair stage has checked (base, instruct) with pair.max_sigma
             **kwargs,
         )
         return {"graft": report.to_dict()}
