@@ -309,8 +309,10 @@ class GraftConfig(_Section):
     @field_validator("alpha")
     @classmethod
     def _alpha_range(cls, v: float | str) -> float | str:
-        if v != "auto" and not (0 < float(v) <= 10):
-            raise ValueError("must be > 0 and <= 10, or auto")
+        if v != "auto" and float(v) <= 0:
+            raise ValueError("must be greater than 0 (or auto)")
+        if v != "auto" and float(v) > 10:
+            raise ValueError("must be at most 10 (or auto)")
         return v
 
     @field_validator("alpha_grid")
