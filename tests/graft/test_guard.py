@@ -137,3 +137,28 @@ def test_pipeline_hint_names_the_config_key(llama_trio, random_instruct):
     with pytest.raises(PairError) as err:
         check_pair(llama_trio["base"], random_instruct, option_names=("pair.max_sigma", "pair.force"))
     assert "pair.force" in (err.value.hint or "") and "--force" not in (err.value.hint or "")
+
+
+def test_cli_regrafts_a_stored_update_onto_a_new_instruct_release(llama_trio, delta_dir, adapter_dir, tmp_path):
+    """A new Instruct release of the same Base (here: Instruct plus a small deterministic change)
+    takes the stored delta and the adapter without training again; the checks pass and are recorded."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tests.helpers import load_dir
+
+    new = shutil.copytree(llama_trio["instruct"], tmp_path / "instruct-v2")
+    gen = torch.Generator().manual_seed(3)
+    for f in new.glob("*.safetensors"):
+        state = {n: w + 0.002 * torch.randn(w.shape, generator=gen) for n, w in load_file(f).items()}
+        save_file(state, f, metadata={"format": "pt"})
+    r = run("graft", "--instruct", new, "--delta", delta_dir, "--base", llama_trio["base"], "--out", tmp_path / "d")
+    assert r.returncode == 0, r.stderr
+    prov = json.loads((tmp_path / "d" / PROVENANCE_NAME).read_text())
+    assert prov["pair_check"]["checked"] == "structure+sigma" and prov["pair_check"]["sigma"] < 0.06
+    got, inst, delta = load_dir(tmp_path / "d"), load_dir(new), load_dir(delta_dir)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(got[name], inst[name] + delta[name])
+    r = run("graft", "--instruct", new, "--adapter", adapter_dir, "--out", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "a" / PROVENANCE_NAME).read_text())["pair_check"]["checked"] == "structure+sigma"
