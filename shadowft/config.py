@@ -514,7 +514,7 @@ class RunConfig(BaseModel):
 
     def placeholders(self) -> list[str]:
         """The ``zoo:NAME`` placeholders this config uses (model and data sources), in order."""
-        values = [self.pair.base, self.pair.instruct, *self.data.sources]
+        values = [self.pair.base, self.pair.instruct, *self.data.sources, *self.data.validation_sources]
         return [v for v in dict.fromkeys(values) if v.startswith(ZOO_PREFIX)]
 
     def resolve(self, zoo: Mapping[str, str | Path]) -> RunConfig:
@@ -535,6 +535,7 @@ class RunConfig(BaseModel):
         data["pair"]["base"] = sub(self.pair.base)
         data["pair"]["instruct"] = sub(self.pair.instruct)
         data["data"]["sources"] = [sub(s) for s in self.data.sources]
+        data["data"]["validation_sources"] = [sub(s) for s in self.data.validation_sources]
         return RunConfig.model_validate(data)
 
     def to_yaml(self) -> str:
