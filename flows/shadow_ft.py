@@ -23,7 +23,7 @@ from tasks.evaluate import evaluate
 from tasks.pair import check_pair
 from tasks.report import report
 from tasks.train import train
-from tasks.weights import extract_delta, graft
+from tasks.weights import extract_delta, graft, graft_chosen
 from tasks.zoo import embedded_family
 
 # Merging a LoRA adapter into the model it was trained on: the conventional LoRA result.
@@ -54,7 +54,7 @@ def graft_with_chosen_alpha(
             kept[str(a)] = evaluate(retention, grafts[str(a)], f"retention-alpha-{a}", store)
     instruct_kept = evaluate(retention, instruct, "retention-instruct", store) if config.graft.retention else None
     selection = select_alpha(config.graft, grafts, losses, kept, instruct_kept, store)
-    return grafts[chosen_alpha(selection)], selection
+    return graft_chosen(config.graft, selection, grafts[chosen_alpha(selection)], "shadow-ft", store), selection
 
 
 def store_root(config: RunConfig) -> str:

@@ -319,6 +319,32 @@ def alpha_spec(
     return StageSpec("alpha", graft_cfg.selection_view(), inputs, produce)
 
 
+def chosen_graft_spec(graft_cfg: GraftConfig, selection: Artifact, chosen: Artifact) -> StageSpec:
+    """The graft of graft.alpha auto: the chosen candidate's model dir (hard links, no second copy)
+    with the selection and `chosen_alpha` in its manifest."""
+    import os
+    import shutil
+
+    def produce(tmp: Path) -> dict:
+        src = chosen.path / "model"
+        for f in sorted(src.rglob("*")):
+            dst = tmp / "model" / f.relative_to(src)
+            if f.is_dir():
+                dst.mkdir(parents=True, exist_ok=True)
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, dst)
+            except OSError:  # another filesystem: copy
+                shutil.copy2(f, dst)
+        picked = json.loads((selection.path / "manifest.json").read_text())
+        graft_info = json.loads((chosen.path / "manifest.json").read_text())["graft"]
+        return {"graft": graft_info, "chosen_alpha": picked["chosen_alpha"], "alpha_selection": picked["selection"]}
+
+    inputs = {"selection": artifact_ref(selection), "chosen": artifact_ref(chosen)}
+    return StageSpec("graft", {"alpha": "auto", **graft_cfg.selection_view()}, inputs, produce)
+
+
 def chosen_alpha(selection: Artifact) -> str:
     """The chosen candidate's alpha, as the text that keys the candidates."""
     return str(float(json.loads((selection.path / "manifest.json").read_text())["chosen_alpha"]))

@@ -80,6 +80,8 @@ def test_alpha_auto_chooses_from_measurements_then_is_cached(prefect_env, zoo_fa
     shadow = Path(result["models"]["shadow-ft"])
     prov = json.loads((shadow / "shadowft_provenance.json").read_text())
     assert prov["alpha"] == sel["chosen_alpha"]
+    manifest = json.loads((shadow.parent / "manifest.json").read_text())  # the graft's manifest
+    assert manifest["chosen_alpha"] == sel["chosen_alpha"] and manifest["alpha_selection"] == sel
     data_dir = next((Path(prefect_env) / "store" / "artifacts" / "data").glob("*/data"))
     assert validation_loss(shadow, data_dir)["loss"] == pytest.approx(cands[sel["chosen_alpha"]]["loss"], rel=1e-5)
     assert (Path(result["report"]) / "alpha.png").stat().st_size > 1000
@@ -94,6 +96,7 @@ def test_alpha_auto_chooses_from_measurements_then_is_cached(prefect_env, zoo_fa
         "prepare_data",
         "train-base",
         "select_alpha",
+        "graft-shadow-ft",
         "evaluate-shadow-ft",
         "evaluate-retention-instruct",
         *(f"{t}-alpha-{a}" for a in GRID for t in ("graft", "validation-loss", "evaluate-retention")),
