@@ -114,7 +114,7 @@ def choose_alpha(
         )
     best = min(eligible, key=lambda c: (c.loss, c.alpha))
     rule = "lowest validation loss" + (
-        " among candidates within " + ", ".join(f"{s} -{d} points" for s, d in retention.items()) + " of Instruct"
+        " among candidates at most " + ", ".join(f"{d} points below Instruct on {s}" for s, d in retention.items())
         if retention
         else ""
     )
@@ -137,13 +137,16 @@ def plot_selection(selection: Selection, path: Path) -> Path:
     ax.set_ylabel("validation loss (assistant tokens)")
     if selection.retention:
         ax2 = ax.twinx()
-        for suite in selection.retention:
+        colors = ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"]
+        for i, suite in enumerate(selection.retention):
+            color = colors[i % len(colors)]
             ys = [100 * (c.scores.get(suite) or 0.0) for c in cands]
-            ax2.plot(alphas, ys, "s--", label=f"{suite} (%)")
+            ax2.plot(alphas, ys, "s--", color=color, label=f"{suite} (%)")
             base = selection.instruct_scores.get(suite)
             if base is not None:
-                ax2.axhline(100 * base - selection.retention[suite], linestyle="-.", linewidth=0.8, color="tab:red")
-        ax2.set_ylabel("retention score (%); dash-dot: Instruct - max_drop")
+                floor = 100 * base - selection.retention[suite]
+                ax2.axhline(floor, linestyle="-.", linewidth=0.8, color=color, label=f"{suite}: Instruct - max_drop")
+        ax2.set_ylabel("retention score (%)")
         ax2.legend(loc="upper right", fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("alpha: auto")
