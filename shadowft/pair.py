@@ -235,9 +235,11 @@ def sigma_verdict(sigma: float, options: PairOptions, what: str = "sigma(base, i
     )
     if options.force:
         return msg + " (forced)"
+    name = options.force_name
+    force = f"pass {name}" if name.startswith("-") else f"set {name}: true"
     raise PairError(
         msg,
-        hint=f"check the pair, or raise {options.max_sigma_name} / set {options.force_name} to graft anyway",
+        hint=f"check the pair, or raise {options.max_sigma_name} / {force} to graft anyway",
     )
 
 
