@@ -266,6 +266,8 @@ class GraftConfig(_Section):
         description="Scale of the grafted update (paper: 1.0; must be > 0 and <= 10), or auto: the alpha of "
         "alpha_grid with the lowest loss on the validation split (data.validation_ratio or "
         "data.validation_sources) among those that keep the retention suites.",
+        # the number's range for the UI form (JSON Schema's numeric keywords do not apply to "auto")
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": 10},
     )
     alpha_grid: list[float] = Field(
         default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25],
