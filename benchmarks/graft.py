@@ -174,17 +174,26 @@ for f in sorted(inst.glob("*.safetensors")):
 """
 
 GRAFT_SCRIPT = r"""
-import sys
+import sys, time
+from shadowft.checkpoint import Checkpoint
 from shadowft.graft import graft
+from shadowft.graft.sources import PairSource
+from shadowft.pair import PairOptions
 inst, base, tuned, out = sys.argv[1:5]
 r = graft(inst, out, base=base, tuned=tuned, scope="all", max_shard_size="1GB")
-print("GRAFT", r.seconds, r.pair_check["seconds"], r.pair_check["sigma"])
+# the check the graft ran first (structure + sampled sigma), timed alone on the same inputs
+t0 = time.perf_counter()
+with Checkpoint(inst, role="instruct") as ci:
+    src = PairSource(base, tuned)
+    check = src.check_pair(ci, "all", PairOptions())
+    src.close()
+print("GRAFT", r.seconds, time.perf_counter() - t0, check.sigma)
 """
 
 
 def pair_check_share(runs: list[dict]) -> dict:
-    """The graft's own pair check (structure + sampled sigma, inside the shadowft job): its seconds
-    per round and its share of the graft's in-process seconds."""
+    """The graft's own pair check (structure + sampled sigma; timed alone in the shadowft job, right
+    after the graft that ran it): its seconds per round and its share of the graft's in-process seconds."""
     checks, grafts = [], []
     for r in runs:
         line = next(x for x in r["log_tail"].splitlines() if x.startswith("GRAFT "))

@@ -9,7 +9,6 @@ dir, a LoRA adapter's `base_model_name_or_path` when it is a local dir).
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,13 +24,13 @@ GUARD_SAMPLE = 1 << 16
 
 @dataclass
 class PairCheck:
-    """What the graft checked about (update's Base, Instruct), recorded in its report."""
+    """What the graft checked about (update's Base, Instruct), recorded in its report (no timing:
+    the provenance of a re-run is identical; `benchmarks/graft.py` times the check)."""
 
     checked: str = "skipped"  # structure+sigma | structure | shapes | skipped (the caller checked the pair)
     base: str | None = None  # the Base the update was taken from, where known
     sigma: float | None = None
     sigma_sample: int | None = None  # elements per tensor sigma was measured on (None: all)
-    seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -63,7 +62,6 @@ def check_base(
     policy: VocabPolicy = "error",
 ) -> PairCheck:
     """Structure, then (unless `options` is None) sigma(base, instruct) against options.max_sigma."""
-    t0 = time.perf_counter()
     result = PairCheck("structure", str(base.path))
     result.warnings = check_structure(Structure.of(base), instruct, scope, label, policy)
     if options is not None:
@@ -72,7 +70,6 @@ def check_base(
         result.checked = "structure+sigma"
         msg = sigma_verdict(result.sigma, options, f"sigma({label}, instruct)")
         result.warnings += [msg] if msg else []
-    result.seconds = round(time.perf_counter() - t0, 3)
     return result
 
 
