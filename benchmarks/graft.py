@@ -174,12 +174,40 @@ for f in sorted(inst.glob("*.safetensors")):
 """
 
 GRAFT_SCRIPT = r"""
-import sys
+import sys, time
+from shadowft.checkpoint import Checkpoint
 from shadowft.graft import graft
+from shadowft.graft.sources import PairSource
+from shadowft.pair import PairOptions
 inst, base, tuned, out = sys.argv[1:5]
 r = graft(inst, out, base=base, tuned=tuned, scope="all", max_shard_size="1GB")
-print(r.seconds)
+# the check the graft ran first (structure + sampled sigma), timed alone on the same inputs
+t0 = time.perf_counter()
+with Checkpoint(inst, role="instruct") as ci:
+    src = PairSource(base, tuned)
+    check = src.check_pair(ci, "all", PairOptions())
+    src.close()
+print("GRAFT", r.seconds, time.perf_counter() - t0, check.sigma)
 """
+
+
+def pair_check_share(runs: list[dict]) -> dict:
+    """The graft's own pair check (structure + sampled sigma; timed alone in the shadowft job, right
+    after the graft that ran it): its seconds per round and its share of the graft's in-process seconds."""
+    checks, grafts = [], []
+    for r in runs:
+        line = next(x for x in r["log_tail"].splitlines() if x.startswith("GRAFT "))
+        g, c = map(float, line.split()[1:3])
+        grafts.append(g)
+        checks.append(c)
+    shares = [c / g for c, g in zip(checks, grafts)]
+    return {
+        "pair_check_s": statistics.median(checks),
+        "pair_check_s_all": checks,
+        "graft_in_process_s_all": grafts,
+        "pair_check_share_of_graft": statistics.median(shares),
+        "pair_check_share_range": [min(shares), max(shares)],
+    }
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -281,6 +309,7 @@ def main() -> None:
             res["speedup_vs_mergekit_range"] = [min(per_round), max(per_round)]
     if max_diff is not None:
         results["mergekit"]["max_abs_diff_vs_shadowft"] = max_diff
+    results["shadowft"].update(pair_check_share(runs["shadowft"]))
 
     from rich.console import Console
     from rich.table import Table
@@ -304,6 +333,12 @@ def main() -> None:
             f"{r['speedup_vs_mergekit']:.2f} ({rng[0]:.2f}-{rng[1]:.2f})" if rng else "-",
         )
     Console(width=160).print(table)
+    sh = results["shadowft"]
+    print(
+        f"pair check inside the graft (structure + sigma sampled): {sh['pair_check_s']:.3f} s, "
+        f"{100 * sh['pair_check_share_of_graft']:.1f}% of the graft's in-process time "
+        f"({100 * sh['pair_check_share_range'][0]:.1f}-{100 * sh['pair_check_share_range'][1]:.1f}%)"
+    )
     print(
         f"load average before {load_before[0]:.2f}, at the end {os.getloadavg()[0]:.2f} "
         "(a busy machine slows the compute-heavy jobs most)"

@@ -15,16 +15,17 @@ from pathlib import Path
 from prefect import flow
 
 from shadowft.config import GraftConfig, RunConfig
-from shadowft.stages import preflight, resolve_model, zoo_placeholders
+from shadowft.stages import chosen_alpha, preflight, resolve_model, zoo_placeholders
 from shadowft.store import Artifact
 from shadowft.train.methods import get_method
+from tasks.alpha import select_alpha, validation_loss
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
 from tasks.pair import check_pair
 from tasks.publish import promotion_gate, run_folder
 from tasks.report import report
 from tasks.train import train
-from tasks.weights import extract_delta, graft
+from tasks.weights import extract_delta, graft, graft_chosen
 from tasks.zoo import embedded_family
 
 # Merging a LoRA adapter into the model it was trained on: the conventional LoRA result.
@@ -39,6 +40,23 @@ def update_of(method: str, start: Path, tuned: Artifact, store: str) -> Artifact
 def as_model(method: str, start: Path, tuned: Artifact, label: str, store: str) -> Artifact:
     """The tuned model as full weights: a LoRA adapter merged into its start, a full model as is."""
     return graft(MERGE, start, tuned, label, store) if get_method(method).produces == "adapter" else tuned
+
+
+def graft_with_chosen_alpha(
+    config: RunConfig, instruct: Path, update: Artifact, data: Artifact, store: str
+) -> tuple[Artifact, Artifact]:
+    """graft.alpha auto: a cached graft per alpha of the grid, its loss on the validation split and
+    its retention scores; the choice picks one of them. -> (chosen graft, selection)"""
+    grafts, losses, kept = {}, {}, {}
+    retention = config.eval.model_copy(update={"suites": list(config.graft.retention)})
+    for a in config.graft.alpha_grid:
+        grafts[str(a)] = graft(config.graft.candidate(a), instruct, update, f"alpha-{a}", store)
+        losses[str(a)] = validation_loss(grafts[str(a)], data, f"alpha-{a}", store)
+        if config.graft.retention:
+            kept[str(a)] = evaluate(retention, grafts[str(a)], f"retention-alpha-{a}", store)
+    instruct_kept = evaluate(retention, instruct, "retention-instruct", store) if config.graft.retention else None
+    selection = select_alpha(config.graft, grafts, losses, kept, instruct_kept, store)
+    return graft_chosen(config.graft, selection, grafts[chosen_alpha(selection)], "shadow-ft", store), selection
 
 
 def store_root(config: RunConfig) -> str:
@@ -78,10 +96,14 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     if "direct" in config.baselines:
         tuned_instruct = train(config.train, instruct, data, "instruct", store)
         models["direct"] = as_model(config.train.method, instruct, tuned_instruct, "direct", store)
-    models["shadow-ft"] = shadow = graft(config.graft, instruct, update, "shadow-ft", store)
+    if config.graft.alpha == "auto":  # alpha chosen on held-out data (a cached graft per candidate)
+        shadow, selection = graft_with_chosen_alpha(config, instruct, update, data, store)
+    else:
+        shadow, selection = graft(config.graft, instruct, update, "shadow-ft", store), None
+    models["shadow-ft"] = shadow
 
     evals = {name: evaluate(config.eval, model, name, store) for name, model in models.items()}
-    final = report(evals, config.output.name or "Shadow-FT results", store)
+    final = report(evals, config.output.name or "Shadow-FT results", store, selection)
     model_dirs = {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()}
 
     # the run folder (runs/<name>/<time>/) and, for re-tunes, the promotion gate

@@ -125,7 +125,9 @@ def graft(
     instruct: Annotated[Path, typer.Option(help="Instruct model dir to graft onto.")],
     out: Annotated[Path, typer.Option(help="Output model dir (written atomically).")],
     delta: Annotated[Optional[Path], typer.Option(help="A delta dir from `shadowft delta`.")] = None,
-    base: Annotated[Optional[Path], typer.Option(help="Base model dir (with --tuned).")] = None,
+    base: Annotated[
+        Optional[Path], typer.Option(help="Base model dir: with --tuned; or with --delta, to check sigma.")
+    ] = None,
     tuned: Annotated[Optional[Path], typer.Option(help="Tuned Base model dir (with --base).")] = None,
     adapter: Annotated[Optional[Path], typer.Option(help="A PEFT LoRA adapter trained on Base.")] = None,
     alpha: Annotated[float, typer.Option(help="Scale of the update: W_I + alpha * delta.")] = 1.0,
@@ -154,12 +156,23 @@ def graft(
         bool, typer.Option(help="With --adapter: write an adapter whose base is Instruct instead of merging.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    max_sigma: Annotated[
+        float, typer.Option(help="Refuse when sigma(the update's Base, Instruct) is above this (real pairs < 0.06).")
+    ] = 0.15,
+    force: Annotated[bool, typer.Option(help="Graft even when sigma is above --max-sigma (with a warning).")] = False,
 ) -> None:
-    """Graft the Base model's update onto Instruct: W_I + alpha * (W_tuned - W_base), or a LoRA adapter."""
+    """Graft the Base model's update onto Instruct: W_I + alpha * (W_tuned - W_base), or a LoRA adapter.
+
+    Before writing, the update's Base is checked against Instruct: structure always (a delta records
+    its Base's), sigma when the Base weights are at hand (--base; a delta's recorded Base dir; a LoRA
+    adapter's base_model_name_or_path when it is a local dir). To re-graft onto a new Instruct
+    release of the same Base, pass the stored --delta or --adapter with the new --instruct.
+    """
     from shadowft.errors import ShadowFTError
     from shadowft.graft import graft as run_graft
     from shadowft.graft import retarget_adapter
     from shadowft.graft.methods.per_module import parse_alpha_rules
+    from shadowft.pair import PairOptions
 
     rules = parse_alpha_rules(alpha_by_module) if alpha_by_module else None
     if as_adapter:
@@ -170,7 +183,9 @@ def graft(
             )
         if adapter is None:
             raise ShadowFTError("--as-adapter needs --adapter", hint="pass the LoRA adapter trained on Base")
-        retarget_adapter(adapter, instruct, out, alpha=alpha, overwrite=overwrite)
+        retarget_adapter(
+            adapter, instruct, out, alpha=alpha, overwrite=overwrite, pair_options=PairOptions(max_sigma, force)
+        )
         console.print(f"[green]wrote[/] adapter for {instruct} to {out}")
         return
     with byte_progress("graft", _instruct_bytes(instruct)) as cb:
@@ -189,6 +204,7 @@ def graft(
             vocab_mismatch=vocab_mismatch.value,
             overwrite=overwrite,
             progress=cb,
+            pair_options=PairOptions(max_sigma, force),
         )
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")

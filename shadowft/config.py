@@ -149,6 +149,28 @@ class DataConfig(_Section):
         "conversation, so none attends to another); needs an attention implementation that supports it "
         "(sdpa, flash_attention_2).",
     )
+    validation_ratio: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Hold out this fraction of the prepared conversations (a fixed, seeded choice) as a "
+        "validation split that training never sees; used by graft.alpha auto. 0 = none.",
+    )
+    validation_sources: list[str] = Field(
+        default_factory=list,
+        description="Files (or `datasets` names) prepared as the validation split instead of a held-out "
+        "fraction (same format, chat template and masking as the training data).",
+    )
+
+    @property
+    def has_validation(self) -> bool:
+        return self.validation_ratio > 0 or bool(self.validation_sources)
+
+    def cache_view(self) -> dict[str, Any]:
+        """The data stage's settings for its key (sources are inputs); the validation fields are left
+        out at their defaults, so data prepared before they existed keeps its key."""
+        exclude = {"sources", "validation_sources"} | ({"validation_ratio"} if not self.validation_ratio else set())
+        return self.model_dump(mode="json", exclude=exclude)
 
     @field_validator("sources")
     @classmethod
@@ -295,7 +317,24 @@ class TrainConfig(_Section):
 class GraftConfig(_Section):
     """Grafting the Base update onto Instruct: W_new = W_instruct + alpha * (W_base_tuned - W_base)."""
 
-    alpha: float = Field(default=1.0, gt=0, le=10, description="Scale of the grafted update (paper: 1.0).")
+    alpha: float | Literal["auto"] = Field(
+        default=1.0,
+        description="Scale of the grafted update (paper: 1.0; must be > 0 and <= 10), or auto: the alpha of "
+        "alpha_grid with the lowest loss on the validation split (data.validation_ratio or "
+        "data.validation_sources) among those that keep the retention suites.",
+        # the number's range for the UI form (JSON Schema's numeric keywords do not apply to "auto")
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": 10},
+    )
+    alpha_grid: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25],
+        min_length=1,
+        description="Candidate alphas for alpha: auto (each is a cached graft).",
+    )
+    retention: dict[str, float] = Field(
+        default_factory=dict,
+        description="For alpha: auto, {suite: max_drop}: a candidate may score at most max_drop points (of 100) "
+        "below Instruct on each suite; empty = no retention rule.",
+    )
     scope: str = Field(
         default="projections",
         description="Which tensors get the update: projections (q/k/v/o/gate/up/down proj, as published), "
@@ -325,6 +364,47 @@ class GraftConfig(_Section):
             raise ValueError(f"not 'projections', 'all' or a valid regular expression ({exc})") from None
         return v
 
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_range(cls, v: float | str) -> float | str:
+        if v != "auto" and float(v) <= 0:
+            raise ValueError("must be greater than 0 (or auto)")
+        if v != "auto" and float(v) > 10:
+            raise ValueError("must be at most 10 (or auto)")
+        return v
+
+    @field_validator("alpha_grid")
+    @classmethod
+    def _grid_valid(cls, v: list[float]) -> list[float]:
+        if any(not (0 < a <= 10) for a in v):
+            raise ValueError("every candidate alpha must be > 0 and <= 10")
+        return sorted(dict.fromkeys(float(a) for a in v))
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_valid(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(not (0 <= d <= 100) for d in v.values()):
+            raise ValueError("max_drop is in points of 100, between 0 and 100")
+        return v
+
+    @property
+    def numeric_alpha(self) -> float:
+        """alpha as a number (auto: 1.0, for checks that need one before the choice is made)."""
+        return 1.0 if self.alpha == "auto" else float(self.alpha)
+
+    def candidate(self, alpha: float) -> GraftConfig:
+        """This graft with a fixed alpha: one candidate of alpha: auto (its cache key is that of a
+        plain graft with that alpha)."""
+        return self.model_copy(update={"alpha": float(alpha)})
+
+    def selection_view(self) -> dict[str, Any]:
+        """The settings of the alpha selection (its cache key)."""
+        return {
+            "alpha_grid": list(self.alpha_grid),
+            "retention": dict(self.retention),
+            **self.candidate(1.0).cache_view(),
+        }
+
     @field_validator("alpha_by_module")
     @classmethod
     def _rules_valid(cls, v: dict[str, float]) -> dict[str, float]:
@@ -343,7 +423,7 @@ class GraftConfig(_Section):
         from shadowft.graft.registry import make_method
 
         try:
-            make_method(self.effective_method, alpha=self.alpha, alpha_by_module=self.alpha_by_module or None)
+            make_method(self.effective_method, alpha=self.numeric_alpha, alpha_by_module=self.alpha_by_module or None)
         except ShadowFTError as exc:
             raise ValueError(str(exc)) from None
         return self
@@ -360,7 +440,7 @@ class GraftConfig(_Section):
         when it is the default `linear`, so artifacts made before methods existed keep their keys.
         The per-module rules are a list of pairs: their order decides which rule wins.
         """
-        view = self.model_dump(mode="json", exclude={"method", "alpha_by_module"})
+        view = self.model_dump(mode="json", exclude={"method", "alpha_by_module", "alpha_grid", "retention"})
         if self.effective_method != "linear" or self.alpha_by_module:
             view["method"] = self.effective_method
             view["alpha_by_module"] = [[rx, a] for rx, a in self.alpha_by_module.items()]
@@ -453,6 +533,19 @@ class RunConfig(BaseModel):
             raise ValueError("pair.base and pair.instruct are the same model")
         return self
 
+    @model_validator(mode="after")
+    def _auto_alpha_needs_validation(self) -> RunConfig:
+        """alpha: auto is chosen on held-out data: without it the run would fail after training."""
+        if self.graft.alpha == "auto":
+            if not self.data.has_validation:
+                raise ValueError(
+                    "graft.alpha auto needs a validation split: set data.validation_ratio (e.g. 0.1) "
+                    "or data.validation_sources"
+                )
+            if self.train.objective != "sft":
+                raise ValueError("graft.alpha auto measures the SFT loss: use it with train.objective sft")
+        return self
+
     # -- views for the orchestration layer -------------------------------------------------------
 
     def stage_view(self, stage: str) -> dict[str, Any]:
@@ -495,7 +588,7 @@ class RunConfig(BaseModel):
 
     def placeholders(self) -> list[str]:
         """The ``zoo:NAME`` placeholders this config uses (model and data sources), in order."""
-        values = [self.pair.base, self.pair.instruct, *self.data.sources]
+        values = [self.pair.base, self.pair.instruct, *self.data.sources, *self.data.validation_sources]
         return [v for v in dict.fromkeys(values) if v.startswith(ZOO_PREFIX)]
 
     def resolve(self, zoo: Mapping[str, str | Path]) -> RunConfig:
@@ -516,6 +609,7 @@ class RunConfig(BaseModel):
         data["pair"]["base"] = sub(self.pair.base)
         data["pair"]["instruct"] = sub(self.pair.instruct)
         data["data"]["sources"] = [sub(s) for s in self.data.sources]
+        data["data"]["validation_sources"] = [sub(s) for s in self.data.validation_sources]
         return RunConfig.model_validate(data)
 
     def to_yaml(self) -> str:

@@ -513,16 +513,63 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
     )
 
     features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32"))})
+    held = held_out(len(input_ids), spec.validation_ratio)
     with atomic_output_dir(out_dir) as tmp:  # published by rename only when complete
-        Dataset.from_dict({"input_ids": input_ids, "labels": labels}, features=features).save_to_disk(
-            str(tmp / "dataset")
-        )
+        Dataset.from_dict(
+            {
+                "input_ids": [x for i, x in enumerate(input_ids) if i not in held],
+                "labels": [x for i, x in enumerate(labels) if i not in held],
+            },
+            features=features,
+        ).save_to_disk(str(tmp / "dataset"))
+        if held:
+            Dataset.from_dict(
+                {"input_ids": [input_ids[i] for i in sorted(held)], "labels": [labels[i] for i in sorted(held)]},
+                features=features,
+            ).save_to_disk(str(tmp / VALIDATION_DIR))
+        elif spec.validation_sources:
+            prepare_validation(spec, tokenizer_dir, tmp / VALIDATION_DIR)
         tok.save_pretrained(str(tmp / "tokenizer"))
         # not `out_dir`: the folder is renamed (here, and again by the artifact store), so a path
         # recorded inside it would name a temporary dir that no longer exists
         on_disk = {k: v for k, v in stats.to_dict().items() if k != "out_dir"}
         (tmp / "stats.json").write_text(json.dumps(on_disk, indent=2) + "\n")
     return stats
+
+
+VALIDATION_DIR = "validation"
+
+
+def held_out(n: int, ratio: float) -> set[int]:
+    """The indices held out for validation: a seeded choice of round(n * ratio) (at least one, and at
+    least one left for training), so the split does not depend on the sources' order of topics."""
+    if ratio <= 0 or n < 2:
+        return set()
+    import random
+
+    k = min(n - 1, max(1, round(n * ratio)))
+    return set(random.Random(0).sample(range(n), k))
+
+
+def prepare_validation(spec: DataConfig, tokenizer_dir: Path, out: Path) -> None:
+    """`data.validation_sources`, prepared exactly as training data is, as the validation split."""
+    import shutil
+    import tempfile
+
+    val_spec = spec.model_copy(
+        update={"sources": spec.validation_sources, "validation_sources": [], "validation_ratio": 0.0}
+    )
+    with tempfile.TemporaryDirectory(dir=out.parent) as work:
+        prepare_dataset(val_spec, tokenizer_dir, Path(work) / "prepared")
+        shutil.move(str(Path(work) / "prepared" / "dataset"), str(out))
+
+
+def load_validation(data_dir: Path):
+    """The validation split of a prepared dataset, or None when it has none."""
+    from datasets import load_from_disk
+
+    path = Path(data_dir) / VALIDATION_DIR
+    return load_from_disk(str(path)) if path.is_dir() else None
 
 
 def load_prepared(data_dir: Path):

@@ -64,15 +64,31 @@ class SimilarityReport:
         return asdict(self)
 
 
+def sampled(t: torch.Tensor, elements: int, blocks: int = 16) -> torch.Tensor:
+    """`blocks` contiguous runs spread evenly over the flat tensor, `elements` in all (the whole
+    tensor when it is smaller): a zero-copy slice of a memory map reads only those pages."""
+    flat = t.reshape(-1)
+    n = flat.numel()
+    if n <= elements:
+        return flat
+    run = max(1, elements // blocks)
+    starts = [round(i * (n - run) / (blocks - 1)) for i in range(blocks)] if blocks > 1 else [0]
+    return torch.cat([flat[s : s + run] for s in starts])
+
+
 def similarity(
     a: str | Path | Checkpoint,
     b: str | Path | Checkpoint,
     progress: Callable[[str], None] | None = None,
+    sample_elements: int | None = None,
 ) -> SimilarityReport:
     """The paper's sigma for every tensor the two models share with equal shapes.
 
     The summary covers tensors inside `model.layers.N.` (embeddings, final norm and lm_head
-    excluded), falling back to every shared tensor for models without numbered layers.
+    excluded), falling back to every shared tensor for models without numbered layers. With
+    `sample_elements`, each tensor's sigma is measured on that many elements in evenly spread runs
+    (the same positions in both models): what the graft's guard uses, so that telling a pair
+    (< 0.06) from an unrelated model (~0.5) costs a small fraction of the graft.
     """
     ca = a if isinstance(a, Checkpoint) else Checkpoint(a, role="model A")
     cb = b if isinstance(b, Checkpoint) else Checkpoint(b, role="model B")
@@ -81,7 +97,10 @@ def similarity(
         other = cb.tensors.get(name)
         if other is None or other.shape != info.shape or not info.dtype.is_floating_point:
             continue
-        values[name] = tensor_sigma(ca.view(name), cb.view(name))
+        va, vb = ca.view(name), cb.view(name)
+        if sample_elements is not None:
+            va, vb = sampled(va, sample_elements), sampled(vb, sample_elements)
+        values[name] = tensor_sigma(va, vb)
         if progress:
             progress(name)
     layer_values = [v for k, v in values.items() if LAYER_TENSOR.search(k)] or list(values.values())
@@ -129,19 +148,47 @@ def config_differences(a: dict, b: dict, a_name: str = "base", b_name: str = "in
     ]
 
 
-def _structure_problems(base: Checkpoint, instruct: Checkpoint, scope: str) -> tuple[list[str], list[str]]:
-    errors = config_differences(base.config, instruct.config)
+@dataclass
+class Structure:
+    """What must match for an update to mean the same thing in two models: the config's structural
+    fields, vocab, tied embeddings, and every tensor's name and shape. A delta records its Base's."""
+
+    config: dict
+    shapes: dict[str, tuple[int, ...]]
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint) -> Structure:
+        return cls(dict(ckpt.config), {n: tuple(t.shape) for n, t in ckpt.tensors.items()})
+
+    def to_dict(self) -> dict:
+        keys = (*STRUCTURAL_FIELDS, "vocab_size", "tie_word_embeddings")
+        return {
+            "config": {k: self.config[k] for k in keys if k in self.config},
+            "tensors": {n: list(s) for n, s in self.shapes.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Structure:
+        return cls(dict(d.get("config", {})), {n: tuple(s) for n, s in d.get("tensors", {}).items()})
+
+
+def structure_problems(
+    base: Structure, instruct: Structure, scope: str, base_name: str = "base", vocab_rows_ok: bool = False
+) -> tuple[list[str], list[str]]:
+    """(errors, warnings): structural differences inside the graft scope are errors (with
+    `vocab_rows_ok`, tensors that differ only in their number of rows, the vocab, are warnings)."""
+    errors = config_differences(base.config, instruct.config, base_name)
     warnings: list[str] = []
     for key in ("vocab_size", "tie_word_embeddings"):
         vb, vi = base.config.get(key), instruct.config.get(key)
         if vb != vi:
             warnings.append(
-                f"config field {key} differs: base {vb!r} vs instruct {vi!r} "
+                f"config field {key} differs: {base_name} {vb!r} vs instruct {vi!r} "
                 "(embeddings and lm_head are not grafted by the default scope)"
             )
-    only_base = sorted(set(base.tensors) - set(instruct.tensors))
-    only_instruct = sorted(set(instruct.tensors) - set(base.tensors))
-    for names, where in ((only_base, "base"), (only_instruct, "instruct")):
+    only_base = sorted(set(base.shapes) - set(instruct.shapes))
+    only_instruct = sorted(set(instruct.shapes) - set(base.shapes))
+    for names, where in ((only_base, base_name), (only_instruct, "instruct")):
         scoped = [n for n in names if in_scope(n, scope)]
         if scoped:
             errors.append(f"{len(scoped)} tensor(s) in scope exist only in {where}: {', '.join(scoped[:5])}")
@@ -149,12 +196,51 @@ def _structure_problems(base: Checkpoint, instruct: Checkpoint, scope: str) -> t
             warnings.append(
                 f"{len(names)} tensor(s) outside the graft scope exist only in {where}: {', '.join(names[:5])}"
             )
-    for name in sorted(set(base.tensors) & set(instruct.tensors)):
-        sb, si = base.tensors[name].shape, instruct.tensors[name].shape
+    for name in sorted(set(base.shapes) & set(instruct.shapes)):
+        sb, si = base.shapes[name], instruct.shapes[name]
         if sb != si:
-            msg = f"tensor {name} has shape {list(sb)} in base but {list(si)} in instruct"
-            (errors if in_scope(name, scope) else warnings).append(msg)
+            msg = f"tensor {name} has shape {list(sb)} in {base_name} but {list(si)} in instruct"
+            rows_only = vocab_rows_ok and len(sb) == len(si) and sb[1:] == si[1:]
+            (errors if in_scope(name, scope) and not rows_only else warnings).append(msg)
     return errors, warnings
+
+
+def _structure_problems(base: Checkpoint, instruct: Checkpoint, scope: str) -> tuple[list[str], list[str]]:
+    return structure_problems(Structure.of(base), Structure.of(instruct), scope)
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    """The pair check's settings, and what they are called where the user gives them: hints name
+    `--force` on the command line and `pair.force` in a run config."""
+
+    max_sigma: float = DEFAULT_MAX_SIGMA
+    force: bool = False
+    max_sigma_name: str = "--max-sigma"
+    force_name: str = "--force"
+
+    @classmethod
+    def from_config(cls, max_sigma: float, force: bool) -> PairOptions:
+        return cls(max_sigma, force, "pair.max_sigma", "pair.force")
+
+
+def sigma_verdict(sigma: float, options: PairOptions, what: str = "sigma(base, instruct)") -> str | None:
+    """None when `sigma` is within `options.max_sigma`; else the message (a warning when forced).
+    Raises PairError when it is above and not forced."""
+    if sigma <= options.max_sigma:
+        return None
+    msg = (
+        f"{what} = {sigma:.3f} is above the threshold {options.max_sigma}: these weights are too far apart "
+        "to be a Base/Instruct pair (real pairs are below 0.06, unrelated models near 0.7)"
+    )
+    if options.force:
+        return msg + " (forced)"
+    name = options.force_name
+    force = f"pass {name}" if name.startswith("-") else f"set {name}: true"
+    raise PairError(
+        msg,
+        hint=f"check the pair, or raise {options.max_sigma_name} / {force} to graft anyway",
+    )
 
 
 def remote_code(model_dir: str | Path) -> list[str]:
@@ -200,12 +286,14 @@ def check_pair(
     raise_on_error: bool = True,
     progress: Callable[[str], None] | None = None,
     trust_remote_code: bool = False,
+    option_names: tuple[str, str] = ("--max-sigma", "--force"),
 ) -> PairReport:
     """Check that `base` and `instruct` form a graftable pair; raise `PairError` if not.
 
     Structural differences inside the graft scope are always fatal. A sigma above `max_sigma`
     (unrelated models sit near 0.7, real pairs below 0.06) is fatal unless `force`. A model that
     needs its own code (`auto_map` in its config) is refused unless `trust_remote_code`.
+    `option_names` are what hints call max_sigma and force (the CLI's options, or config keys).
     """
     code_warnings = [
         w for p, r in ((base, "base"), (instruct, "instruct")) for w in check_remote_code(p, r, trust_remote_code)
@@ -229,17 +317,15 @@ def check_pair(
             )
         if compute_sigma and not errors:
             report.sigma = similarity(cb, ci, progress=progress)
-            if report.sigma.mean > max_sigma:
-                msg = (
-                    f"sigma(base, instruct) = {report.sigma.mean:.3f} is above the threshold {max_sigma}: "
-                    "these weights are too far apart to be a Base/Instruct pair (real pairs are below 0.06, "
-                    "unrelated models near 0.7)"
-                )
-                if force:
-                    report.warnings.append(msg + " (forced)")
-                else:
-                    report.ok = False
-                    report.errors.append(msg)
-                    if raise_on_error:
-                        raise PairError(msg, hint="check the pair, or raise max_sigma / pass --force to graft anyway")
+            options = PairOptions(max_sigma, force, *option_names)
+            try:
+                msg = sigma_verdict(report.sigma.mean, options)
+            except PairError as exc:
+                report.ok = False
+                report.errors.append(exc.message)
+                if raise_on_error:
+                    raise
+            else:
+                if msg:
+                    report.warnings.append(msg)
     return report

@@ -32,8 +32,10 @@ STAGE_VERSIONS = {
     "pair": "2",
     "data": "1",
     "train": "1",
-    "delta": "1",
-    "graft": "1",
+    "delta": "2",  # 2: records the Base's structure (grafting checks Instruct against it)
+    "graft": "2",  # 2: records the pair check it made (pair_check)
+    "val_loss": "1",
+    "alpha": "1",
     "eval": "1",
     "report": "2",
     "distance": "1",
@@ -219,6 +221,7 @@ def pair_spec(pair: PairConfig, base: Path, instruct: Path, scope: str) -> Stage
             max_sigma=pair.max_sigma,
             force=pair.force,
             trust_remote_code=pair.trust_remote_code,
+            option_names=("pair.max_sigma", "pair.force"),
         )
         (tmp / "pair.json").write_text(json.dumps(report.to_dict(with_tensors=True), indent=2) + "\n")
         return {"sigma_mean": report.sigma.mean if report.sigma else None}
@@ -244,15 +247,20 @@ def data_spec(data: DataConfig, instruct: Path, objective: str = "sft") -> Stage
             from shadowft.data import prepare_dataset
 
             stats = prepare_dataset(data, instruct, tmp / "data")
+        from shadowft.data import load_validation
+
+        validation = load_validation(tmp / "data")
         return {
             "samples": stats.samples,
+            "validation_samples": len(validation) if validation is not None else 0,
             "tokens": stats.tokens,
             "dropped": stats.dropped,
             "truncated": stats.truncated,
         }
 
     inputs = {"tokenizer": tokenizer_ref(instruct), **{f"source{i}": source_ref(s) for i, s in enumerate(data.sources)}}
-    config = data.model_dump(mode="json", exclude={"sources"})
+    config = data.cache_view()
+    inputs.update({f"validation{i}": source_ref(s) for i, s in enumerate(data.validation_sources)})
     if objective != "sft":  # SFT keys stay as they were; other objectives prepare other data
         config["objective"] = objective
     return StageSpec("data", config, inputs, produce)
@@ -310,16 +318,102 @@ def graft_spec(graft_cfg: GraftConfig, instruct: Path, update: Artifact) -> Stag
         report = graft(
             instruct,
             tmp / "model",
-            alpha=graft_cfg.alpha,
+            alpha=graft_cfg.numeric_alpha,
             scope=graft_cfg.scope,
             method=graft_cfg.method,
             alpha_by_module=graft_cfg.alpha_by_module or None,
+            pair_options=None,  # the flow's pair stage has checked (base, instruct) with pair.max_sigma
             **kwargs,
         )
         return {"graft": report.to_dict()}
 
     inputs = {"instruct": model_ref(instruct), "update": artifact_ref(update)}
     return StageSpec("graft", graft_cfg.cache_view(), inputs, produce)
+
+
+def val_loss_spec(model: Artifact, data: Artifact) -> StageSpec:
+    """A graft's loss on the validation split of the prepared data (`loss.json`)."""
+    from shadowft.graft.select import validation_loss
+
+    def produce(tmp: Path) -> dict:
+        result = validation_loss(model.path / "model", data.path / "data")
+        (tmp / "loss.json").write_text(json.dumps(result, indent=2) + "\n")
+        return {"val_loss": result}
+
+    return StageSpec("val_loss", {}, {"model": artifact_ref(model), "data": artifact_ref(data)}, produce)
+
+
+def alpha_spec(
+    graft_cfg: GraftConfig,
+    grafts: dict[str, Artifact],
+    losses: dict[str, Artifact],
+    retention_evals: dict[str, Artifact],
+    instruct_eval: Artifact | None,
+) -> StageSpec:
+    """graft.alpha auto: the choice among the candidates (keyed by alpha as text), from their stored
+    measurements: `selection.json`, `alpha.png`, and `chosen_alpha` in the manifest."""
+    from shadowft.graft.select import Candidate, choose_alpha, plot_selection, selection_markdown
+
+    def scores(a: Artifact | None) -> dict[str, float | None]:
+        if a is None:
+            return {}
+        suites = json.loads((a.path / "results.json").read_text())["suites"]
+        return {s: r["score"] for s, r in suites.items()}
+
+    def produce(tmp: Path) -> dict:
+        cands = [
+            Candidate(
+                alpha=float(a),
+                loss=json.loads((losses[a].path / "loss.json").read_text())["loss"],
+                scores=scores(retention_evals.get(a)),
+                graft=artifact_ref(g),
+            )
+            for a, g in grafts.items()
+        ]
+        selection = choose_alpha(cands, scores(instruct_eval), graft_cfg.retention)
+        (tmp / "selection.json").write_text(json.dumps(selection.to_dict(), indent=2) + "\n")
+        (tmp / "selection.md").write_text(selection_markdown(selection))
+        plot_selection(selection, tmp / "alpha.png")
+        chosen = next(c for c in cands if c.alpha == selection.chosen_alpha)
+        return {"chosen_alpha": selection.chosen_alpha, "chosen_graft": chosen.graft, "selection": selection.to_dict()}
+
+    inputs = {f"graft@{a}": artifact_ref(g) for a, g in grafts.items()}
+    inputs |= {f"loss@{a}": artifact_ref(x) for a, x in losses.items()}
+    inputs |= {f"eval@{a}": artifact_ref(x) for a, x in retention_evals.items()}
+    if instruct_eval is not None:
+        inputs["instruct_eval"] = artifact_ref(instruct_eval)
+    return StageSpec("alpha", graft_cfg.selection_view(), inputs, produce)
+
+
+def chosen_graft_spec(graft_cfg: GraftConfig, selection: Artifact, chosen: Artifact) -> StageSpec:
+    """The graft of graft.alpha auto: the chosen candidate's model dir (hard links, no second copy)
+    with the selection and `chosen_alpha` in its manifest."""
+    import os
+    import shutil
+
+    def produce(tmp: Path) -> dict:
+        src = chosen.path / "model"
+        for f in sorted(src.rglob("*")):
+            dst = tmp / "model" / f.relative_to(src)
+            if f.is_dir():
+                dst.mkdir(parents=True, exist_ok=True)
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, dst)
+            except OSError:  # another filesystem: copy
+                shutil.copy2(f, dst)
+        picked = json.loads((selection.path / "manifest.json").read_text())
+        graft_info = json.loads((chosen.path / "manifest.json").read_text())["graft"]
+        return {"graft": graft_info, "chosen_alpha": picked["chosen_alpha"], "alpha_selection": picked["selection"]}
+
+    inputs = {"selection": artifact_ref(selection), "chosen": artifact_ref(chosen)}
+    return StageSpec("graft", {"alpha": "auto", **graft_cfg.selection_view()}, inputs, produce)
+
+
+def chosen_alpha(selection: Artifact) -> str:
+    """The chosen candidate's alpha, as the text that keys the candidates."""
+    return str(float(json.loads((selection.path / "manifest.json").read_text())["chosen_alpha"]))
 
 
 def eval_spec(eval_cfg: EvalConfig, model: Path | Artifact, allow_code_execution: bool = False) -> StageSpec:
@@ -348,16 +442,30 @@ def eval_spec(eval_cfg: EvalConfig, model: Path | Artifact, allow_code_execution
     return StageSpec("eval", {**view, "code": allow_code_execution}, {"model": ref, **folders}, produce)
 
 
-def report_spec(evals: dict[str, Artifact], title: str = "Shadow-FT results") -> StageSpec:
+def report_spec(
+    evals: dict[str, Artifact], title: str = "Shadow-FT results", selection: Artifact | None = None
+) -> StageSpec:
+    """The run's report; with graft.alpha auto, the alpha selection (table, `alpha.png`, and
+    `alpha_selection` in `summary.json`) is added to it."""
     from shadowft.report import write_report
 
     def produce(tmp: Path) -> dict:
         results = {name: json.loads((a.path / "results.json").read_text()) for name, a in evals.items()}
-        return {"summary": write_report(results, tmp, title=title)}
+        summary = write_report(results, tmp, title=title)
+        if selection is not None:
+            import shutil
 
-    return StageSpec(
-        "report", {"models": list(evals), "title": title}, {n: artifact_ref(a) for n, a in evals.items()}, produce
-    )
+            summary["alpha_selection"] = json.loads((selection.path / "selection.json").read_text())
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            shutil.copy2(selection.path / "alpha.png", tmp / "alpha.png")
+            md = (selection.path / "selection.md").read_text()
+            (tmp / "report.md").write_text((tmp / "report.md").read_text() + "\n" + md + "\n![alpha](alpha.png)\n")
+        return {"summary": summary}
+
+    inputs = {n: artifact_ref(a) for n, a in evals.items()}
+    if selection is not None:
+        inputs["alpha_selection"] = artifact_ref(selection)
+    return StageSpec("report", {"models": list(evals), "title": title}, inputs, produce)
 
 
 def _model_dir_and_ref(model: Path | Artifact) -> tuple[Path, str]:

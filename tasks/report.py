@@ -15,11 +15,11 @@ from tasks._stage import build_stage, inline_chart
 
 
 @task(name="report", persist_result=True, result_serializer="json")
-def report(evals: dict[str, Artifact], title: str, store_root: str) -> Artifact:
+def report(evals: dict[str, Artifact], title: str, store_root: str, selection: Artifact | None = None) -> Artifact:
     """Not cached by Prefect: it reuses the stored report (built once) and re-publishes the UI
     artifacts, so every run, cached or not, shows its results table. Every run's summary is also
     recorded under the run name (`title`), and the report compares with the previous run of it."""
-    art, _ = build_stage(report_spec, evals=evals, title=title, store_root=store_root)
+    art, _ = build_stage(report_spec, evals=evals, title=title, selection=selection, store_root=store_root)
     summary = json.loads((art.path / "summary.json").read_text())
     create_table_artifact(
         table_rows(summary), key="shadow-ft-results", description=f"{title}: scores in % (change vs Instruct)"

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from shadowft.config import GraftConfig
-from shadowft.stages import delta_spec, graft_spec
+from shadowft.stages import chosen_graft_spec, delta_spec, graft_spec
 from shadowft.store import Artifact
 from tasks._stage import artifact_key_name, build_stage, stage_options
 
@@ -24,6 +24,23 @@ def extract_delta(base: Path, tuned: Artifact, store_root: str) -> Artifact:
 def graft(graft_cfg: GraftConfig, instruct: Path, update: Artifact, label: str, store_root: str) -> Artifact:
     """`label` names the result in the UI (shadow-ft, direct); the update artifact is what counts."""
     art, _ = build_stage(graft_spec, graft_cfg=graft_cfg, instruct=instruct, update=update, store_root=store_root)
+    publish_graft(art, label)
+    return art
+
+
+@task(**stage_options(chosen_graft_spec, "graft", task_run_name="graft-{label}"))
+def graft_chosen(
+    graft_cfg: GraftConfig, selection: Artifact, chosen: Artifact, label: str, store_root: str
+) -> Artifact:
+    """graft.alpha auto: the chosen candidate, with the selection in its manifest."""
+    art, _ = build_stage(
+        chosen_graft_spec, graft_cfg=graft_cfg, selection=selection, chosen=chosen, store_root=store_root
+    )
+    publish_graft(art, label)
+    return art
+
+
+def publish_graft(art: Artifact, label: str) -> None:
     info = json.loads((art.path / "manifest.json").read_text())["graft"]
     rules = info.get("method_settings", {}).get("alpha_by_module")
     alpha = info["alpha"]
@@ -37,4 +54,3 @@ def graft(graft_cfg: GraftConfig, instruct: Path, update: Artifact, label: str, 
         f"- model dir: `{art.path / 'model'}`\n" + "".join(f"- warning: {w}\n" for w in info["warnings"])
     )
     create_markdown_artifact(md, key=artifact_key_name("graft", label), description=f"Graft summary ({label})")
-    return art

@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter, atomic_output_dir, check_output_dir
-from shadowft.graft.api import refuse_out_in_inputs
+from shadowft.graft.api import _CHECK, refuse_out_in_inputs
 from shadowft.graft.lora import LoraAdapter
 from shadowft.graft.provenance import PROVENANCE_NAME, write_provenance
-from shadowft.graft.sources import PathLike
+from shadowft.graft.sources import LoraSource, PathLike
+from shadowft.pair import PairOptions
 
 
 def retarget_adapter(
@@ -20,11 +21,13 @@ def retarget_adapter(
     *,
     alpha: float = 1.0,
     overwrite: bool = False,
+    pair_options: PairOptions | None = _CHECK,
 ) -> Path:
     """Write the Base-trained adapter as one whose base model is Instruct (for adapter serving).
 
     The adapter's update does not depend on the weights it is applied to, so only its
-    `base_model_name_or_path` changes, after checking that it fits Instruct; `alpha` != 1
+    `base_model_name_or_path` changes, after checking that it fits Instruct (its shapes, and its
+    recorded base against Instruct as in `graft`); `alpha` != 1
     scales lora_B (and its bias) so that serving applies alpha * update.
     """
     out = Path(out)
@@ -34,6 +37,11 @@ def retarget_adapter(
     try:
         with Checkpoint(instruct, role="instruct") as ci:
             ad.check_fits(ci)
+            source = LoraSource(adapter)
+            try:
+                check = source.check_pair(ci, "all", pair_options)
+            finally:
+                source.close()
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             for f in Path(adapter).iterdir():
                 if (
@@ -54,7 +62,12 @@ def retarget_adapter(
                 for t in plan:
                     src = ad.ckpt.view(t.name)
                     writer.write(t.name, src.float() * alpha if t.name in scaled and alpha != 1.0 else src)
-            write_provenance(tmp, "adapter", {"adapter": Path(adapter), "instruct": Path(instruct)}, {"alpha": alpha})
+            write_provenance(
+                tmp,
+                "adapter",
+                {"adapter": Path(adapter), "instruct": Path(instruct)},
+                {"alpha": alpha, "pair_check": check.to_dict()},
+            )
     finally:
         ad.close()
     return out

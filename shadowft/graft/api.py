@@ -28,7 +28,10 @@ from shadowft.graft.provenance import write_provenance
 from shadowft.graft.registry import make_method, resolve_method_name
 from shadowft.graft.sources import PathLike, check_one_source, open_source
 from shadowft.graft.validate import VocabPolicy, validate_graft
+from shadowft.pair import PairOptions
 from shadowft.scope import compile_scope
+
+_CHECK = PairOptions()  # the default: check sigma against 0.15, hints name the CLI's options
 
 
 @dataclass
@@ -48,6 +51,7 @@ class GraftReport:
     seconds: float
     graft_method: str = "linear"  # how the update was combined (see shadowft.graft.registry)
     method_settings: dict[str, Any] = field(default_factory=dict)
+    pair_check: dict[str, Any] = field(default_factory=dict)  # see shadowft.graft.guard.PairCheck
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +82,7 @@ def graft(
     vocab_mismatch: VocabPolicy = "error",
     overwrite: bool = False,
     progress: Progress | None = None,
+    pair_options: PairOptions | None = _CHECK,
 ) -> GraftReport:
     """Write Instruct + alpha * update to `out` as a complete HF model dir.
 
@@ -85,6 +90,10 @@ def graft(
     adapter trained on Base. `method` names how it is combined (default `linear`, or
     `per_module` when `alpha_by_module` {regex: alpha} is given). Tensors outside `scope` are
     copied bit-exactly from Instruct; the arithmetic is float32, stored in Instruct's dtype.
+
+    Before anything is written, the update's Base is compared with Instruct (`guard.py`):
+    structure always, and sigma against `pair_options.max_sigma` where the Base weights are at
+    hand. `pair_options=None` skips sigma, for callers that have run the pair check themselves.
     """
     t0 = time.perf_counter()
     check_one_source(delta=delta, base=base, tuned=tuned, adapter=adapter)
@@ -99,6 +108,7 @@ def graft(
         source = open_source(delta=delta, base=base, tuned=tuned, adapter=adapter)
         try:
             validate_graft(ci, source, pattern, vocab_mismatch)
+            pair_check = source.check_pair(ci, scope, pair_options, vocab_mismatch)
             plan = make_plan(ci, source, pattern, scope, vocab_mismatch)
             layout = [OutTensor(n, i.dtype, i.shape) for n, i in ci.tensors.items()]
             with atomic_output_dir(out, overwrite=overwrite) as tmp:
@@ -115,12 +125,13 @@ def graft(
                     grafted=len(grafted),
                     copied=len(layout) - len(grafted),
                     in_scope_without_update=plan.in_scope_without_update,
-                    warnings=plan.warnings + combine.check(grafted),
+                    warnings=pair_check.warnings + plan.warnings + combine.check(grafted),
                     bytes_read=bytes_read,
                     bytes_written=sum(t.nbytes for t in layout),
                     seconds=round(time.perf_counter() - t0, 3),
                     graft_method=combine.name,
                     method_settings=combine.settings(),
+                    pair_check=pair_check.to_dict(),
                 )
                 write_provenance(tmp, "graft", {"instruct": Path(instruct), **source.inputs()}, report.to_dict())
         finally:

@@ -16,6 +16,7 @@ from shadowft.graft.api import refuse_out_in_inputs
 from shadowft.graft.engine import Buffers, Progress, Stream
 from shadowft.graft.provenance import write_provenance
 from shadowft.graft.sources import PathLike, difference_chunks
+from shadowft.pair import Structure
 
 
 @dataclass
@@ -84,6 +85,8 @@ def extract_delta(
                 bytes_written=sum(t.nbytes for t in plan),
                 seconds=round(time.perf_counter() - t0, 3),
             )
-            record = {"base_config": cb.config, **report.to_dict()}
+            # The Base's structure travels with the delta: grafting it later onto another Instruct
+            # checks that Instruct against it (and its fingerprint, in `inputs`, identifies the Base).
+            record = {"base_config": cb.config, "base_structure": Structure.of(cb).to_dict(), **report.to_dict()}
             write_provenance(tmp, "delta", {"base": Path(base), "tuned": Path(tuned)}, record)
     return report

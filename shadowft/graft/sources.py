@@ -19,10 +19,13 @@ import torch
 
 from shadowft.checkpoint import Checkpoint, TensorInfo
 from shadowft.errors import PairError, ShadowFTError
+from shadowft.fingerprint import fingerprint_path
 from shadowft.graft.engine import Buffers, Stream, TensorUpdate, UpdateChunks, check_finite
+from shadowft.graft.guard import PairCheck, check_base, check_structure, local_model_dir
 from shadowft.graft.lora import LoraAdapter, LoraModule
 from shadowft.graft.provenance import PROVENANCE_NAME
 from shadowft.graft.validate import VocabPolicy, check_full_update, check_pair_shapes, covered_elements
+from shadowft.pair import PairOptions, Structure
 
 PathLike = str | Path
 
@@ -50,6 +53,13 @@ class UpdateSource(ABC):
     @abstractmethod
     def update_for(self, name: str, info: TensorInfo, policy: VocabPolicy, warnings: list[str]) -> TensorUpdate | None:
         """The update of in-scope Instruct tensor `name` (None: copy it); only after `validate`."""
+
+    @abstractmethod
+    def check_pair(
+        self, instruct: Checkpoint, scope: str, options: PairOptions | None, policy: VocabPolicy = "error"
+    ) -> PairCheck:
+        """Compare the Base this update was taken from with `instruct` (raise PairError when they are
+        not a pair); sigma only when `options` is given (None: the caller has checked the pair)."""
 
     def plan_warnings(self, pattern: re.Pattern[str], scope: str) -> list[str]:
         return []
@@ -90,6 +100,11 @@ class PairSource(UpdateSource):
     def inputs(self) -> dict[str, Path]:
         return dict(self.paths)
 
+    def check_pair(
+        self, instruct: Checkpoint, scope: str, options: PairOptions | None, policy: VocabPolicy = "error"
+    ) -> PairCheck:
+        return check_base(self.base, instruct, scope, options, policy=policy)
+
     def validate(self, instruct: Checkpoint, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
         check_pair_shapes(self.base, self.tuned, instruct, pattern)
         check_full_update(instruct, self.tuned, pattern, policy)
@@ -117,18 +132,58 @@ class DeltaSource(UpdateSource):
 
     kind = "delta"
 
-    def __init__(self, delta: PathLike) -> None:
+    def __init__(self, delta: PathLike, base: PathLike | None = None) -> None:
         self.path = Path(delta)
+        self.base = Path(base) if base is not None else None
         self.delta = Checkpoint(delta, role="delta")
+        self.record: dict = {}
         prov = self.path / PROVENANCE_NAME
         if prov.is_file():
-            self.delta.config = json.loads(prov.read_text()).get("base_config", {})
+            self.record = json.loads(prov.read_text())
+            self.delta.config = self.record.get("base_config", {})
 
     def checkpoints(self) -> list[Checkpoint]:
         return [self.delta]
 
     def inputs(self) -> dict[str, Path]:
-        return {"delta": self.path}
+        return {"delta": self.path, **({"base": self.base} if self.base is not None else {})}
+
+    def check_pair(
+        self, instruct: Checkpoint, scope: str, options: PairOptions | None, policy: VocabPolicy = "error"
+    ) -> PairCheck:
+        """The recorded Base structure against Instruct; sigma with `--base` (which must be the
+        recorded Base: same fingerprint) or with the recorded Base dir when it is still unchanged."""
+        recorded = self.record.get("base_structure")
+        warnings: list[str] = []
+        if recorded:
+            warnings = check_structure(Structure.from_dict(recorded), instruct, scope, "base", policy)
+        else:
+            warnings.append(
+                f"delta {self.path} does not record its Base's structure (made by an older shadowft): "
+                "only tensor shapes could be checked against instruct"
+            )
+        rec_base = (self.record.get("inputs") or {}).get("base") or {}
+        base = self.base
+        if base is not None and rec_base.get("fingerprint") and fingerprint_path(base) != rec_base["fingerprint"]:
+            raise PairError(
+                f"--base {base} is not the Base this delta was taken from ({rec_base.get('path')}: other content)",
+                hint="pass the Base model the delta was extracted from, or leave --base out",
+            )
+        if base is None and options is not None:
+            found = local_model_dir(rec_base.get("path"))
+            if found is not None and fingerprint_path(found) == rec_base.get("fingerprint"):
+                base = found
+        if base is None or options is None:
+            if options is not None:
+                warnings.append(
+                    "only the structure was checked: the delta's Base is not at hand "
+                    "(pass --base BASE to also check sigma(base, instruct))"
+                )
+            return PairCheck("structure" if recorded else "shapes", rec_base.get("path"), warnings=warnings)
+        with Checkpoint(base, role="base") as cb:
+            result = check_base(cb, instruct, scope, options, policy=policy)
+        result.warnings = warnings + result.warnings
+        return result
 
     def validate(self, instruct: Checkpoint, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
         check_full_update(instruct, self.delta, pattern, policy)
@@ -164,6 +219,27 @@ class LoraSource(UpdateSource):
 
     def inputs(self) -> dict[str, Path]:
         return {"adapter": self.path}
+
+    def check_pair(
+        self, instruct: Checkpoint, scope: str, options: PairOptions | None, policy: VocabPolicy = "error"
+    ) -> PairCheck:
+        """The adapter's recorded base (`base_model_name_or_path`) against Instruct, when it is a
+        local model dir; otherwise only the adapter's shapes can be checked (in `validate`)."""
+        ref = self.adapter.config.get("base_model_name_or_path")
+        found = local_model_dir(ref)
+        if found is None:
+            return PairCheck(
+                "shapes",
+                ref,
+                warnings=[
+                    f"the adapter's base model {ref!r} is not a local model dir: only the adapter's shapes "
+                    "could be checked against instruct, not that instruct is its Base's twin"
+                ],
+            )
+        if found.resolve() == Path(instruct.path).resolve():
+            return PairCheck("structure+sigma", str(found), sigma=0.0)  # merged into the model it was trained on
+        with Checkpoint(found, role="adapter base") as cb:
+            return check_base(cb, instruct, scope, options, label="adapter base", policy=policy)
 
     def validate(self, instruct: Checkpoint, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
         self.adapter.check_fits(instruct)
@@ -219,9 +295,12 @@ def check_one_source(
     *, delta: PathLike | None, base: PathLike | None, tuned: PathLike | None, adapter: PathLike | None
 ) -> None:
     """Refuse no update, several, or half a pair (before any file is opened)."""
-    given = [x is not None for x in (delta, adapter)] + [base is not None or tuned is not None]
-    if sum(given) != 1 or (base is None) != (tuned is None):
-        raise ShadowFTError("give exactly one update: --delta DIR, or --base DIR with --tuned DIR, or --adapter DIR")
+    given = [x is not None for x in (delta, adapter)] + [tuned is not None]
+    if sum(given) != 1 or (tuned is not None and base is None) or (adapter is not None and base is not None):
+        raise ShadowFTError(
+            "give exactly one update: --delta DIR (with --base DIR to check sigma), or --base DIR with --tuned DIR, "
+            "or --adapter DIR"
+        )
 
 
 def open_source(
@@ -234,7 +313,7 @@ def open_source(
     """Open the one update given: a delta dir, a (base, tuned) pair, or a LoRA adapter."""
     check_one_source(delta=delta, base=base, tuned=tuned, adapter=adapter)
     if delta is not None:
-        return DeltaSource(delta)
+        return DeltaSource(delta, base)
     if adapter is not None:
         return LoraSource(adapter)
     return PairSource(base, tuned)  # type: ignore[arg-type]
