@@ -67,7 +67,7 @@ def test_yaml_with_overrides(tmp_path):
     [
         ("train.lr=0", "train.lr: must be greater than 0"),
         ("train.lr=-1e-4", "train.lr: must be greater than 0.0 (got -0.0001)"),  # a number, not '-1e-4'
-        ("graft.alpha=2e1", "graft.alpha: must be at most 10.0 (got 20.0)"),
+        ("graft.alpha=2e1", "graft.alpha: must be at most 10 (or auto) (got 20.0)"),
         ("train.lora_rank=0", "train.lora_rank: must be at least 1"),
         ("graft.alpha=0", "graft.alpha: must be greater than 0"),
         ("graft.alpha=10.5", "graft.alpha: must be at most 10"),
