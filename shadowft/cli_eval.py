@@ -95,12 +95,15 @@ def suites() -> None:
     from shadowft.evaluate import list_suites
 
     table = Table(title="suites (also: any lm-eval task/group name, or a folder of task YAMLs)")
-    for col in ("suite", "tasks", "chance", "offline", "runs code", "description"):
+    listed = list_suites()
+    table.add_column("suite", no_wrap=True, min_width=max(len(s.name) for s in listed))
+    for col in ("tasks", "missing (not in lm-eval)", "chance", "offline", "runs code", "description"):
         table.add_column(col)
-    for s in list_suites():
+    for s in listed:
         table.add_row(
             s.name,
             ", ".join(t.name for t in s.tasks),
+            ", ".join(s.missing) or "-",
             _fmt(s.chance),
             "yes" if s.offline else "no",
             "yes" if s.code_execution else "no",
