@@ -4,7 +4,9 @@
     -> (full: extract the delta) -> graft onto Instruct -> evaluate -> report
 
 Baselines: `instruct` (Instruct as is) and `direct` (the same tuning applied to Instruct, the
-conventional method). Every stage is cached in the artifact store and in Prefect.
+conventional method). Every stage is cached in the artifact store and in Prefect. The heavy stages
+(training, evaluation) are submitted as soon as their inputs exist and run side by side when
+`resources` gives more than one slot.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
+from prefect.futures import PrefectFuture
 
 from shadowft.config import GraftConfig, RunConfig
 from shadowft.stages import preflight, resolve_model, zoo_placeholders
 from shadowft.store import Artifact
 from shadowft.train.methods import get_method
+from tasks._stage import ensure_slot_limit
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
 from tasks.pair import check_pair
@@ -37,6 +41,10 @@ def update_of(method: str, start: Path, tuned: Artifact, store: str) -> Artifact
 def as_model(method: str, start: Path, tuned: Artifact, label: str, store: str) -> Artifact:
     """The tuned model as full weights: a LoRA adapter merged into its start, a full model as is."""
     return graft(MERGE, start, tuned, label, store) if get_method(method).produces == "adapter" else tuned
+
+
+def model_dir(model: Path | Artifact) -> Path:
+    return model.path / "model" if isinstance(model, Artifact) else model
 
 
 def store_root(config: RunConfig) -> str:
@@ -69,19 +77,29 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     check_pair(config.pair, base, instruct, config.graft.scope, store)
     data = prepare_data(config.data, instruct, store)
 
-    tuned_base = train(config.train, base, data, "base", store)
-    update = update_of(config.train.method, base, tuned_base, store)
-    models: dict[str, Path | Artifact] = {}
-    if "instruct" in config.baselines:
-        models["instruct"] = instruct
+    # Heavy stages are submitted at once and run side by side, each when a slot is free (resources).
+    res = config.resources
+    ensure_slot_limit(res)
+    tuned_base = train.submit(config.train, base, data, "base", store, res)
+    trainings = [tuned_base]
     if "direct" in config.baselines:
-        tuned_instruct = train(config.train, instruct, data, "instruct", store)
-        models["direct"] = as_model(config.train.method, instruct, tuned_instruct, "direct", store)
-    models["shadow-ft"] = graft(config.graft, instruct, update, "shadow-ft", store)
+        tuned_instruct = train.submit(config.train, instruct, data, "instruct", store, res)
+        trainings.append(tuned_instruct)
+    evals: dict[str, PrefectFuture[Artifact]] = {}
+    if "instruct" in config.baselines:  # after the trainings, which are the longer path, have their slots
+        evals["instruct"] = evaluate.submit(config.eval, instruct, "instruct", store, res, wait_for=trainings)
 
-    evals = {name: evaluate(config.eval, model, name, store) for name, model in models.items()}
-    final = report(evals, config.output.name or "Shadow-FT results", store)
+    update = update_of(config.train.method, base, tuned_base.result(), store)
+    models: dict[str, Path | Artifact] = {"instruct": instruct} if "instruct" in config.baselines else {}
+    models["shadow-ft"] = graft(config.graft, instruct, update, "shadow-ft", store)
+    evals["shadow-ft"] = evaluate.submit(config.eval, models["shadow-ft"], "shadow-ft", store, res)
+    if "direct" in config.baselines:
+        models["direct"] = as_model(config.train.method, instruct, tuned_instruct.result(), "direct", store)
+        evals["direct"] = evaluate.submit(config.eval, models["direct"], "direct", store, res)
+
+    order = [n for n in ("instruct", "direct", "shadow-ft") if n in evals]  # the report's row order
+    final = report({n: evals[n].result() for n in order}, config.output.name or "Shadow-FT results", store)
     return {
         "report": str(final.path),
-        "models": {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()},
+        "models": {n: str(model_dir(models[n])) for n in order},
     }

@@ -79,3 +79,51 @@ def inline_chart(chart: Path) -> str:
     if not chart.exists() or chart.stat().st_size > MAX_INLINE_CHART:
         return ""
     return f"## Chart\n\n![chart](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})\n\n"
+
+
+# -- heavy stages in slots --------------------------------------------------------------------------
+
+#: Heavy stage tasks carry this tag; the run sets the tag's Prefect concurrency limit to its slot
+#: count, so a stage waiting for a slot stays Pending in the UI (and the Concurrency page shows the
+#: slots in use) while the running ones hold a slot.
+HEAVY_TAG = "shadowft-heavy-stage"
+
+
+def ensure_slot_limit(resources: Any) -> int:
+    """Create or resize the Prefect concurrency limit to the run's slot count. -> slots"""
+    from prefect.client.orchestration import get_client
+
+    from shadowft.resources import plan_slots
+
+    n = len(plan_slots(resources))
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(f"tag:{HEAVY_TAG}", n)
+    return n
+
+
+def _build_stage_in_child(spec_fn: SpecFn, args: dict[str, Any], progress: bool) -> tuple[Artifact, bool]:
+    from shadowft.resources import child_progress
+
+    return build_stage(spec_fn, **args, **({"progress": child_progress} if progress else {}))
+
+
+def build_stage_in_slot(spec_fn: SpecFn, resources: Any, label: str, **args: Any) -> tuple[Artifact, bool]:
+    """Build a heavy stage (training, evaluation) in a slot: Prefect has already held the task until
+    its tag's limit had room (`HEAVY_TAG`); the slot's file lock picks its GPUs (and keeps stages of
+    runs on other Prefect servers apart). With several slots, or GPUs, the stage runs in a process of
+    its own that sees only its slot's devices; with one CPU slot, in this process as before."""
+    from prefect.logging import get_run_logger
+
+    from shadowft.resources import SlotPool, plan_slots, run_in_process
+
+    logger = get_run_logger()
+    slots = plan_slots(resources)
+    pool = SlotPool(Path(args["store_root"]) / "slots", slots)
+    with pool.acquire(on_wait=lambda: logger.info("%s waits for a free slot", label)) as slot:
+        if len(slots) == 1 and not slot.devices:
+            return build_stage(spec_fn, **args)
+        logger.info("%s runs in slot %d (devices: %s)", label, slot.index, slot.devices or "cpu")
+        progress = args.pop("progress", None)
+        return run_in_process(
+            _build_stage_in_child, spec_fn, args, progress is not None, env=slot.env(), progress=progress
+        )
