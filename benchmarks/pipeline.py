@@ -8,12 +8,16 @@ In one fresh SHADOWFT_HOME and PREFECT_HOME (so nothing is cached at the start):
   resume   a run whose evaluation fails (an evaluation suite whose data file is missing), then the
            same run after the data file is restored: the stages before evaluation come from cache;
            we report the time the resumed run spends on them, as a fraction of the full run
+  slots    the demo cold in two fresh stores, with resources.slots=1 and =2 (each heavy stage in its
+           own process): wall time, and whether train-base and train-instruct overlapped
+           (--slots-only runs just this and merges it into the existing JSON)
 
 With --family-build it also trains the default family from scratch twice, in one run: on a quiet
 machine, and beside a CPU-bound neighbour (a torch matmul loop with torch's default threads, the
 usual neighbour on a shared machine). The demo itself installs the family shipped with the package.
 
 Prints a table and writes JSON. Usage: python benchmarks/pipeline.py [--config examples/toy.yaml] [--family-build]
+[--slots-only]
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ def timed_run(cfg) -> tuple[float, str, list[dict]]:
             "name": r.name,
             "state": r.state.name,
             "seconds": (r.end_time - r.start_time).total_seconds() if r.start_time and r.end_time else 0.0,
+            "start": r.start_time.timestamp() if r.start_time else 0.0,
+            "end": r.end_time.timestamp() if r.end_time else 0.0,
         }
         for r in runs
     ]
@@ -79,6 +85,28 @@ def cpu_neighbour():
     finally:
         proc.kill()
         proc.wait()
+
+
+def _overlap(tasks: list[dict], a: str, b: str) -> bool:
+    ta, tb = next(t for t in tasks if t["name"] == a), next(t for t in tasks if t["name"] == b)
+    return ta["start"] < tb["end"] and tb["start"] < ta["end"]
+
+
+def slot_runs(cfg, home: Path) -> dict[str, dict]:
+    """The demo cold with one slot and with two, each in a fresh store (the family is installed)."""
+    out: dict[str, dict] = {}
+    for n in (1, 2):
+        os.environ["SHADOWFT_HOME"] = str(home / f"shadowft-slots-{n}")
+        c = cfg.model_copy(deep=True)
+        c.resources.slots = n
+        wall, state, tasks = timed_run(c)
+        out[str(n)] = {
+            "wall_s": wall,
+            "state": state,
+            "trainings_overlap": _overlap(tasks, "train-base", "train-instruct"),
+            "tasks": tasks,
+        }
+    return out
 
 
 def family_builds(home: Path) -> dict[str, float]:
@@ -106,6 +134,9 @@ def main() -> None:
     ap.add_argument(
         "--family-build", action="store_true", help="also time from-scratch family builds, quiet and loaded"
     )
+    ap.add_argument(
+        "--slots-only", action="store_true", help="only the one-slot vs two-slot rows, merged into the JSON"
+    )
     args = ap.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="shadowft-bench-pipeline-"))
@@ -120,6 +151,18 @@ def main() -> None:
     from shadowft.zoo.build import build_family
 
     cfg = load_config(args.config, args.overrides)
+    if args.slots_only:
+        with prefect_test_harness(server_startup_timeout=120):
+            build_family(progress=False)
+            slots = slot_runs(cfg, home)
+        record = json.loads(args.json.read_text()) if args.json.exists() else {}
+        record["slots"] = slots
+        print_slots(slots)
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.json}")
+        if args.home is None:
+            shutil.rmtree(home, ignore_errors=True)
+        return
     builds = family_builds(home) if args.family_build else {}
     with prefect_test_harness(server_startup_timeout=120):
         t0 = time.perf_counter()
@@ -139,6 +182,7 @@ def main() -> None:
             "".join(json.dumps({"q": f"{i} is even?", "a": "yes" if i % 2 == 0 else "no"}) + "\n" for i in range(8))
         )
         resume_s, resume_state, resume_tasks = timed_run(failing)
+        slots = slot_runs(cfg, home)
 
     done_before = [t for t in resume_tasks if not t["name"].startswith(EVAL_STAGES)]
     cached_s = sum(t["seconds"] for t in done_before)
@@ -166,6 +210,7 @@ def main() -> None:
             "fraction_of_full_run": cached_s / cold_s,
             "stages_already_done": {t["name"]: t["state"] for t in done_before},
         },
+        "slots": slots,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
     from rich.console import Console
@@ -191,11 +236,25 @@ def main() -> None:
     t.add_row("resume: time on stages already done", f"{cached_s:.2f}", f"{cached_s / cold_s:.3f}", "< 0.10")
     t.add_row("resume: whole resumed run", f"{resume_s:.1f}", f"{resume_s / cold_s:.2f}", "")
     Console().print(t)
+    print_slots(slots)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.json}")
     if args.home is None:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def print_slots(slots: dict[str, dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    one = slots["1"]["wall_s"]
+    t = Table(title=f"demo cold, heavy stages in one slot vs two ({os.cpu_count()} CPUs)")
+    for c in ("slots", "seconds", "ratio to one slot", "train-base / train-instruct overlap"):
+        t.add_column(c, justify="right")
+    for n, r in slots.items():
+        t.add_row(n, f"{r['wall_s']:.1f}", f"{r['wall_s'] / one:.2f}", "yes" if r["trainings_overlap"] else "no")
+    Console().print(t)
 
 
 if __name__ == "__main__":

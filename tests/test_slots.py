@@ -114,7 +114,10 @@ def _adapter_tensors(store: Path) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_two_slots_train_base_and_instruct_side_by_side(prefect_env, llama_trio, tmp_path, monkeypatch):  # noqa: F811
+    from prefect.client.orchestration import get_client
+
     from flows.shadow_ft import shadow_ft
+    from tasks._stage import HEAVY_TAG
 
     data = write_dataset(tmp_path / "d.jsonl", n=64)
     runs = {}
@@ -128,6 +131,9 @@ def test_two_slots_train_base_and_instruct_side_by_side(prefect_env, llama_trio,
         (report,) = (store / "artifacts" / "report").glob("*/summary.json")
         summary = json.loads(report.read_text())
         runs[slots] = (tasks, summary, _adapter_tensors(store))
+        assert set(tasks["train-base"].tags) >= {HEAVY_TAG}
+        with get_client(sync_client=True) as client:  # the UI's Concurrency page shows this limit
+            assert client.read_global_concurrency_limit_by_name(f"tag:{HEAVY_TAG}").limit == slots
 
     def interval(tasks, name):
         return tasks[name].start_time, tasks[name].end_time
