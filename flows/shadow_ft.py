@@ -20,7 +20,6 @@ from shadowft.config import GraftConfig, RunConfig
 from shadowft.stages import preflight, resolve_model, zoo_placeholders
 from shadowft.store import Artifact
 from shadowft.train.methods import get_method
-from tasks._stage import ensure_slot_limit
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
 from tasks.pair import check_pair
@@ -79,7 +78,6 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
 
     # Heavy stages are submitted at once and run side by side, each when a slot is free (resources).
     res = config.resources
-    ensure_slot_limit(res)
     tuned_base = train.submit(config.train, base, data, "base", store, res)
     trainings = [tuned_base]
     if "direct" in config.baselines:

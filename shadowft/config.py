@@ -370,6 +370,16 @@ class RunConfig(BaseModel):
             raise ValueError("pair.base and pair.instruct are the same model")
         return self
 
+    @model_validator(mode="after")
+    def _vllm_fits_a_slot(self) -> RunConfig:
+        need = self.eval.vllm.devices
+        if self.eval.backend == "vllm" and need > self.resources.devices_per_stage:
+            raise ValueError(
+                f"eval.vllm needs {need} GPUs per evaluation (tensor_parallel_size x data_parallel_size) but "
+                f"resources.devices_per_stage is {self.resources.devices_per_stage}: raise it to {need}"
+            )
+        return self
+
     # -- views for the orchestration layer -------------------------------------------------------
 
     def stage_view(self, stage: str) -> dict[str, Any]:

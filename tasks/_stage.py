@@ -83,22 +83,10 @@ def inline_chart(chart: Path) -> str:
 
 # -- heavy stages in slots --------------------------------------------------------------------------
 
-#: Heavy stage tasks carry this tag; the run sets the tag's Prefect concurrency limit to its slot
-#: count, so a stage waiting for a slot stays Pending in the UI (and the Concurrency page shows the
-#: slots in use) while the running ones hold a slot.
+#: Heavy stage tasks carry this tag (filter them in the UI). The slots themselves are file locks,
+#: not a Prefect concurrency limit: a limit's slot held by a killed run stayed taken on the server
+#: here (every later heavy stage waited for it), while a file lock goes with the process holding it.
 HEAVY_TAG = "shadowft-heavy-stage"
-
-
-def ensure_slot_limit(resources: Any) -> int:
-    """Create or resize the Prefect concurrency limit to the run's slot count. -> slots"""
-    from prefect.client.orchestration import get_client
-
-    from shadowft.resources import plan_slots
-
-    n = len(plan_slots(resources))
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(f"tag:{HEAVY_TAG}", n)
-    return n
 
 
 def _build_stage_in_child(spec_fn: SpecFn, args: dict[str, Any], progress: bool) -> tuple[Artifact, bool]:
@@ -108,10 +96,10 @@ def _build_stage_in_child(spec_fn: SpecFn, args: dict[str, Any], progress: bool)
 
 
 def build_stage_in_slot(spec_fn: SpecFn, resources: Any, label: str, **args: Any) -> tuple[Artifact, bool]:
-    """Build a heavy stage (training, evaluation) in a slot: Prefect has already held the task until
-    its tag's limit had room (`HEAVY_TAG`); the slot's file lock picks its GPUs (and keeps stages of
-    runs on other Prefect servers apart). With several slots, or GPUs, the stage runs in a process of
-    its own that sees only its slot's devices; with one CPU slot, in this process as before."""
+    """Build a heavy stage (training, evaluation) once a slot is free (a file lock per slot under the
+    store, shared by every run on that store); the wait and the slot taken are logged to the task
+    run. With several slots, or GPUs, the stage runs in a process of its own that sees only its
+    slot's devices; with one CPU slot, in this process as before."""
     from prefect.logging import get_run_logger
 
     from shadowft.resources import SlotPool, plan_slots, run_in_process
@@ -119,7 +107,8 @@ def build_stage_in_slot(spec_fn: SpecFn, resources: Any, label: str, **args: Any
     logger = get_run_logger()
     slots = plan_slots(resources)
     pool = SlotPool(Path(args["store_root"]) / "slots", slots)
-    with pool.acquire(on_wait=lambda: logger.info("%s waits for a free slot", label)) as slot:
+    busy = f"{label} waits for a free slot (all {len(slots)} busy)"
+    with pool.acquire(on_wait=lambda: logger.info(busy)) as slot:
         if len(slots) == 1 and not slot.devices:
             return build_stage(spec_fn, **args)
         logger.info("%s runs in slot %d (devices: %s)", label, slot.index, slot.devices or "cpu")

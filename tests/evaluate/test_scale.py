@@ -80,12 +80,18 @@ def test_vllm_config_is_keyed_and_validated():
     hf = RunConfig().stage_view("eval")
     assert hf["backend"] == "hf" and "vllm" not in hf  # engine settings only count for their engine
     a = load_config(None, ["eval.backend=vllm"]).stage_view("eval")
-    b = load_config(None, ["eval.backend=vllm", "eval.vllm.tensor_parallel_size=2"]).stage_view("eval")
+    b = load_config(
+        None, ["eval.backend=vllm", "eval.vllm.tensor_parallel_size=2", "resources.devices_per_stage=2"]
+    ).stage_view("eval")
     assert a["backend"] == "vllm" and a != b and a != hf
     with pytest.raises(ShadowFTError, match=r"eval.vllm.gpu_memory_utilization: must be at most 1"):
         load_config(None, ["eval.backend=vllm", "eval.vllm.gpu_memory_utilization=1.5"])
     with pytest.raises(ShadowFTError, match=r"eval.backend: must be one of"):
         load_config(None, ["eval.backend=lmdeploy"])
+    with pytest.raises(ShadowFTError, match=r"needs 2 GPUs per evaluation .* resources.devices_per_stage is 1"):
+        load_config(None, ["eval.backend=vllm", "eval.vllm.tensor_parallel_size=2"])
+    ok = load_config(None, ["eval.backend=vllm", "eval.vllm.data_parallel_size=2", "resources.devices_per_stage=2"])
+    assert ok.eval.vllm.devices == 2
 
 
 def test_vllm_is_refused_in_preflight_without_vllm(tmp_path):
