@@ -85,7 +85,9 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
         trainings.append(tuned_instruct)
     evals: dict[str, PrefectFuture[Artifact]] = {}
     if "instruct" in config.baselines:  # after the trainings, which are the longer path, have their slots
-        evals["instruct"] = evaluate.submit(config.eval, instruct, "instruct", store, res, wait_for=trainings)
+        evals["instruct"] = evaluate.submit(
+            config.eval, instruct, "instruct", store, res, wait_for=trainings, return_state=False
+        )
 
     update = update_of(config.train.method, base, tuned_base.result(), store)
     models: dict[str, Path | Artifact] = {"instruct": instruct} if "instruct" in config.baselines else {}
