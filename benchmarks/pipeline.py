@@ -8,6 +8,9 @@ In one fresh SHADOWFT_HOME and PREFECT_HOME (so nothing is cached at the start):
   resume   a run whose evaluation fails (an evaluation suite whose data file is missing), then the
            same run after the data file is restored: the stages before evaluation come from cache;
            we report the time the resumed run spends on them, as a fraction of the full run
+  slots    the demo cold in two fresh stores, with resources.slots=1 and =2 (each heavy stage in its
+           own process): wall time, and whether train-base and train-instruct overlapped
+           (--slots-only runs just this and merges it into the existing JSON)
 
   loaded   the cold pipeline again (fresh store, family installed) beside a CPU-bound neighbour (a
            torch matmul loop with torch's default threads), in the same run as the quiet one
@@ -19,6 +22,7 @@ machine, and beside a CPU-bound neighbour (a torch matmul loop with torch's defa
 usual neighbour on a shared machine). The demo itself installs the family shipped with the package.
 
 Prints a table and writes JSON. Usage: python benchmarks/pipeline.py [--config examples/toy.yaml] [--family-build]
+[--slots-only]
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ def timed_run(cfg) -> tuple[float, str, list[dict]]:
             "name": r.name,
             "state": r.state.name,
             "seconds": (r.end_time - r.start_time).total_seconds() if r.start_time and r.end_time else 0.0,
+            "start": r.start_time.timestamp() if r.start_time else 0.0,
+            "end": r.end_time.timestamp() if r.end_time else 0.0,
         }
         for r in runs
     ]
@@ -109,6 +115,39 @@ def packing_rows(home: Path, family, steps: int = 40) -> dict[str, dict[str, flo
     return out
 
 
+def _trainings_overlap(store: Path) -> bool:
+    """Whether the two trainings' work overlapped, from the store's build log (a task run waiting
+    for its slot is already Running, so task-run times alone do not say)."""
+    from datetime import datetime
+
+    spans = []
+    for line in (store / "builds.jsonl").read_text().splitlines():
+        b = json.loads(line)
+        if b["stage"] == "train":
+            end = datetime.fromisoformat(b["created"]).timestamp()
+            spans.append((end - b["seconds"], end))
+    (a0, a1), (b0, b1) = spans
+    return a0 < b1 - 1 and b0 < a1 - 1  # build times have 1 s resolution
+
+
+def slot_runs(cfg, home: Path) -> dict[str, dict]:
+    """The demo cold with one slot and with two, each in a fresh store (the family is installed)."""
+    out: dict[str, dict] = {}
+    for n in (1, 2):
+        store = home / f"shadowft-slots-{n}"
+        os.environ["SHADOWFT_HOME"] = str(store)
+        c = cfg.model_copy(deep=True)
+        c.resources.slots = n
+        wall, state, tasks = timed_run(c)
+        out[str(n)] = {
+            "wall_s": wall,
+            "state": state,
+            "trainings_overlap": _trainings_overlap(store),
+            "tasks": tasks,
+        }
+    return out
+
+
 def family_builds(home: Path) -> dict[str, float]:
     """Seconds for a from-scratch default family build, quiet and beside a CPU-bound neighbour."""
     from shadowft.zoo.build import build_family
@@ -147,6 +186,9 @@ def main() -> None:
     ap.add_argument(
         "--packing", action=argparse.BooleanOptionalAction, default=True, help="training tokens/s padded vs packed"
     )
+    ap.add_argument(
+        "--slots-only", action="store_true", help="only the one-slot vs two-slot rows, merged into the JSON"
+    )
     args = ap.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="shadowft-bench-pipeline-"))
@@ -165,6 +207,18 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.slots_only:
+        with prefect_test_harness(server_startup_timeout=120):
+            build_family(progress=False)
+            slots = slot_runs(cfg, home)
+        record = json.loads(args.json.read_text()) if args.json.exists() else {}
+        record["slots"] = slots
+        print_slots(slots)
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.json}")
+        if args.home is None:
+            shutil.rmtree(home, ignore_errors=True)
+        return
     builds = family_builds(home) if args.family_build else {}
     with prefect_test_harness(server_startup_timeout=120):
         t0 = time.perf_counter()
@@ -184,6 +238,7 @@ def main() -> None:
             "".join(json.dumps({"q": f"{i} is even?", "a": "yes" if i % 2 == 0 else "no"}) + "\n" for i in range(8))
         )
         resume_s, resume_state, resume_tasks = timed_run(failing)
+        slots = slot_runs(cfg, home)
 
         loaded: dict = {}
         if args.loaded:  # the same cold pipeline in a fresh store, beside a CPU-bound neighbour
@@ -229,6 +284,7 @@ def main() -> None:
         },
         "loaded": loaded,
         "packing": packing,
+        "slots": slots,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
     from rich.console import Console
@@ -268,11 +324,25 @@ def main() -> None:
             "",
         )
     Console().print(t)
+    print_slots(slots)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.json}")
     if args.home is None:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def print_slots(slots: dict[str, dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    one = slots["1"]["wall_s"]
+    t = Table(title=f"demo cold, heavy stages in one slot vs two ({os.cpu_count()} CPUs)")
+    for c in ("slots", "seconds", "ratio to one slot", "train-base / train-instruct overlap"):
+        t.add_column(c, justify="right")
+    for n, r in slots.items():
+        t.add_row(n, f"{r['wall_s']:.1f}", f"{r['wall_s'] / one:.2f}", "yes" if r["trainings_overlap"] else "no")
+    Console().print(t)
 
 
 if __name__ == "__main__":

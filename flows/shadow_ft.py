@@ -4,7 +4,9 @@
     -> (full: extract the delta) -> graft onto Instruct -> evaluate -> report
 
 Baselines: `instruct` (Instruct as is) and `direct` (the same tuning applied to Instruct, the
-conventional method). Every stage is cached in the artifact store and in Prefect.
+conventional method). Every stage is cached in the artifact store and in Prefect. The heavy stages
+(training, evaluation) are submitted as soon as their inputs exist and run side by side when
+`resources` gives more than one slot.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 from prefect import flow
+from prefect.futures import PrefectFuture
 
 from shadowft.config import GraftConfig, RunConfig
 from shadowft.stages import chosen_alpha, preflight, resolve_model, zoo_placeholders
@@ -59,6 +62,10 @@ def graft_with_chosen_alpha(
     return graft_chosen(config.graft, selection, grafts[chosen_alpha(selection)], "shadow-ft", store), selection
 
 
+def model_dir(model: Path | Artifact) -> Path:
+    return model.path / "model" if isinstance(model, Artifact) else model
+
+
 def store_root(config: RunConfig) -> str:
     from shadowft.store import run_store
 
@@ -88,32 +95,44 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     pair = check_pair(config.pair, base, instruct, config.graft.scope, store)
     data = prepare_data(config.data, instruct, store, config.train.objective)
 
-    tuned_base = train(config.train, base, data, "base", store)
-    update = update_of(config.train.method, base, tuned_base, store)
-    models: dict[str, Path | Artifact] = {}
-    if "instruct" in config.baselines:
-        models["instruct"] = instruct
+    # Heavy stages are submitted at once and run side by side, each when a slot is free (resources).
+    res = config.resources
+    tuned_base = train.submit(config.train, base, data, "base", store, res)
+    trainings = [tuned_base]
     if "direct" in config.baselines:
-        tuned_instruct = train(config.train, instruct, data, "instruct", store)
-        models["direct"] = as_model(config.train.method, instruct, tuned_instruct, "direct", store)
+        tuned_instruct = train.submit(config.train, instruct, data, "instruct", store, res)
+        trainings.append(tuned_instruct)
+    evals: dict[str, PrefectFuture[Artifact]] = {}
+    if "instruct" in config.baselines:  # after the trainings, which are the longer path, have their slots
+        evals["instruct"] = evaluate.submit(
+            config.eval, instruct, "instruct", store, res, wait_for=trainings, return_state=False
+        )
+
+    update = update_of(config.train.method, base, tuned_base.result(), store)
+    models: dict[str, Path | Artifact] = {"instruct": instruct} if "instruct" in config.baselines else {}
     if config.graft.alpha == "auto":  # alpha chosen on held-out data (a cached graft per candidate)
         shadow, selection = graft_with_chosen_alpha(config, instruct, update, data, store)
     else:
         shadow, selection = graft(config.graft, instruct, update, "shadow-ft", store), None
     models["shadow-ft"] = shadow
+    evals["shadow-ft"] = evaluate.submit(config.eval, shadow, "shadow-ft", store, res)
+    if "direct" in config.baselines:
+        models["direct"] = as_model(config.train.method, instruct, tuned_instruct.result(), "direct", store)
+        evals["direct"] = evaluate.submit(config.eval, models["direct"], "direct", store, res)
 
-    evals = {name: evaluate(config.eval, model, name, store) for name, model in models.items()}
-    final = report(evals, config.output.name or "Shadow-FT results", store, selection)
-    model_dirs = {n: str(m.path / "model" if isinstance(m, Artifact) else m) for n, m in models.items()}
+    order: list[str] = [n for n in ("instruct", "direct", "shadow-ft") if n in evals]  # the report's row order
+    results = {n: evals[n].result() for n in order}
+    final = report(results, config.output.name or "Shadow-FT results", store, selection)
+    model_dirs = {n: str(model_dir(models[n])) for n in order}
 
     # the run folder (runs/<name>/<time>/) and, for re-tunes, the promotion gate
-    stages = {"pair": pair, "data": data, "train-base": tuned_base}
+    stages = {"pair": pair, "data": data, "train-base": tuned_base.result()}
     if "direct" in config.baselines:
-        stages["train-instruct"] = tuned_instruct
+        stages["train-instruct"] = tuned_instruct.result()
     if update.stage == "delta":
         stages["delta"] = update
     stages["graft-shadow-ft"] = shadow
-    folder = run_folder(config, stages, evals, final, model_dirs, started)
+    folder = run_folder(config, stages, results, final, model_dirs, started)
     if config.output.promote:
         promotion_gate(folder, config.output.max_regression)
     return {"report": str(final.path), "models": model_dirs, "folder": str(folder)}

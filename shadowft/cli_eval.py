@@ -97,12 +97,15 @@ def suites() -> None:
     from shadowft.tables import pct
 
     table = Table(title="suites (also: any lm-eval task/group name, or a folder of task YAMLs)")
-    for col in ("suite", "tasks", "chance %", "offline", "runs code", "description"):
-        table.add_column(col, no_wrap=col == "suite")
-    for s in list_suites():
+    listed = list_suites()
+    table.add_column("suite", no_wrap=True, min_width=max(len(s.name) for s in listed))
+    for col in ("tasks", "missing (not in lm-eval)", "chance %", "offline", "runs code", "description"):
+        table.add_column(col)
+    for s in listed:
         table.add_row(
             s.name,
             ", ".join(t.name for t in s.tasks),
+            ", ".join(s.missing) or "-",
             pct(s.chance),
             "yes" if s.offline else "no",
             "yes" if s.code_execution else "no",

@@ -60,7 +60,7 @@ DPOLoss = Literal[
 
 Method = Literal["lora", "full"]
 Objective = Literal["sft", "dpo"]
-EvalBackendName = Literal["hf"]
+EvalBackendName = Literal["hf", "vllm"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal[
     "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "polynomial", "inverse_sqrt"
@@ -447,6 +447,27 @@ class GraftConfig(_Section):
         return view
 
 
+class VLLMConfig(_Section):
+    """lm-eval's `vllm` model arguments (passed as they are; see lm-eval's VLLM class)."""
+
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one model replica is split over.")
+    data_parallel_size: int = Field(default=1, ge=1, description="Model replicas, each on its own GPUs.")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Fraction of each GPU's memory vLLM may take."
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="Context length vLLM allocates for; empty = the model's own."
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto", description="Weights dtype in vLLM; auto = as stored."
+    )
+
+    @property
+    def devices(self) -> int:
+        """GPUs one evaluation with these settings occupies."""
+        return self.tensor_parallel_size * self.data_parallel_size
+
+
 class EvalConfig(_Section):
     """Evaluation with lm-eval: suites are groups of tasks (coding, math, reasoning)."""
 
@@ -463,8 +484,59 @@ class EvalConfig(_Section):
         "(as in the paper).",
     )
     backend: EvalBackendName = Field(
-        default="hf", description="How the model runs under lm-eval: hf (transformers, one device)."
+        default="hf",
+        description="How the model runs under lm-eval: hf (transformers, one device) or vllm (lm-eval's vLLM "
+        "model: needs the `vllm` extra and a GPU).",
     )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine settings (used with backend: vllm).")
+    fewshot_as_multiturn: bool = Field(
+        default=True,
+        description="With the chat template, give few-shot examples as earlier user/assistant turns (lm-eval's "
+        "fewshot_as_multiturn); off = all examples in one user turn.",
+    )
+    enable_thinking: bool | None = Field(
+        default=None,
+        description="Qwen3's thinking switch, passed to the chat template (enable_thinking); empty = the "
+        "template's default. The paper evaluates Qwen3 with thinking off.",
+    )
+    request_cache: bool = Field(
+        default=True,
+        description="Keep each answered request in an SQLite cache in the stage's work dir, so a killed "
+        "evaluation re-run answers the finished requests from it (lm-eval's use_cache).",
+    )
+
+
+class ResourcesConfig(_Section):
+    """How many heavy stages (training, evaluation) run at once, and on which GPUs.
+
+    Each running heavy stage holds a slot; with more than one slot, or on GPUs, it runs in its own
+    process that sees only its devices (CUDA_VISIBLE_DEVICES). Stages that depend on each other
+    still wait for each other."""
+
+    slots: int | None = Field(
+        default=None,
+        ge=1,
+        description="Heavy stages that may run at once; empty = visible GPUs // devices_per_stage (1 on CPU).",
+    )
+    devices: list[int] | None = Field(
+        default=None, description="GPU indices the stages may use; empty = every visible GPU."
+    )
+    devices_per_stage: int = Field(
+        default=1,
+        ge=1,
+        description="GPUs each heavy stage gets (a multi-process training or a tensor-parallel vLLM "
+        "evaluation needs as many as it has processes).",
+    )
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_devices(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if any(d < 0 for d in v):
+                raise ValueError("GPU indices are 0 or more")
+            if len(set(v)) != len(v):
+                raise ValueError("a GPU is listed twice")
+        return v
 
 
 class OutputConfig(_Section):
@@ -494,7 +566,7 @@ STAGES = ("pair", "data", "train", "delta", "graft", "eval", "report")
 _NOT_IN_KEY = {
     "train": {"save_steps", "save_total_limit", "node_rank", "main_address", "main_port", "report_to", "launcher"},
     "pair": {"force"},
-    "eval": {"batch_size"},
+    "eval": {"batch_size", "request_cache"},
 }
 #: TrainConfig fields that only one training method reads (the others' are left out of its key).
 METHOD_FIELDS: dict[str, set[str]] = {
@@ -519,6 +591,10 @@ class RunConfig(BaseModel):
         default_factory=lambda: list[Baseline](["instruct", "direct"]),
         description="Comparisons evaluated beside Shadow-FT: instruct (the untouched Instruct model) and "
         "direct (the same fine-tuning applied to Instruct).",
+    )
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig,
+        description="Slots and GPUs for the heavy stages (training, evaluation) to run side by side.",
     )
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where results go.")
 
@@ -546,6 +622,16 @@ class RunConfig(BaseModel):
                 raise ValueError("graft.alpha auto measures the SFT loss: use it with train.objective sft")
         return self
 
+    @model_validator(mode="after")
+    def _vllm_fits_a_slot(self) -> RunConfig:
+        need = self.eval.vllm.devices
+        if self.eval.backend == "vllm" and need > self.resources.devices_per_stage:
+            raise ValueError(
+                f"eval.vllm needs {need} GPUs per evaluation (tensor_parallel_size x data_parallel_size) but "
+                f"resources.devices_per_stage is {self.resources.devices_per_stage}: raise it to {need}"
+            )
+        return self
+
     # -- views for the orchestration layer -------------------------------------------------------
 
     def stage_view(self, stage: str) -> dict[str, Any]:
@@ -561,7 +647,7 @@ class RunConfig(BaseModel):
           the `direct` baseline is this stage on the Instruct model
         - delta: nothing of its own (base and tuned base are inputs)
         - graft: the graft section (+ Instruct and the delta or adapter, inputs)
-        - eval: the eval section (+ the model dir, an input)
+        - eval: the eval section, the vllm settings only with backend vllm (+ the model dir, an input)
         - report: eval suites and baselines
         """
         if stage == "pair":
@@ -581,7 +667,10 @@ class RunConfig(BaseModel):
         if stage == "graft":
             return self.graft.cache_view()
         if stage == "eval":
-            return _dump(self.eval, exclude=_NOT_IN_KEY["eval"])
+            view = _dump(self.eval, exclude=_NOT_IN_KEY["eval"])
+            if self.eval.backend != "vllm":  # the engine settings count only for the engine that reads them
+                view.pop("vllm")
+            return view
         if stage == "report":
             return {"suites": list(self.eval.suites), "baselines": list(self.baselines)}
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")

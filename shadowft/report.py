@@ -79,7 +79,18 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "stderr": stderr,
             "change_vs_instruct": change,
             "reference": REFERENCE_MODEL,
+            "backends": {model: r.get("backend", "hf") for model, r in results.items()},
         }
+    )
+
+
+def backend_note(summary: dict[str, Any]) -> str | None:
+    """A warning when the models were evaluated by different backends (their scores differ by engine)."""
+    backends = summary.get("backends") or {}
+    if len(set(backends.values())) <= 1:
+        return None
+    return "**Mixed evaluation backends** (scores are not strictly comparable): " + ", ".join(
+        f"{m}: {b}" for m, b in backends.items()
     )
 
 
@@ -115,6 +126,9 @@ def to_markdown(summary: dict[str, Any], title: str = "Shadow-FT results") -> st
         markdown_row(["*chance*", *chance_cells(summary, summary["suites"]), ""]),
         markdown_row(["*items*", *(str(summary["n"].get(s) or "-") for s in summary["suites"]), ""]),
     ]
+    note = backend_note(summary)
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 

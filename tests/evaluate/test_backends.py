@@ -14,11 +14,11 @@ from shadowft.evaluate.backends.hf import HFBackend
 
 
 def test_backend_registry():
-    assert isinstance(get_backend("hf"), HFBackend) and set(BACKENDS) == {"hf"}
+    assert isinstance(get_backend("hf"), HFBackend) and set(BACKENDS) == {"hf", "vllm"}
     assert all(issubclass(b, EvalBackend) for b in BACKENDS.values())
-    with pytest.raises(ShadowFTError, match="unknown evaluation backend 'vllm'") as err:
-        get_backend("vllm")
-    assert "hf" in err.value.hint
+    with pytest.raises(ShadowFTError, match="unknown evaluation backend 'vlm'") as err:
+        get_backend("vlm")
+    assert "hf" in err.value.hint and "vllm" in err.value.hint
 
 
 def test_unknown_backend_fails_before_the_model_loads(tmp_path):

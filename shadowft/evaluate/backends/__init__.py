@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from shadowft.evaluate.backends.base import EvalBackend, LoadedModel
 from shadowft.evaluate.backends.hf import HFBackend
+from shadowft.evaluate.backends.vllm import VLLMBackend
 from shadowft.registry import lookup
 
-BACKENDS: dict[str, type[EvalBackend]] = {"hf": HFBackend}
+BACKENDS: dict[str, type[EvalBackend]] = {"hf": HFBackend, "vllm": VLLMBackend}
 DEFAULT_BACKEND = "hf"
 
 
-def get_backend(name: str = DEFAULT_BACKEND) -> EvalBackend:
-    """A new instance of the evaluation backend called `name`."""
-    return lookup(BACKENDS, name, "evaluation backend")()
+def get_backend(name: str = DEFAULT_BACKEND, **settings: Any) -> EvalBackend:
+    """A new instance of the evaluation backend called `name`, with its own settings (vllm's engine
+    arguments; hf has none)."""
+    return lookup(BACKENDS, name, "evaluation backend")(**settings)
 
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "EvalBackend", "LoadedModel", "get_backend"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "EvalBackend", "LoadedModel", "get_backend", "VLLMBackend", "HFBackend"]

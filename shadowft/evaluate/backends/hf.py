@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shadowft.evaluate.backends.base import EvalBackend, LoadedModel
+from shadowft.evaluate.backends.base import EvalBackend, LoadedModel, thinking_args
 
 
 def auto_device(device: str | None) -> str:
@@ -27,6 +27,7 @@ class HFBackend(EvalBackend):
         batch_size: int | str,
         dtype: str,
         trust_remote_code: bool,
+        enable_thinking: bool | None = None,
     ) -> LoadedModel:
         from lm_eval.models.huggingface import HFLM
 
@@ -37,6 +38,7 @@ class HFBackend(EvalBackend):
             batch_size=batch_size,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
+            **thinking_args(enable_thinking),
         )
         return LoadedModel(
             lm=lm,
