@@ -181,8 +181,8 @@ def test_grafted_model_dir_has_the_layout_vllm_reads(zoo_family, tmp_path):
 
     from shadowft.config import DataConfig, TrainConfig
     from shadowft.data import prepare_dataset
+    from shadowft.graft import graft
     from shadowft.train import train_model
-    from shadowft.weights import graft
 
     instruct = zoo_family.root / "instruct"
     assert check_vllm_layout(instruct) == []
