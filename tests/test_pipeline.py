@@ -75,7 +75,8 @@ def run_flow(cfg: RunConfig) -> tuple[str, dict[str, str], dict]:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         )
-    states = {("report" if r.name.startswith("report") else r.name): r.state.name for r in runs}
+    fixed = ("report", "run-folder")  # task-run names with a generated suffix
+    states = {next((f for f in fixed if r.name.startswith(f)), r.name): r.state.name for r in runs}
     result = state.result(raise_on_failure=False) if state.is_completed() else {}
     return state.name, states, result
 

@@ -113,6 +113,6 @@ def test_new_instruct_release_reuses_data_and_training(prefect_env, zoo_family, 
     assert states["prepare_data"] == states["train-base"] == "Cached", states
     ran = ["check_pair", "graft-shadow-ft", "evaluate-instruct", "evaluate-shadow-ft", "report"]
     assert all(states[s] == "Completed" for s in ran), states
-    assert set(states) == {"prepare_data", "train-base", *ran}, states
+    assert set(states) == {"prepare_data", "train-base", "run-folder", *ran}, states
     prov = json.loads((Path(result["models"]["shadow-ft"]) / "shadowft_provenance.json").read_text())
     assert prov["inputs"]["instruct"]["path"] == str(second_instruct)
