@@ -98,7 +98,10 @@ def test_sigkilled_run_leaves_no_prefect_server(tmp_path):
 
 
 def _port_free(port: int) -> bool:
+    """Whether the next server could listen on `port`: bound as servers bind (SO_REUSEADDR, as uvicorn
+    does), so connections left in TIME_WAIT by the killed server do not count, a live listener does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
