@@ -336,7 +336,10 @@ def test_killed_run_resumes_training_then_reuses_every_stage_before_eval(prefect
     # 2. the same command: training resumes from the last checkpoint; killed during evaluation
     proc = _popen(cmd, env)
     eval_tmp = lambda: list((store.root / "artifacts" / "eval").glob(".*.tmp-*"))  # noqa: E731
-    _wait_for(eval_tmp, proc, 240, "evaluation to start")
+    # Instruct's evaluation may start beside the graft (stages are submitted concurrently): kill once
+    # the graft is published and an evaluation is under way, so every stage before evaluation is done.
+    grafted = lambda: any(b["stage"] == "graft" for b in store.builds())  # noqa: E731
+    _wait_for(lambda: grafted() and eval_tmp(), proc, 240, "the graft, then an evaluation under way")
     _kill(proc)
     trained = [b for b in store.builds() if b["stage"] == "train"]
     assert len(trained) == 1
