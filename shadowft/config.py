@@ -499,6 +499,12 @@ class EvalConfig(_Section):
         description="Qwen3's thinking switch, passed to the chat template (enable_thinking); empty = the "
         "template's default. The paper evaluates Qwen3 with thinking off.",
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads for torch while evaluating; empty = as train.threads' default (1 for models "
+        "under 50M parameters, else the physical cores). Recorded in each results.json.",
+    )
     request_cache: bool = Field(
         default=True,
         description="Keep each answered request in an SQLite cache in the stage's work dir, so a killed "
@@ -566,7 +572,7 @@ STAGES = ("pair", "data", "train", "delta", "graft", "eval", "report")
 _NOT_IN_KEY = {
     "train": {"save_steps", "save_total_limit", "node_rank", "main_address", "main_port", "report_to", "launcher"},
     "pair": {"force"},
-    "eval": {"batch_size", "request_cache"},
+    "eval": {"batch_size", "request_cache", "threads"},
 }
 #: TrainConfig fields that only one training method reads (the others' are left out of its key).
 METHOD_FIELDS: dict[str, set[str]] = {

@@ -451,6 +451,7 @@ def eval_spec(
             fewshot_as_multiturn=eval_cfg.fewshot_as_multiturn,
             enable_thinking=eval_cfg.enable_thinking,
             cache_dir=cache,
+            threads=eval_cfg.threads,
         )
         return {"scores": {s: r.score for s, r in result.suites.items()}, "backend": result.backend}
 

@@ -64,6 +64,7 @@ class EvalResult(BaseModel):
         default=None, description="Qwen3's thinking switch passed to the chat template (None = not set)."
     )
     request_cache: bool = Field(default=False, description="Answers were cached per request (resumable run).")
+    threads: int | None = Field(default=None, description="torch's CPU threads during the run.")
     system_instruction: str | None = None
     generation: dict[str, dict[str, Any]] = Field(description="Generation settings per generative task.")
     limit: int | None

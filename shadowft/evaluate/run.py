@@ -22,6 +22,8 @@ from shadowft.evaluate.results import EvalResult, ModelInfo, collect, write_samp
 from shadowft.evaluate.suites import require_code_opt_in, resolve_suites
 from shadowft.evaluate.tasks import build_tasks, leaf_tasks, set_generation_limits
 from shadowft.files import write_text_atomic
+from shadowft.plan import model_shape
+from shadowft.threads import resolve_threads, thread_limit
 
 _OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -85,6 +87,7 @@ def evaluate_model(
     fewshot_as_multiturn: bool = True,
     enable_thinking: bool | None = None,
     cache_dir: Path | None = None,
+    threads: int | None = None,
 ) -> EvalResult:
     """Run `suites` on the model in `model_dir` with lm-eval; write `out_dir/results.json`.
 
@@ -101,6 +104,8 @@ def evaluate_model(
     - `enable_thinking`: Qwen3's thinking switch for the chat template (None = the template's default).
     - `cache_dir`: keep every answered request in an SQLite cache here (lm-eval's `use_cache`), so
       that a killed evaluation re-run with the same `cache_dir` answers finished requests from it.
+    - `threads`: torch's CPU threads for the run (None = `shadowft.threads.resolve_threads`' default
+      for the model's size: 1 thread for small models, which collapse beside a busy neighbour).
     """
     t0 = time.monotonic()
     resolved = resolve_suites(suites)
@@ -111,6 +116,7 @@ def evaluate_model(
     if limit is not None and limit < 1:
         raise EvalError(f"limit must be at least 1, got {limit}")
     model_dir = _check_model_dir(model_dir)
+    threads = resolve_threads(threads, model_shape(model_dir).params)
     all_offline = all(s.offline for s in resolved)
     env: dict[str, str] = {k: "1" for k in _OFFLINE_ENV} if all_offline else {}
     if code_suites:
@@ -123,7 +129,7 @@ def evaluate_model(
     import shadowft
 
     timings: dict[str, float] = {}
-    with _env(env):
+    with _env(env), thread_limit(threads):
         include = [str(s.include_path) for s in resolved if s.kind == "folder"]
         tm = TaskManager(
             include_path=include or None,
@@ -201,6 +207,7 @@ def evaluate_model(
         fewshot_as_multiturn=bool(apply_chat_template) and fewshot_as_multiturn,
         enable_thinking=enable_thinking,
         request_cache=cache_dir is not None,
+        threads=threads,
         suites={s.name: collect(s, raw, prompts[s.name]) for s in resolved},
         chat_template=bool(apply_chat_template),
         system_instruction=system_instruction,

@@ -11,12 +11,13 @@ from typing import Any
 
 from shadowft.data import load_prepared
 from shadowft.errors import CheckpointError, ShadowFTError
+from shadowft.threads import resolve_threads, thread_limit
 from shadowft.train.checkpoints import is_finished
 from shadowft.train.job import FitOutcome, TrainJob
 from shadowft.train.methods import get_method
 from shadowft.train.objectives import TrainerParts, get_objective
 from shadowft.train.progress import ProgressFn, progress_callback
-from shadowft.train.resources import resolve_attn_implementation, resolve_threads, thread_limit
+from shadowft.train.resources import resolve_attn_implementation
 
 #: strategies whose weights live sharded across ranks: saving is a collective (every rank takes part)
 SHARDED = ("fsdp", "deepspeed")

@@ -222,6 +222,31 @@ def test_backend_settings_and_chat_options_are_recorded(llama_trio, tmp_path):
     assert saved.request_cache is False
 
 
+def test_evaluation_threads_default_to_one_for_small_models_and_are_restored(llama_trio, tmp_path, monkeypatch):
+    """Evaluation gets training's thread default (a tiny model on 1 thread does not collapse beside a
+    busy neighbour); an explicit count is used and recorded; neither is in the stage's cache key."""
+    import torch
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    from lm_eval import evaluator
+
+    real = evaluator.simple_evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluator, "simple_evaluate", spy)  # observes the thread count; runs the real one
+    default = evaluate_model(llama_trio["instruct"], ["toy-math"], tmp_path / "a", limit=2)
+    explicit = evaluate_model(llama_trio["instruct"], ["toy-math"], tmp_path / "b", limit=2, threads=2)
+    assert seen == [1, 2]
+    assert default.threads == 1 and load_result(tmp_path / "b" / "results.json").threads == 2
+    assert explicit.suites["toy-math"].score == default.suites["toy-math"].score
+    assert torch.get_num_threads() == before
+    assert load_config(None, ["eval.threads=2"]).stage_view("eval") == RunConfig().stage_view("eval")
+
+
 # -- resumable evaluation -------------------------------------------------------------------------
 
 _CHILD = """

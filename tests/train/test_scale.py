@@ -9,9 +9,10 @@ import pytest
 
 from shadowft.config import DataConfig, RunConfig, TrainConfig, load_config
 from shadowft.errors import ShadowFTError
+from shadowft.threads import SMALL_MODEL_PARAMS, resolve_threads
 from shadowft.train import train_model
 from shadowft.train.preflight import check_accelerate_config
-from shadowft.train.resources import CONFIG_DIR, SMALL_MODEL_PARAMS, resolve_launch, resolve_threads
+from shadowft.train.resources import CONFIG_DIR, resolve_launch
 
 
 def test_launch_plan_from_the_train_section():
