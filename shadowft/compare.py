@@ -30,6 +30,7 @@ from shadowft.config import (
     TrainConfig,
     load_model,
 )
+from shadowft.errors import ShadowFTError
 from shadowft.report import rounded
 from shadowft.tables import chance_cells, markdown_row, markdown_table, pct, with_change
 
@@ -61,8 +62,11 @@ class CompareConfig(BaseModel):
         description="Peak learning rate per method; a method not listed uses run.train.lr if run.train.method is "
         "that method, else its default for run.train.objective (SFT: LoRA 2e-4, full 1e-5).",
     )
-    alphas: list[float] = Field(
-        default_factory=lambda: [1.0], min_length=1, description="Graft alphas of Shadow-FT (1.0 is the published one)."
+    alphas: list[float | Literal["auto"]] = Field(
+        default_factory=lambda: list[float | Literal["auto"]]([1.0]),
+        min_length=1,
+        description="Graft alphas of Shadow-FT (1.0 is the published one); `auto`: per seed, the alpha of "
+        "run.graft.alpha_grid chosen on the validation split (as the shadow-ft flow's graft.alpha auto).",
     )
     scopes: list[str] = Field(
         default_factory=lambda: ["projections"],
@@ -81,10 +85,28 @@ class CompareConfig(BaseModel):
 
     @field_validator("alphas")
     @classmethod
-    def _alpha_range(cls, v: list[float]) -> list[float]:
+    def _alpha_range(cls, v: list[float | str]) -> list[float | str]:
         for a in v:
             GraftConfig(alpha=a)
         return v
+
+    def check(self) -> None:
+        """Checks of the comparison as a whole, before any stage runs: `auto` needs held-out data and
+        the SFT loss, which a comparison's run config (its graft.alpha a number) is not checked for."""
+        if "auto" not in self.alphas:
+            return
+        if not self.run.data.has_validation:
+            raise ShadowFTError(
+                "alphas has auto, which chooses each seed's alpha by the loss on a validation split, but "
+                "run.data has none (validation_ratio 0, no validation_sources)",
+                hint="set run.data.validation_ratio (e.g. 0.1) or run.data.validation_sources, or remove auto "
+                "from alphas",
+            )
+        if self.run.train.objective != "sft":
+            raise ShadowFTError(
+                f"alphas has auto, which measures the SFT loss, but run.train.objective is {self.run.train.objective}",
+                hint="use auto with run.train.objective sft, or list the alphas to compare",
+            )
 
     @field_validator("scopes")
     @classmethod
@@ -111,8 +133,14 @@ class CompareConfig(BaseModel):
         """Tuned models, in table order: per method the direct baseline, then Shadow-FT (alpha 1 or the
         first alpha, first scope), then the other alphas, then the other scopes."""
         main_alpha = 1.0 if 1.0 in self.alphas else self.alphas[0]
-        # the run's graft method and per-module alphas apply to every Shadow-FT variant
-        how = {"graft_method": self.run.graft.method, "alpha_by_module": dict(self.run.graft.alpha_by_module)}
+        # the run's graft method, per-module alphas and (for auto) alpha grid apply to every Shadow-FT variant
+        g = self.run.graft
+        how: dict[str, Any] = {
+            "graft_method": g.method,
+            "alpha_by_module": dict(g.alpha_by_module),
+            "alpha_grid": list(g.alpha_grid),
+            "retention": dict(g.retention),
+        }
         out: list[Variant] = []
         for m in self.methods:
             out.append(Variant(name=f"direct-{m}", method=m, kind="direct"))
@@ -120,7 +148,9 @@ class CompareConfig(BaseModel):
                 Variant(name=f"shadow-{m}", method=m, kind="shadow", alpha=main_alpha, scope=self.scopes[0], **how)
             )
             out += [
-                Variant(name=f"shadow-{m} a={a:g}", method=m, kind="shadow", alpha=a, scope=self.scopes[0], **how)
+                Variant(
+                    name=f"shadow-{m} a={_alpha_text(a)}", method=m, kind="shadow", alpha=a, scope=self.scopes[0], **how
+                )
                 for a in self.alphas
                 if a != main_alpha
             ]
@@ -131,21 +161,32 @@ class CompareConfig(BaseModel):
         return out
 
 
+def _alpha_text(a: float | str) -> str:
+    return a if isinstance(a, str) else f"{a:g}"
+
+
 class Variant(BaseModel):
     """One tuned model of the comparison (evaluated once per seed)."""
 
     name: str
     method: Method
     kind: Literal["direct", "shadow"]
-    alpha: float = 1.0
+    alpha: float | Literal["auto"] = 1.0
     scope: str = "projections"
     graft_method: str | None = None
     alpha_by_module: dict[str, float] = {}
+    alpha_grid: list[float] = Field(default_factory=lambda: GraftConfig().alpha_grid)  # for alpha auto
+    retention: dict[str, float] = {}
 
     @property
     def graft(self) -> GraftConfig:
         return GraftConfig(
-            alpha=self.alpha, scope=self.scope, method=self.graft_method, alpha_by_module=self.alpha_by_module
+            alpha=self.alpha,
+            scope=self.scope,
+            method=self.graft_method,
+            alpha_by_module=self.alpha_by_module,
+            alpha_grid=self.alpha_grid,
+            retention=self.retention,
         )
 
     @property

@@ -283,3 +283,80 @@ def test_compare_flow_on_tiny_models_then_rerun_is_cached(prefect_env, llama_tri
         f"{t}-shadow-{m}-a1.5-s0" for m in ("lora", "full") for t in ("graft", "evaluate", "sigma-final")
     }, computed
     assert "shadow-full a=1.5" in json.loads((Path(result3["comparison"]) / "summary.json").read_text())["models"]
+
+
+def test_alpha_auto_variant_needs_a_validation_split():
+    cfg = load_compare_config(None, ["alphas=[1.0, auto]", "methods=[lora]"])
+    names = {v.name: v for v in cfg.variants()}
+    assert list(names) == ["direct-lora", "shadow-lora", "shadow-lora a=auto"]
+    auto = names["shadow-lora a=auto"].graft
+    assert auto.alpha == "auto" and auto.alpha_grid == cfg.run.graft.alpha_grid
+    with pytest.raises(ShadowFTError, match="validation split") as err:
+        cfg.check()
+    assert "validation_ratio" in (err.value.hint or "")
+    load_compare_config(None, ["alphas=[1.0, auto]", "run.data.validation_ratio=0.2"]).check()
+    load_compare_config(None, ["alphas=[1.0, 0.5]"]).check()  # no auto: no split needed
+
+
+def _auto_config(trio, data: Path, *overrides: str) -> CompareConfig:
+    return load_compare_config(
+        None,
+        [
+            f"run.pair.base={trio['base']}",
+            f"run.pair.instruct={trio['instruct']}",
+            f"run.data.sources=[{data}]",
+            "run.data.max_length=64",
+            "run.data.validation_ratio=0.25",
+            "run.train.max_steps=3",
+            "run.train.batch_size=4",
+            "run.graft.alpha_grid=[0.5, 1.0]",
+            "run.eval.suites=[toy-math]",
+            "run.eval.limit=4",
+            "seeds=[0]",
+            "methods=[lora]",
+            "alphas=[1.0, 0.5, auto]",
+            "lr={lora: 1e-3}",
+            "include_base=false",
+            "distances=false",
+            *overrides,
+        ],
+    )
+
+
+def test_compare_refuses_alpha_auto_without_validation_before_any_stage(prefect_env, llama_trio, tmp_path):  # noqa: F811
+    cfg = _auto_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "run.data.validation_ratio=0")
+    flow_state, states, _ = run_compare(cfg)
+    assert flow_state == "Failed" and states == {}, states
+    from flows.compare import compare
+
+    err = compare(config=cfg, return_state=True).result(raise_on_failure=False)
+    assert isinstance(err, ShadowFTError) and "run.data has none" in err.message and err.hint
+
+
+def test_compare_alpha_auto_variant_then_rerun_is_cached(prefect_env, llama_trio, tmp_path):  # noqa: F811
+    cfg = _auto_config(llama_trio, write_dataset(tmp_path / "d.jsonl"))
+    flow_state, states, result = run_compare(cfg)
+    assert flow_state == "Completed", states
+    summary = json.loads((Path(result["comparison"]) / "summary.json").read_text())
+    models = summary["models"]
+    assert list(models) == ["instruct", "direct-lora", "shadow-lora", "shadow-lora a=0.5", "shadow-lora a=auto"]
+    chosen = models["shadow-lora a=auto"]["chosen_alpha"]
+    assert list(chosen) == ["0"] and chosen["0"] in (0.5, 1.0), chosen
+    assert models["shadow-lora a=auto"]["alpha"] == "auto" and "chosen_alpha" not in models["shadow-lora"]
+    # the chosen graft is the candidate with that alpha, the same weights as the fixed-alpha variant
+    same = "shadow-lora" if chosen["0"] == 1.0 else "shadow-lora a=0.5"
+    assert models["shadow-lora a=auto"]["per_seed"]["0"] == models[same]["per_seed"]["0"]
+    assert "shadow-lora a=auto" in summary["paired"]
+    assert f"| shadow-lora a=auto | seed 0: {chosen['0']:g} |" in (Path(result["comparison"]) / "table.md").read_text()
+    # the candidates' stages carry the variant and seed in their names; the selection ran once
+    for a in (0.5, 1.0):
+        assert states[f"validation-loss-shadow-lora-aauto-s0-alpha-{a}"] == ["Completed"], states
+    assert states["select_alpha"] == ["Completed"] and states["graft-shadow-lora-aauto-s0"] == ["Completed"]
+
+    flow_state, states2, result2 = run_compare(cfg)
+    assert flow_state == "Completed" and states2.keys() == states.keys()
+    reran = {
+        n: sts for n, sts in states2.items() if n not in ("comparison", "embedded_family") and set(sts) != {"Cached"}
+    }
+    assert not reran, reran
+    assert result2["comparison"] == result["comparison"]
