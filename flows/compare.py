@@ -1,7 +1,8 @@
 """The paper's experiment as one Prefect flow: Shadow-FT against conventional tuning, over seeds.
 
     check the pair -> prepare data (once) -> for each seed and method:
-        tune Base -> (full: delta) -> graft onto Instruct (alpha sweep, scopes)
+        tune Base -> (full: delta) -> graft onto Instruct (alpha sweep, scopes; alpha auto: the
+        alpha of run.graft.alpha_grid chosen on the validation split, as in the shadow-ft flow)
         tune Instruct -> (LoRA: merge)                         = conventional tuning
     -> evaluate every model (Instruct and Base once) -> sigma to the start points -> comparison
 
@@ -16,8 +17,9 @@ from typing import Any
 
 from prefect import flow
 
-from flows.shadow_ft import as_model, resolve_run, update_of
+from flows.shadow_ft import as_model, graft_with_chosen_alpha, resolve_run, update_of
 from shadowft.compare import CompareConfig
+from shadowft.stages import chosen_alpha
 from shadowft.store import Artifact
 from tasks.compare import comparison, distance
 from tasks.data import prepare_data
@@ -29,6 +31,7 @@ from tasks.weights import graft
 
 @flow(name="shadow-ft-compare")
 def compare(config: CompareConfig = CompareConfig()) -> dict:
+    config.check()  # alpha auto without held-out data: fail before any stage
     run, base, instruct, store = resolve_run(config.run)
 
     check_pair(run.pair, base, instruct, run.graft.scope, store)
@@ -67,12 +70,17 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
             moved_base = as_model(method, base, tuned_base, f"base-merged-{tag}", store)
 
             for v in (v for v in variants if v.method == method):
+                label = f"{v.name}-s{seed}".replace(" ", "-").replace("=", "")
                 if v.kind == "direct":
                     model, trained = direct, (direct, instruct)
+                elif v.alpha == "auto":  # the candidates' stages are named after the variant and seed
+                    model, selection = graft_with_chosen_alpha(
+                        v.graft, run.eval, instruct, update, data, store, label, prefix=f"{label}-"
+                    )
+                    info[v.name].setdefault("chosen_alpha", {})[str(seed)] = float(chosen_alpha(selection))
+                    trained = (moved_base, base)
                 else:
-                    label = f"{v.name}-s{seed}".replace(" ", "-").replace("=", "")
                     model, trained = graft(v.graft, instruct, update, label, store), (moved_base, base)
-                label = f"{v.name}-s{seed}".replace(" ", "-").replace("=", "")
                 evals[v.name][str(seed)] = evaluate(run.eval, model, label, store)
                 if config.distances:
                     distances[v.name][str(seed)] = {

@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.futures import PrefectFuture
 
-from shadowft.config import GraftConfig, RunConfig
+from shadowft.config import EvalConfig, GraftConfig, RunConfig
 from shadowft.stages import chosen_alpha, preflight, resolve_model, zoo_placeholders
 from shadowft.store import Artifact
 from shadowft.train.methods import get_method
@@ -46,20 +46,30 @@ def as_model(method: str, start: Path, tuned: Artifact, label: str, store: str) 
 
 
 def graft_with_chosen_alpha(
-    config: RunConfig, instruct: Path, update: Artifact, data: Artifact, store: str
+    graft_cfg: GraftConfig,
+    eval_cfg: EvalConfig,
+    instruct: Path,
+    update: Artifact,
+    data: Artifact,
+    store: str,
+    label: str = "shadow-ft",
+    prefix: str = "",
 ) -> tuple[Artifact, Artifact]:
     """graft.alpha auto: a cached graft per alpha of the grid, its loss on the validation split and
-    its retention scores; the choice picks one of them. -> (chosen graft, selection)"""
+    its retention scores; the choice picks one of them. `label` names the chosen graft, `prefix` the
+    candidates' stages (a comparison grafts one update per seed and method: their names must differ).
+    -> (chosen graft, selection)"""
     grafts, losses, kept = {}, {}, {}
-    retention = config.eval.model_copy(update={"suites": list(config.graft.retention)})
-    for a in config.graft.alpha_grid:
-        grafts[str(a)] = graft(config.graft.candidate(a), instruct, update, f"alpha-{a}", store)
-        losses[str(a)] = validation_loss(grafts[str(a)], data, f"alpha-{a}", store)
-        if config.graft.retention:
-            kept[str(a)] = evaluate(retention, grafts[str(a)], f"retention-alpha-{a}", store)
-    instruct_kept = evaluate(retention, instruct, "retention-instruct", store) if config.graft.retention else None
-    selection = select_alpha(config.graft, grafts, losses, kept, instruct_kept, store)
-    return graft_chosen(config.graft, selection, grafts[chosen_alpha(selection)], "shadow-ft", store), selection
+    retention = eval_cfg.model_copy(update={"suites": list(graft_cfg.retention)})
+    for a in graft_cfg.alpha_grid:
+        grafts[str(a)] = graft(graft_cfg.candidate(a), instruct, update, f"{prefix}alpha-{a}", store)
+        losses[str(a)] = validation_loss(grafts[str(a)], data, f"{prefix}alpha-{a}", store)
+        if graft_cfg.retention:
+            kept[str(a)] = evaluate(retention, grafts[str(a)], f"{prefix}retention-alpha-{a}", store)
+    # Instruct's retention scores: one model, so one name for every caller
+    instruct_kept = evaluate(retention, instruct, "retention-instruct", store) if graft_cfg.retention else None
+    selection = select_alpha(graft_cfg, grafts, losses, kept, instruct_kept, store, label=prefix.rstrip("-"))
+    return graft_chosen(graft_cfg, selection, grafts[chosen_alpha(selection)], label, store), selection
 
 
 def model_dir(model: Path | Artifact) -> Path:
@@ -111,7 +121,7 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     update = update_of(config.train.method, base, tuned_base.result(), store)
     models: dict[str, Path | Artifact] = {"instruct": instruct} if "instruct" in config.baselines else {}
     if config.graft.alpha == "auto":  # alpha chosen on held-out data (a cached graft per candidate)
-        shadow, selection = graft_with_chosen_alpha(config, instruct, update, data, store)
+        shadow, selection = graft_with_chosen_alpha(config.graft, config.eval, instruct, update, data, store)
     else:
         shadow, selection = graft(config.graft, instruct, update, "shadow-ft", store), None
     models["shadow-ft"] = shadow

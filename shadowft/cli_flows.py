@@ -138,6 +138,7 @@ def compare(
     from shadowft.stages import preflight
 
     cfg = load_compare_config(config, set_ or [])
+    cfg.check()  # alphas auto without a validation split: before Prefect starts
     preflight(cfg.run)
     lifeline.start()
     if threads:

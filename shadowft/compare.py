@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +30,8 @@ from shadowft.config import (
     TrainConfig,
     load_model,
 )
+from shadowft.errors import ShadowFTError
+from shadowft.report import rounded
 from shadowft.tables import chance_cells, markdown_row, markdown_table, pct, with_change
 
 REFERENCE = "instruct"
@@ -60,8 +62,11 @@ class CompareConfig(BaseModel):
         description="Peak learning rate per method; a method not listed uses run.train.lr if run.train.method is "
         "that method, else its default for run.train.objective (SFT: LoRA 2e-4, full 1e-5).",
     )
-    alphas: list[float] = Field(
-        default_factory=lambda: [1.0], min_length=1, description="Graft alphas of Shadow-FT (1.0 is the published one)."
+    alphas: list[float | Literal["auto"]] = Field(
+        default_factory=lambda: list[float | Literal["auto"]]([1.0]),
+        min_length=1,
+        description="Graft alphas of Shadow-FT (1.0 is the published one); `auto`: per seed, the alpha of "
+        "run.graft.alpha_grid chosen on the validation split (as the shadow-ft flow's graft.alpha auto).",
     )
     scopes: list[str] = Field(
         default_factory=lambda: ["projections"],
@@ -80,10 +85,28 @@ class CompareConfig(BaseModel):
 
     @field_validator("alphas")
     @classmethod
-    def _alpha_range(cls, v: list[float]) -> list[float]:
+    def _alpha_range(cls, v: list[float | str]) -> list[float | str]:
         for a in v:
             GraftConfig(alpha=a)
         return v
+
+    def check(self) -> None:
+        """Checks of the comparison as a whole, before any stage runs: `auto` needs held-out data and
+        the SFT loss, which a comparison's run config (its graft.alpha a number) is not checked for."""
+        if "auto" not in self.alphas:
+            return
+        if not self.run.data.has_validation:
+            raise ShadowFTError(
+                "alphas has auto, which chooses each seed's alpha by the loss on a validation split, but "
+                "run.data has none (validation_ratio 0, no validation_sources)",
+                hint="set run.data.validation_ratio (e.g. 0.1) or run.data.validation_sources, or remove auto "
+                "from alphas",
+            )
+        if self.run.train.objective != "sft":
+            raise ShadowFTError(
+                f"alphas has auto, which measures the SFT loss, but run.train.objective is {self.run.train.objective}",
+                hint="use auto with run.train.objective sft, or list the alphas to compare",
+            )
 
     @field_validator("scopes")
     @classmethod
@@ -110,8 +133,14 @@ class CompareConfig(BaseModel):
         """Tuned models, in table order: per method the direct baseline, then Shadow-FT (alpha 1 or the
         first alpha, first scope), then the other alphas, then the other scopes."""
         main_alpha = 1.0 if 1.0 in self.alphas else self.alphas[0]
-        # the run's graft method and per-module alphas apply to every Shadow-FT variant
-        how = {"graft_method": self.run.graft.method, "alpha_by_module": dict(self.run.graft.alpha_by_module)}
+        # the run's graft method, per-module alphas and (for auto) alpha grid apply to every Shadow-FT variant
+        g = self.run.graft
+        how: dict[str, Any] = {
+            "graft_method": g.method,
+            "alpha_by_module": dict(g.alpha_by_module),
+            "alpha_grid": list(g.alpha_grid),
+            "retention": dict(g.retention),
+        }
         out: list[Variant] = []
         for m in self.methods:
             out.append(Variant(name=f"direct-{m}", method=m, kind="direct"))
@@ -119,7 +148,9 @@ class CompareConfig(BaseModel):
                 Variant(name=f"shadow-{m}", method=m, kind="shadow", alpha=main_alpha, scope=self.scopes[0], **how)
             )
             out += [
-                Variant(name=f"shadow-{m} a={a:g}", method=m, kind="shadow", alpha=a, scope=self.scopes[0], **how)
+                Variant(
+                    name=f"shadow-{m} a={_alpha_text(a)}", method=m, kind="shadow", alpha=a, scope=self.scopes[0], **how
+                )
                 for a in self.alphas
                 if a != main_alpha
             ]
@@ -130,21 +161,32 @@ class CompareConfig(BaseModel):
         return out
 
 
+def _alpha_text(a: float | str) -> str:
+    return a if isinstance(a, str) else f"{a:g}"
+
+
 class Variant(BaseModel):
     """One tuned model of the comparison (evaluated once per seed)."""
 
     name: str
     method: Method
     kind: Literal["direct", "shadow"]
-    alpha: float = 1.0
+    alpha: float | Literal["auto"] = 1.0
     scope: str = "projections"
     graft_method: str | None = None
     alpha_by_module: dict[str, float] = {}
+    alpha_grid: list[float] = Field(default_factory=lambda: GraftConfig().alpha_grid)  # for alpha auto
+    retention: dict[str, float] = {}
 
     @property
     def graft(self) -> GraftConfig:
         return GraftConfig(
-            alpha=self.alpha, scope=self.scope, method=self.graft_method, alpha_by_module=self.alpha_by_module
+            alpha=self.alpha,
+            scope=self.scope,
+            method=self.graft_method,
+            alpha_by_module=self.alpha_by_module,
+            alpha_grid=self.alpha_grid,
+            retention=self.retention,
         )
 
     @property
@@ -180,42 +222,38 @@ def _with_mean(scores: dict[str, float | None], suites: list[str]) -> dict[str, 
     return row
 
 
-def aggregate(
+#: A suite of `results.json` (as data) -> its score; None when it has none.
+Scorer = Callable[[dict[str, Any]], float | None]
+STRICT = "strict"
+STRICT_TITLE = "Strict scores (the reply as it is: a change of answer style counts as wrong)"
+
+
+def primary_score(suite: dict[str, Any]) -> float | None:
+    """The suite's own score (its tasks' primary metrics)."""
+    return suite["score"]
+
+
+def strict_score(suite: dict[str, Any]) -> float | None:
+    """The suite's score under lm-eval's `strict` filter (the stripped reply as is), if it has one."""
+    from shadowft.evaluate.results import filtered_score  # not at import: the package loads the runner
+
+    return filtered_score(suite, STRICT)
+
+
+def score_stats(
     results: dict[str, dict[str, dict[str, Any]]],
-    info: dict[str, dict[str, Any]] | None = None,
-    distances: dict[str, dict[str, dict[str, float]]] | None = None,
-    title: str = "Shadow-FT vs conventional tuning",
-) -> dict[str, Any]:
-    """The comparison summary.
-
-    - `results`: model -> seed (as text; "-" for untrained models) -> an evaluate `results.json` dict;
-    - `info`: model -> {kind, method, alpha, scope, chat_template, baseline} (shown in the JSON);
-    - `distances`: model -> seed -> {"trained": sigma to its start, "final": sigma to Instruct}.
-
-    Per model and suite: per-seed scores (the suite mean is taken per seed, then over seeds), mean and
-    sample std over seeds, the change of the mean against Instruct. Per Shadow-FT model: the paired
-    per-seed difference to its conventional baseline, with mean, std, standard error and whether
-    |mean| > 2 standard errors.
-    """
-    info = info or {}
-    suites: list[str] = []
-    chance: dict[str, float | None] = {}
-    items: dict[str, int | None] = {}
-    for per_seed in results.values():
-        for r in per_seed.values():
-            for s, v in r["suites"].items():
-                if s not in suites:
-                    suites.append(s)
-                    chance[s], items[s] = v.get("chance"), v.get("n")
+    suites: list[str],
+    info: dict[str, dict[str, Any]],
+    score: Scorer = primary_score,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per model (seeds, per_seed, mean, std, change vs Instruct) and per Shadow-FT model (the paired
+    difference to its baseline) with each suite scored by `score`. -> (models, paired)"""
     cols = [*suites, "mean"]
     models: dict[str, Any] = {}
     for name, per_seed in results.items():
-        rows = {
-            seed: _with_mean({s: v["score"] for s, v in r["suites"].items()}, suites) for seed, r in per_seed.items()
-        }
+        rows = {seed: _with_mean({s: score(v) for s, v in r["suites"].items()}, suites) for seed, r in per_seed.items()}
         stats = {c: mean_std([row[c] for row in rows.values()]) for c in cols}
         models[name] = {
-            **info.get(name, {}),
             "seeds": list(rows),
             "per_seed": rows,
             "mean": {c: stats[c][0] for c in cols},
@@ -230,8 +268,8 @@ def aggregate(
 
     paired: dict[str, Any] = {}
     for name, m in models.items():
-        base_name = m.get("baseline")
-        if m.get("kind") != "shadow" or base_name not in models:
+        base_name = info.get(name, {}).get("baseline")
+        if info.get(name, {}).get("kind") != "shadow" or base_name not in models:
             continue
         other = models[base_name]["per_seed"]
         common = [s for s in m["per_seed"] if s in other]
@@ -251,6 +289,39 @@ def aggregate(
                 None if mu is None or se is None else (abs(mu) > SIGNIFICANCE * se if se > 0 else mu != 0)
             )
         paired[name] = entry
+    return models, paired
+
+
+def aggregate(
+    results: dict[str, dict[str, dict[str, Any]]],
+    info: dict[str, dict[str, Any]] | None = None,
+    distances: dict[str, dict[str, dict[str, float]]] | None = None,
+    title: str = "Shadow-FT vs conventional tuning",
+) -> dict[str, Any]:
+    """The comparison summary.
+
+    - `results`: model -> seed (as text; "-" for untrained models) -> an evaluate `results.json` dict;
+    - `info`: model -> {kind, method, alpha, scope, chat_template, baseline} (shown in the JSON);
+    - `distances`: model -> seed -> {"trained": sigma to its start, "final": sigma to Instruct}.
+
+    Per model and suite: per-seed scores (the suite mean is taken per seed, then over seeds), mean and
+    sample std over seeds, the change of the mean against Instruct. Per Shadow-FT model: the paired
+    per-seed difference to its conventional baseline, with mean, std, standard error and whether
+    |mean| > 2 standard errors. The same statistics on the `strict` filter's scores go to `strict`
+    when any result has them: a tuning that only changes how answers are phrased shows there.
+    """
+    info = info or {}
+    suites: list[str] = []
+    chance: dict[str, float | None] = {}
+    items: dict[str, int | None] = {}
+    for per_seed in results.values():
+        for r in per_seed.values():
+            for s, v in r["suites"].items():
+                if s not in suites:
+                    suites.append(s)
+                    chance[s], items[s] = v.get("chance"), v.get("n")
+    stats, paired = score_stats(results, suites, info, primary_score)
+    models = {name: {**info.get(name, {}), **m} for name, m in stats.items()}
 
     dist: dict[str, Any] = {}
     for name, per_seed in (distances or {}).items():
@@ -263,7 +334,7 @@ def aggregate(
         d["trained_what"] = info.get(name, {}).get("trained_what")
         dist[name] = d
 
-    return {
+    summary: dict[str, Any] = {
         "title": title,
         "suites": suites,
         "chance": chance,
@@ -274,6 +345,28 @@ def aggregate(
         "paired": paired,
         "distances": dist,
     }
+    has_strict = any(
+        strict_score(v) is not None for per in results.values() for r in per.values() for v in r["suites"].values()
+    )
+    if has_strict:
+        strict_models, strict_paired = score_stats(results, suites, info, strict_score)
+        summary[STRICT] = {"filter": STRICT, "models": strict_models, "paired": strict_paired}
+    return summary
+
+
+def rounded_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary as written: scores (fractions) to `DIGITS` decimals, which hides float noise such as
+    0.20000000000000004; sigma to 6 significant digits instead, as a small sigma (1e-6 for a
+    short LoRA run) would round to 0."""
+
+    def sig(x: Any) -> Any:
+        if isinstance(x, float):
+            return float(f"{x:.6g}")
+        if isinstance(x, dict):
+            return {k: sig(v) for k, v in x.items()}
+        return x
+
+    return {**rounded({k: v for k, v in summary.items() if k != "distances"}), "distances": sig(summary["distances"])}
 
 
 # -- presentation ----------------------------------------------------------------------------------
@@ -287,43 +380,40 @@ def cell(model: dict[str, Any], col: str, reference: bool = False) -> str:
     return with_change(text, None if reference else model["change"].get(col))
 
 
-def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
-    """Rows for a table artifact: model, seeds, then mean ± std (change vs Instruct) per suite and the mean."""
+def table_rows(summary: dict[str, Any], scores: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """Rows for a table artifact: model, seeds, then mean ± std (change vs Instruct) per suite and the mean.
+    `scores`: the section holding the models' statistics (default the summary itself; `summary["strict"]`)."""
     rows = []
-    for name, m in summary["models"].items():
-        row = {"model": name, "seeds": str(len(m["seeds"])) if m.get("kind") in ("direct", "shadow") else "-"}
+    for name, m in (scores or summary)["models"].items():
+        trained = summary["models"].get(name, {}).get("kind") in ("direct", "shadow")
+        row = {"model": name, "seeds": str(len(m["seeds"])) if trained else "-"}
         for c in [*summary["suites"], "mean"]:
             row[c] = cell(m, c, reference=name == summary["reference"])
         rows.append(row)
     return rows
 
 
-def to_markdown(summary: dict[str, Any]) -> str:
+def _score_tables(summary: dict[str, Any], scores: dict[str, Any], heading: str) -> list[str]:
+    """The model table and the paired-difference table of one way of scoring (`scores`)."""
     cols = [*summary["suites"], "mean"]
     lines = [
-        f"# {summary['title']}",
-        "",
-        (
-            "Scores in %: mean ± standard deviation over seeds (change of the mean against Instruct). "
-            "Instruct and Base are not trained: one evaluation, no spread. Base is evaluated without chat template."
-        ),
-        "",
         *markdown_table(
-            ["model", "seeds", *cols], [[row[c] for c in ["model", "seeds", *cols]] for row in table_rows(summary)]
+            ["model", "seeds", *cols],
+            [[row[c] for c in ["model", "seeds", *cols]] for row in table_rows(summary, scores)],
         ),
         markdown_row(["*chance*", "", *chance_cells(summary, summary["suites"]), ""]),
         markdown_row(["*items*", "", *(str(summary["items"].get(s) or "-") for s in summary["suites"]), ""]),
         "",
     ]
-    if summary["paired"]:
+    if scores["paired"]:
         lines += [
-            "## Shadow-FT minus conventional tuning (same method, paired by seed)",
+            f"{heading} Shadow-FT minus conventional tuning (same method, paired by seed)",
             "",
             f"Mean ± std of the per-seed difference in points; **bold**: {summary['significance']}.",
             "",
         ]
         rows = []
-        for name, p in summary["paired"].items():
+        for name, p in scores["paired"].items():
             cells = []
             for c in cols:
                 t = pct(p["diff"][c], signed=True)
@@ -332,6 +422,44 @@ def to_markdown(summary: dict[str, Any]) -> str:
                 cells.append(f"**{t}**" if p["beyond_spread"][c] else t)
             rows.append([name, p["vs"], *cells])
         lines += [*markdown_table(["model", "vs", *cols], rows, text_columns=2), ""]
+    return lines
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# {summary['title']}",
+        "",
+        (
+            "Scores in %: mean ± standard deviation over seeds (change of the mean against Instruct). "
+            "Instruct and Base are not trained: one evaluation, no spread. Base is evaluated without chat template."
+        ),
+        "",
+        *_score_tables(summary, summary, "##"),
+    ]
+    chosen = {n: m["chosen_alpha"] for n, m in summary["models"].items() if m.get("chosen_alpha")}
+    if chosen:
+        lines += [
+            "## Alpha chosen from data (graft.alpha auto)",
+            "",
+            "Per seed, the alpha of `run.graft.alpha_grid` with the lowest loss on the validation split "
+            "(among those that keep the retention suites, if any).",
+            "",
+            *markdown_table(
+                ["model", "chosen alpha per seed"],
+                [[n, ", ".join(f"seed {s}: {a:g}" for s, a in per.items())] for n, per in chosen.items()],
+                text_columns=2,
+            ),
+            "",
+        ]
+    if STRICT in summary:
+        lines += [
+            f"## {STRICT_TITLE}",
+            "",
+            "The same models scored by lm-eval's `strict` filter, which takes the stripped reply as the answer "
+            "(the scores above extract it from replies such as `The answer is 42.`).",
+            "",
+            *_score_tables(summary, summary[STRICT], "###"),
+        ]
     if summary["distances"]:
         lines += [
             "## How far each method moved the weights (sigma, mean over layer tensors)",
@@ -379,6 +507,7 @@ def write_comparison(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"summary": out_dir / "summary.json", "table": out_dir / "table.md", "chart": out_dir / "chart.png"}
+    summary = rounded_summary(summary)  # once: the JSON and the table show the same numbers
     files["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     files["table"].write_text(to_markdown(summary))
     draw_chart(summary, files["chart"])

@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from shadowft.config import GraftConfig
 from shadowft.stages import alpha_spec, val_loss_spec
 from shadowft.store import Artifact
-from tasks._stage import build_stage, inline_chart, stage_options
+from tasks._stage import artifact_key_name, build_stage, inline_chart, stage_options
 
 
 @task(**stage_options(val_loss_spec, "validation_loss", task_run_name="validation-loss-{label}"))
@@ -25,7 +25,9 @@ def select_alpha(
     retention_evals: dict[str, Artifact],
     instruct_eval: Artifact | None,
     store_root: str,
+    label: str = "",
 ) -> Artifact:
+    """`label` (not part of the cache key) tells apart the selections of one comparison."""
     art, _ = build_stage(
         alpha_spec,
         graft_cfg=graft_cfg,
@@ -36,5 +38,9 @@ def select_alpha(
         store_root=store_root,
     )
     md = (art.path / "selection.md").read_text() + "\n" + inline_chart(art.path / "alpha.png")
-    create_markdown_artifact(md, key="alpha-selection", description="graft.alpha auto: candidates and choice")
+    create_markdown_artifact(
+        md,
+        key=artifact_key_name("alpha-selection", label),
+        description=f"graft.alpha auto: candidates and choice{f' ({label})' if label else ''}",
+    )
     return art

@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 
 from shadowft.compare import (
+    STRICT_TITLE,
     CompareConfig,
     aggregate,
     load_compare_config,
     mean_std,
     to_markdown,
+    write_comparison,
 )
 from shadowft.errors import ShadowFTError
+from shadowft.evaluate.results import filtered_score
 from tests.test_pipeline import prefect_env, write_dataset  # noqa: F401  (module fixture reused)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -67,6 +70,88 @@ def test_aggregate_by_hand():
     md = to_markdown(s)
     assert "| direct-lora | 3 | 40.0 ± 20.0 (-10.0) | 60.0 ± 0.0 (+0.0) | 50.0 ± 10.0 (-5.0) |" in md
     assert "**+20.0 ± 10.0**" in md and "| shadow-lora | vs" not in md
+
+
+def _task(flexible: float, strict: float | None) -> dict:
+    metrics = {"exact_match,flexible": flexible, "exact_match_stderr,flexible": 0.1, "alias": "t"}
+    if strict is not None:
+        metrics["exact_match,strict"] = strict
+    return {"metric": "exact_match,flexible", "score": flexible, "metrics": metrics}
+
+
+def _res2(score: float, *strict: float | None) -> dict:
+    """One suite `a` scored `score` (flexible), with a task per strict score."""
+    tasks = {f"t{i}": _task(score, v) for i, v in enumerate(strict)}
+    return {"suites": {"a": {"score": score, "chance": 0.0, "n": 10, "tasks": tasks}}}
+
+
+def test_filtered_score_is_the_task_mean_or_none():
+    suite = _res2(0.9, 0.2, 0.4)["suites"]["a"]
+    assert filtered_score(suite, "strict") == pytest.approx(0.3)
+    assert filtered_score(suite, "flexible") == pytest.approx(0.9)
+    assert filtered_score(suite, "strict", metric="acc") is None
+    assert filtered_score(_res2(0.9, 0.2, None)["suites"]["a"], "strict") is None  # a task lacks it
+    assert filtered_score(_res(a=0.5)["suites"]["a"], "strict") is None  # no tasks at all
+
+
+def test_aggregate_strict_scores_by_hand(tmp_path):
+    # flexible (primary) scores stay at 0.9 for the tuned models; strict ones differ per seed
+    results = {
+        "instruct": {"-": _res2(0.5, 0.4, 0.6)},
+        "direct-lora": {"0": _res2(0.9, 0.1, 0.1), "1": _res2(0.9, 0.2, 0.4), "2": _res2(0.9, 0.5, 0.5)},
+        "shadow-lora": {"0": _res2(0.9, 0.4, 0.4), "1": _res2(0.9, 0.3, 0.5), "2": _res2(0.9, 0.7, 0.7)},
+    }
+    info = {
+        "instruct": {"kind": "reference"},
+        "direct-lora": {"kind": "direct", "baseline": "direct-lora"},
+        "shadow-lora": {"kind": "shadow", "baseline": "direct-lora"},
+    }
+    s = aggregate(results, info, title="t")
+    assert s["models"]["direct-lora"]["mean"]["a"] == pytest.approx(0.9)  # the primary scores are untouched
+    assert s["paired"]["shadow-lora"]["diff"]["a"] == pytest.approx(0.0)
+    st = s["strict"]
+    assert st["models"]["instruct"]["mean"]["a"] == pytest.approx(0.5)
+    d = st["models"]["direct-lora"]  # per seed 0.1, 0.3, 0.5
+    assert d["per_seed"]["1"]["a"] == pytest.approx(0.3)
+    assert d["mean"]["a"] == pytest.approx(0.3) and d["std"]["a"] == pytest.approx(0.2)
+    assert d["change"]["a"] == pytest.approx(-0.2) and d["mean"]["mean"] == pytest.approx(0.3)
+    # paired: 0.4 - 0.1, 0.4 - 0.3, 0.7 - 0.5 = 0.3, 0.1, 0.2 -> mean 0.2, std 0.1 > 2 se (0.115)
+    p = st["paired"]["shadow-lora"]
+    assert p["vs"] == "direct-lora" and p["diff"]["a"] == pytest.approx(0.2) and p["std"]["a"] == pytest.approx(0.1)
+    assert p["se"]["a"] == pytest.approx(0.1 / math.sqrt(3)) and p["beyond_spread"]["a"] is True
+
+    files = write_comparison(s, tmp_path / "cmp")
+    md = files["table"].read_text()
+    assert "| direct-lora | 3 | 90.0 ± 0.0 (+40.0) |" in md[: md.index(STRICT_TITLE)]
+    strict_md = md[md.index(STRICT_TITLE) :]
+    assert "| direct-lora | 3 | 30.0 ± 20.0 (-20.0) | 30.0 ± 20.0 (-20.0) |" in strict_md
+    assert "| instruct | - | 50.0 | 50.0 |" in strict_md
+    assert "### Shadow-FT minus conventional tuning" in strict_md and "**+20.0 ± 10.0**" in strict_md
+
+    # summary.json: floats rounded to 6 decimals (the sums above carry float noise, e.g. 0.19999999999999996)
+    def floats(x):
+        if isinstance(x, float):
+            yield x
+        elif isinstance(x, dict | list):
+            yield from (f for v in (x.values() if isinstance(x, dict) else x) for f in floats(v))
+
+    assert any(round(f, 6) != f for f in floats(s))
+    written = json.loads(files["summary"].read_text())
+    assert all(round(f, 6) == f for f in floats(written))
+    assert written["strict"]["paired"]["shadow-lora"]["diff"]["a"] == 0.2
+
+
+def test_no_strict_section_without_strict_metrics():
+    results = {
+        "instruct": {"-": _res(a=0.5)},
+        "direct-lora": {"0": _res(a=0.4)},
+        "shadow-lora": {"0": _res2(0.6, None)},  # tasks with flexible metrics only
+    }
+    info = {"direct-lora": {"kind": "direct"}, "shadow-lora": {"kind": "shadow", "baseline": "direct-lora"}}
+    s = aggregate(results, info)
+    assert "strict" not in s
+    assert STRICT_TITLE not in to_markdown(s) and "Strict" not in to_markdown(s)
+    assert s["paired"]["shadow-lora"]["diff"]["a"] == pytest.approx(0.2)
 
 
 def test_config_examples_and_variants():
@@ -198,3 +283,80 @@ def test_compare_flow_on_tiny_models_then_rerun_is_cached(prefect_env, llama_tri
         f"{t}-shadow-{m}-a1.5-s0" for m in ("lora", "full") for t in ("graft", "evaluate", "sigma-final")
     }, computed
     assert "shadow-full a=1.5" in json.loads((Path(result3["comparison"]) / "summary.json").read_text())["models"]
+
+
+def test_alpha_auto_variant_needs_a_validation_split():
+    cfg = load_compare_config(None, ["alphas=[1.0, auto]", "methods=[lora]"])
+    names = {v.name: v for v in cfg.variants()}
+    assert list(names) == ["direct-lora", "shadow-lora", "shadow-lora a=auto"]
+    auto = names["shadow-lora a=auto"].graft
+    assert auto.alpha == "auto" and auto.alpha_grid == cfg.run.graft.alpha_grid
+    with pytest.raises(ShadowFTError, match="validation split") as err:
+        cfg.check()
+    assert "validation_ratio" in (err.value.hint or "")
+    load_compare_config(None, ["alphas=[1.0, auto]", "run.data.validation_ratio=0.2"]).check()
+    load_compare_config(None, ["alphas=[1.0, 0.5]"]).check()  # no auto: no split needed
+
+
+def _auto_config(trio, data: Path, *overrides: str) -> CompareConfig:
+    return load_compare_config(
+        None,
+        [
+            f"run.pair.base={trio['base']}",
+            f"run.pair.instruct={trio['instruct']}",
+            f"run.data.sources=[{data}]",
+            "run.data.max_length=64",
+            "run.data.validation_ratio=0.25",
+            "run.train.max_steps=3",
+            "run.train.batch_size=4",
+            "run.graft.alpha_grid=[0.5, 1.0]",
+            "run.eval.suites=[toy-math]",
+            "run.eval.limit=4",
+            "seeds=[0]",
+            "methods=[lora]",
+            "alphas=[1.0, 0.5, auto]",
+            "lr={lora: 1e-3}",
+            "include_base=false",
+            "distances=false",
+            *overrides,
+        ],
+    )
+
+
+def test_compare_refuses_alpha_auto_without_validation_before_any_stage(prefect_env, llama_trio, tmp_path):  # noqa: F811
+    cfg = _auto_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "run.data.validation_ratio=0")
+    flow_state, states, _ = run_compare(cfg)
+    assert flow_state == "Failed" and states == {}, states
+    from flows.compare import compare
+
+    err = compare(config=cfg, return_state=True).result(raise_on_failure=False)
+    assert isinstance(err, ShadowFTError) and "run.data has none" in err.message and err.hint
+
+
+def test_compare_alpha_auto_variant_then_rerun_is_cached(prefect_env, llama_trio, tmp_path):  # noqa: F811
+    cfg = _auto_config(llama_trio, write_dataset(tmp_path / "d.jsonl"))
+    flow_state, states, result = run_compare(cfg)
+    assert flow_state == "Completed", states
+    summary = json.loads((Path(result["comparison"]) / "summary.json").read_text())
+    models = summary["models"]
+    assert list(models) == ["instruct", "direct-lora", "shadow-lora", "shadow-lora a=0.5", "shadow-lora a=auto"]
+    chosen = models["shadow-lora a=auto"]["chosen_alpha"]
+    assert list(chosen) == ["0"] and chosen["0"] in (0.5, 1.0), chosen
+    assert models["shadow-lora a=auto"]["alpha"] == "auto" and "chosen_alpha" not in models["shadow-lora"]
+    # the chosen graft is the candidate with that alpha, the same weights as the fixed-alpha variant
+    same = "shadow-lora" if chosen["0"] == 1.0 else "shadow-lora a=0.5"
+    assert models["shadow-lora a=auto"]["per_seed"]["0"] == models[same]["per_seed"]["0"]
+    assert "shadow-lora a=auto" in summary["paired"]
+    assert f"| shadow-lora a=auto | seed 0: {chosen['0']:g} |" in (Path(result["comparison"]) / "table.md").read_text()
+    # the candidates' stages carry the variant and seed in their names; the selection ran once
+    for a in (0.5, 1.0):
+        assert states[f"validation-loss-shadow-lora-aauto-s0-alpha-{a}"] == ["Completed"], states
+    assert states["select_alpha"] == ["Completed"] and states["graft-shadow-lora-aauto-s0"] == ["Completed"]
+
+    flow_state, states2, result2 = run_compare(cfg)
+    assert flow_state == "Completed" and states2.keys() == states.keys()
+    reran = {
+        n: sts for n, sts in states2.items() if n not in ("comparison", "embedded_family") and set(sts) != {"Cached"}
+    }
+    assert not reran, reran
+    assert result2["comparison"] == result["comparison"]

@@ -82,6 +82,21 @@ def load_result(path: Path) -> EvalResult:
     return EvalResult.model_validate_json(Path(path).read_text())
 
 
+def filtered_score(suite: dict[str, Any], filter_name: str, metric: str | None = None) -> float | None:
+    """A suite's score under another lm-eval filter than its primary one (e.g. `strict` beside the
+    primary `flexible`): the mean over its tasks of `metrics["<metric>,<filter_name>"]`, `metric`
+    defaulting to each task's own. None when a task lacks that key or its value, so a partial score
+    is never passed off as the suite's. `suite` is a suite of `results.json` as data."""
+    tasks = suite.get("tasks") or {}
+    scores = []
+    for t in tasks.values():
+        name = metric or str(t.get("metric", "")).split(",")[0]
+        scores.append(_num((t.get("metrics") or {}).get(f"{name},{filter_name}")))
+    if not scores or any(s is None for s in scores):
+        return None
+    return sum(s for s in scores if s is not None) / len(scores)
+
+
 def _pick_metric(metrics: dict[str, Any], metric: str, prefer_filter: str | None) -> str | None:
     keys = [k for k in metrics if "," in k and not k.split(",")[0].endswith("_stderr") and k != "alias"]
     if metric:
