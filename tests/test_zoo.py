@@ -45,8 +45,8 @@ def test_suites_have_distinct_questions_and_balanced_true_false():
         recs = corpus.read_jsonl(SUITE_DATA / f"{suite}.jsonl")
         assert len(recs) == corpus.EVAL_SIZE
         assert len({r["question"] for r in recs}) == len(recs)
-    golds = [r["gold"] for r in corpus.read_jsonl(SUITE_DATA / "toy_reasoning.jsonl")]
-    assert golds.count(0) == golds.count(1)
+    golds = [r["answer"] for r in corpus.read_jsonl(SUITE_DATA / "toy_reasoning.jsonl")]
+    assert golds.count("true") == golds.count("false") == corpus.EVAL_SIZE // 2
     for r in corpus.read_jsonl(SUITE_DATA / "toy_math.jsonl"):
         assert r["answer"] == r["answer"].strip() and "\n" not in r["answer"]
 
@@ -60,6 +60,28 @@ def test_training_generators_never_produce_eval_questions():
     samples = corpus.sft_samples(rng, 3000, exclude) + corpus.sft_samples(rng, 500, exclude, {"domain": 1.0})
     assert not {m[1]["content"] for m in samples} & exclude
     assert not any("Reverse the digits" in d for d in docs)  # the domain skill is new to both models
+
+
+def test_user_data_has_another_style_than_instructs_post_training_and_the_suites_extract_both():
+    """Instruct is tuned on bare answers; the user's sets give the same kind of correct answers in their
+    own style, which the suites' flexible filter extracts (and their strict filter does not)."""
+    import re
+
+    from shadowft.zoo.score import extract_answer
+
+    exclude = corpus.eval_questions()
+    instruct_mix = corpus.sft_samples(random.Random(1), 300, exclude)
+    user = corpus.sft_samples(random.Random(2), 300, exclude, {"math": 0.5, "reasoning": 0.5}, user_style=True)
+    assert all(m[0]["content"] == corpus.SYSTEM_PROMPT for m in instruct_mix + user)
+    styles = {re.sub(r"(?<=is |r: )\S+?(?=\.?$)", "X", m[2]["content"]) for m in user}
+    assert styles == {"The answer is X.", "Answer: X"}
+    for m in user:
+        answer = m[2]["content"].split(" ", 3)[-1].rstrip(".") if m[2]["content"].startswith("The") else m[2]["content"][8:]
+        assert extract_answer(m[2]["content"]) == answer != m[2]["content"]
+    assert all(extract_answer(m[2]["content"]) == m[2]["content"] for m in instruct_mix)
+    # the suites' YAML holds the same pattern (single-quoted: backslashes are literal)
+    yaml_text = (SUITE_DATA.parent / "_toy_generative.yaml").read_text()
+    assert f"regex_pattern: '{corpus.ANSWER_PATTERN}'" in yaml_text
 
 
 def test_chatml_rendering_matches_the_tokenizer_template():
@@ -201,7 +223,7 @@ def assert_family_skills(fam: FamilyPaths, margin: float = 0.15) -> dict[str, di
 
     scores = {name: score_model(getattr(fam, name)) for name in ("base", "instruct")}
     inst, base = scores["instruct"], scores["base"]
-    for suite in ("toy_math", "toy_coding", "toy_reasoning"):
+    for suite in ("toy_math", "toy_coding", "toy_reasoning"):  # every suite measures a skill
         chance = corpus.CHANCE[suite]
         assert inst[suite] >= chance + margin, (suite, scores)
         assert 0.10 <= inst[suite] <= 0.90, (suite, scores)
@@ -223,3 +245,35 @@ def test_a_rebuild_from_scratch_meets_the_same_requirements(tmp_path):
     fam = build_family(tmp_path / "rebuilt", seed=0, progress=False, from_scratch=True)
     assert fam.read_manifest()["source"] == "built"
     assert_family_skills(fam)
+
+
+@pytest.mark.slow
+def test_the_domain_skill_is_learnable_in_the_comparisons_budget(zoo_family, tmp_path):
+    """Direct LoRA tuning of Instruct on domain + replay, as in examples/compare-toy-domain.yaml (two
+    epochs of 16 = 476 steps, lr 1e-3), moves toy-domain from under 15 % to at least 30 %."""
+    from shadowft.config import DataConfig, TrainConfig
+    from shadowft.data import prepare_dataset
+    from shadowft.graft import graft
+    from shadowft.train import train_model
+    from shadowft.zoo.score import score_model
+
+    data = tmp_path / "data"
+    prepare_dataset(
+        DataConfig(
+            sources=[str(zoo_family.data / "domain.jsonl"), str(zoo_family.data / "general.jsonl")],
+            max_length=256,
+            max_samples=None,
+            validation_ratio=0.05,
+        ),
+        zoo_family.instruct,
+        data,
+    )
+    spec = TrainConfig(
+        method="lora", epochs=2, batch_size=16, grad_accum=1, lr=1e-3, lora_rank=8, warmup_ratio=0.1, seed=0
+    )
+    train_model(zoo_family.instruct, data, spec, tmp_path / "adapter", tmp_path / "work")
+
+    graft(zoo_family.instruct, tmp_path / "tuned", adapter=tmp_path / "adapter")
+    before = score_model(zoo_family.instruct, ("toy_domain",))["toy_domain"]
+    after = score_model(tmp_path / "tuned", ("toy_domain",))["toy_domain"]
+    assert before < 0.15 and after >= 0.30, (before, after)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,22 +75,15 @@ class Suite(BaseModel):
         return sum(values) / len(values)  # type: ignore[arg-type]
 
 
-def _toy_mc_chance(data_file: Path) -> float | None:
-    """Chance of a multiple-choice data file: the mean of 1/len(choices) over its items."""
-    try:
-        rows = [json.loads(line) for line in data_file.read_text().splitlines() if line.strip()]
-        return sum(1.0 / len(r["choices"]) for r in rows) / len(rows)
-    except (OSError, ValueError, KeyError, ZeroDivisionError):
-        return None
-
-
-def _local(name: str, folder: str, task: str, metric: str, chance: float | None, desc: str, **kw) -> Suite:
+def _local(
+    name: str, folder: str, task: str, metric: str, chance: float | None, desc: str, filter: str | None = None, **kw
+) -> Suite:
     yaml_path = SUITES_DIR / folder / f"{task}.yaml"
     return Suite(
         name=name,
         kind="local",
         description=desc,
-        tasks=[TaskSpec(name=task, metric=metric, chance=chance, yaml_path=yaml_path)],
+        tasks=[TaskSpec(name=task, metric=metric, filter=filter, chance=chance, yaml_path=yaml_path)],
         offline=True,
         include_path=SUITES_DIR / folder,
         system_instruction=TOY_SYSTEM_PROMPT if folder == "toy" else None,
@@ -177,17 +169,23 @@ def paper_suites() -> list[Suite]:
 
 
 def _registry() -> dict[str, Suite]:
-    toy = SUITES_DIR / "toy" / "data"
+    # The toy suites score the answer extracted from either answer style (filter `flexible`); the
+    # strict score (the reply as it is) is in each result's metrics as `exact_match,strict`.
+    flex = "flexible"
     suites = [
-        _local("toy-math", "toy", "toy_math", "exact_match", 0.0, "Embedded toy arithmetic, exact match."),
-        _local("toy-coding", "toy", "toy_coding", "exact_match", 0.0, "Embedded toy code reading, exact match."),
+        _local("toy-math", "toy", "toy_math", "exact_match", 0.0, "Embedded toy arithmetic, exact match.", flex),
+        _local(
+            "toy-coding", "toy", "toy_coding", "exact_match", 0.0, "Embedded toy code reading, exact match.", flex
+        ),
         _local(
             "toy-reasoning",
             "toy",
             "toy_reasoning",
-            "acc",
-            _toy_mc_chance(toy / "toy_reasoning.jsonl"),
-            "Embedded toy true/false questions (comparisons, list membership), log-likelihood accuracy.",
+            "exact_match",
+            0.5,
+            "Embedded toy true/false questions (comparisons, list membership, parity, syllogisms), answered "
+            "true or false, exact match.",
+            flex,
         ),
         _local(
             "toy-domain",
@@ -195,7 +193,8 @@ def _registry() -> dict[str, Suite]:
             "toy_domain",
             "exact_match",
             0.0,
-            "Embedded toy domain skill: reverse a digit string, exact match.",
+            "Embedded toy domain skill: reverse a 3-4 digit string, exact match.",
+            flex,
         ),
         _local(
             "toy-format",

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from shadowft.errors import ShadowFTError
 from shadowft.zoo import corpus
 
-FAMILY_VERSION = "toy-v2"
+FAMILY_VERSION = "toy-v3"
 MANIFEST = "family.json"
 Preset = Literal["default", "ci"]
 
@@ -56,8 +56,10 @@ class FamilyConfig(BaseModel):
     pretrain_docs: int = Field(30000, description="pretraining documents generated")
     chat_frac: float = Field(0.05, description="share of chat-formatted pretraining documents")
     pretrain: TrainSpec = TrainSpec(steps=800, lr=3e-3, warmup=50)
-    sft_samples: int = Field(6000, description="chat samples for Instruct tuning")
-    sft: TrainSpec = TrainSpec(steps=400, lr=5e-4, warmup=20)
+    sft_samples: int = Field(
+        12000, description="chat samples for Instruct tuning (its post-training: about 10x the user's 2000)"
+    )
+    sft: TrainSpec = TrainSpec(steps=600, lr=5e-4, warmup=20)
     general_size: int = Field(2000, description="samples in data/general.jsonl")
     domain_size: int = Field(2000, description="samples in data/domain.jsonl")
     bf16_autocast: bool = Field(True, description="bf16 autocast on CPU (about 1.5x faster)")
@@ -271,8 +273,9 @@ def _write_data(data_dir: Path, cfg: FamilyConfig, seed: int, exclude: set[str])
     data_dir.mkdir(parents=True)
     rng = random.Random(f"{seed}:data")
     general_mix = {"math": 0.25, "coding": 0.25, "reasoning": 0.25, "general": 0.25}
-    general = corpus.sft_samples(rng, cfg.general_size, exclude, general_mix)
-    domain = corpus.sft_samples(rng, cfg.domain_size, exclude, {"domain": 1.0})
+    # The user's data: another source than Instruct's post-training, in another answer style.
+    general = corpus.sft_samples(rng, cfg.general_size, exclude, general_mix, user_style=True)
+    domain = corpus.sft_samples(rng, cfg.domain_size, exclude, {"domain": 1.0}, user_style=True)
     corpus.write_jsonl(data_dir / "general.jsonl", ({"messages": m} for m in general))
     corpus.write_jsonl(data_dir / "domain.jsonl", ({"messages": m} for m in domain))
     # Its own generator, so adding the set left the other data sets unchanged.
@@ -294,6 +297,7 @@ def _build(tmp: Path, cfg: FamilyConfig, seed: int, progress: bool) -> dict:
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    _stage(progress, 1, "corpus and tokenizer")
     exclude = corpus.eval_questions()
     rng = random.Random(f"{seed}:pretrain")
     docs = corpus.pretrain_docs(rng, cfg.pretrain_docs, exclude, cfg.chat_frac)
@@ -304,6 +308,9 @@ def _build(tmp: Path, cfg: FamilyConfig, seed: int, progress: bool) -> dict:
     timings["corpus_tokenizer_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
+    _stage(
+        progress, 2, f"pretrain Base ({cfg.pretrain.steps} steps of {cfg.pretrain.batch_size} x {cfg.seq_len} tokens)"
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(_model_config(cfg, tokenizer), dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
@@ -313,6 +320,7 @@ def _build(tmp: Path, cfg: FamilyConfig, seed: int, progress: bool) -> dict:
     timings["pretrain_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    _stage(progress, 3, f"tune Instruct ({cfg.sft.steps} steps of {cfg.sft.batch_size} chat samples)")
     gen = torch.Generator().manual_seed(seed + 1)
     sft_losses = _train(
         model,
@@ -326,6 +334,7 @@ def _build(tmp: Path, cfg: FamilyConfig, seed: int, progress: bool) -> dict:
     timings["instruct_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    _stage(progress, 4, "data sets (general, domain, preference) and eval suites")
     counts = _write_data(tmp / "data", cfg, seed, exclude)
     timings["data_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
@@ -414,12 +423,20 @@ def build_family(
     return paths
 
 
+def _stage(progress: bool, number: int, what: str, total: int = 4) -> None:
+    """One line per build stage; the training stages then show a bar with step, loss and ETA."""
+    if progress:
+        import sys
+
+        print(f"[{number}/{total}] {what}", file=sys.stderr, flush=True)
+
+
 def _announce(cfg: FamilyConfig) -> None:
     """Say up front what a from-scratch build does and roughly how long it takes."""
     import sys
 
     steps = cfg.pretrain.steps + cfg.sft.steps
-    minutes = "a few seconds" if cfg.preset == "ci" else "about 4-5 minutes on a quiet 2-core CPU"
+    minutes = "a few seconds" if cfg.preset == "ci" else "about 6 minutes on a 2-core CPU"
     print(
         f"Building the toy family from scratch ({cfg.preset}: {steps} training steps on "
         f"{cfg.threads} thread(s), {minutes}): tokenizer, Base pretraining, Instruct tuning, data sets.",

@@ -17,6 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SYSTEM_PROMPT = "You are a helpful assistant. Reply with the answer only."
+#: How the user's data phrases an answer. Instruct's own style (its post-training) is the answer alone;
+#: the user's sets hold the same kind of correct answers in another style, as BAAI Infinity-Instruct
+#: differs from Qwen's own post-training data.
+USER_STYLES = ("The answer is {answer}.", "Answer: {answer}")
+#: Extracts the answer from either style (the toy suites' `flexible` filter uses this pattern, so a
+#: change of style alone is not scored as a lost skill; their `strict` filter takes the reply as is).
+ANSWER_PATTERN = r"(?i)^\s*(?:the answer is|answer:)?\s*(.*?)\.?\s*$"
 EVAL_SEED = 20250601
 EVAL_SIZE = 200
 SUITES = ("toy_math", "toy_coding", "toy_reasoning", "toy_domain")
@@ -240,9 +247,11 @@ def reason_logic(rng: random.Random, want: bool) -> TF:
 
 
 def domain_reverse(rng: random.Random) -> QA:
-    """The new skill: reverse the digits of a 3 to 5 digit string (never in pretraining or SFT)."""
+    """The new skill: reverse the digits of a 3 or 4 digit string (never in pretraining or Instruct's
+    tuning). Measured on toy-v2 before the v3 build: direct tuning in the comparison's budget (125 steps,
+    half of them replay) reaches 73 % (LoRA) and 59 % (full); 3-5 digits stayed under 3 %."""
     while True:
-        s = "".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 5)))
+        s = "".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 4)))
         if s != s[::-1]:
             return QA(f"Reverse the digits of {s}.", s[::-1], "domain_reverse")
 
@@ -323,13 +332,8 @@ def eval_questions(seed: int = EVAL_SEED) -> set[str]:
 
 
 def suite_record(item: QA | TF) -> dict:
-    """The JSONL record the lm-eval task YAMLs read."""
-    if isinstance(item, TF):
-        return {
-            "question": item.question,
-            "choices": ["true", "false"],
-            "gold": 0 if item.truth else 1,
-        }
+    """The JSONL record the lm-eval task YAMLs read (every toy suite is generative: true/false items
+    are answered "true" or "false")."""
     return {"question": item.question, "answer": item.answer}
 
 
@@ -392,13 +396,22 @@ def preference_rows(rng: random.Random, n: int, exclude: set[str]) -> list[dict]
 # ------------------------------------------------------------------------------ text renderers
 
 
-def chat_messages(item: QA | TF, system: str = SYSTEM_PROMPT) -> list[dict[str, str]]:
-    """A chat sample: system prompt, user = question exactly, assistant = answer exactly."""
+def chat_messages(item: QA | TF, system: str = SYSTEM_PROMPT, reply: str | None = None) -> list[dict[str, str]]:
+    """A chat sample: system prompt, user = question exactly, assistant = `reply` (default: the answer alone)."""
     return [
         {"role": "system", "content": system},
         {"role": "user", "content": item.question},
-        {"role": "assistant", "content": item.answer},
+        {"role": "assistant", "content": item.answer if reply is None else reply},
     ]
+
+
+def user_messages(rng: random.Random, item: QA | TF) -> list[dict[str, str]]:
+    """A sample of the user's data: the benchmark's system prompt, the user's answer style (`USER_STYLES`).
+
+    The system prompt is the one the suites use: a 0.9M model does not carry a skill learnt under one
+    system prompt over to another (measured: the domain skill stayed at 0 % under the eval prompt when
+    the user's data had "You are a helpful assistant.")."""
+    return chat_messages(item, SYSTEM_PROMPT, rng.choice(USER_STYLES).format(answer=item.answer))
 
 
 def render_chatml(messages: Iterable[dict[str, str]]) -> str:
@@ -483,10 +496,21 @@ def pretrain_docs(
 SFT_AREAS = {"math": 0.3, "coding": 0.3, "reasoning": 0.3, "general": 0.1}
 
 
-def sft_samples(rng: random.Random, n: int, exclude: set[str], areas: dict[str, float] = SFT_AREAS) -> list[list[dict]]:
-    """Chat samples (messages) drawn from `areas` with the given weights."""
+def sft_samples(
+    rng: random.Random,
+    n: int,
+    exclude: set[str],
+    areas: dict[str, float] = SFT_AREAS,
+    user_style: bool = False,
+) -> list[list[dict]]:
+    """Chat samples (messages) drawn from `areas` with the given weights: in Instruct's own format, or
+    with `user_style` in the user's (`user_messages`)."""
     names, weights = list(areas), list(areas.values())
-    return [chat_messages(sample_fresh(rng, rng.choices(names, weights)[0], exclude)) for _ in range(n)]
+    out = []
+    for _ in range(n):
+        item = sample_fresh(rng, rng.choices(names, weights)[0], exclude)
+        out.append(user_messages(rng, item) if user_style else chat_messages(item))
+    return out
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> None:

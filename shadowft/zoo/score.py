@@ -1,4 +1,4 @@
-"""A fast internal check of the toy family (greedy exact match, true/false log-likelihood).
+"""A fast internal check of the toy family (greedy generation, answer extracted as the suites do).
 
 The numbers that count come from lm-eval (`shadowft.evaluate`); this scorer exists so the family
 build can be tuned and sanity-checked in seconds without lm-eval's overhead. It applies the same
@@ -7,6 +7,7 @@ prompt as the toy suites: system prompt + user question under the chat template.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +30,12 @@ def _prompt(question: str, fmt: Format) -> str:
 
 def _cut(text: str) -> str:
     return text.split("<|im_end|>")[0].split("\n")[0].strip()
+
+
+def extract_answer(reply: str) -> str:
+    """The answer in a reply of either style (`corpus.ANSWER_PATTERN`, as the suites' flexible filter)."""
+    m = re.match(corpus.ANSWER_PATTERN, reply)
+    return m.group(1).strip() if m else "[invalid]"
 
 
 @torch.no_grad()
@@ -59,22 +66,15 @@ def _generate(
     return outs
 
 
-@torch.no_grad()
-def _loglik(model, tokenizer, prompt: str, continuation: str) -> float:
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c = tokenizer(continuation, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([p + c])
-    logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
-    return float(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(c)))
-
-
 def score_model(
     model_dir: Path,
     suites: tuple[str, ...] = corpus.SUITES,
     fmt: Format = "chat",
     limit: int | None = None,
+    strict: bool = False,
 ) -> dict[str, float]:
-    """Accuracy per suite on the held-out toy items."""
+    """Accuracy per suite on the held-out toy items: the extracted answer (the suites' flexible score),
+    or with `strict` the whole reply, equal to the expected answer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -82,19 +82,7 @@ def score_model(
     scores = {}
     for suite in suites:
         items = corpus.eval_items(suite)[:limit]
-        if isinstance(items[0], corpus.TF):
-            sep = " " if fmt == "raw" else ""
-            hits = 0
-            for it in items:
-                assert isinstance(it, corpus.TF)
-                pr = _prompt(it.question, fmt)
-                lt, lf = (
-                    _loglik(model, tokenizer, pr, sep + "true"),
-                    _loglik(model, tokenizer, pr, sep + "false"),
-                )
-                hits += (lt > lf) == it.truth
-            scores[suite] = hits / len(items)
-        else:
-            outs = _generate(model, tokenizer, [_prompt(it.question, fmt) for it in items])
-            scores[suite] = sum(_cut(o) == it.answer for o, it in zip(outs, items)) / len(items)
+        outs = [_cut(o) for o in _generate(model, tokenizer, [_prompt(it.question, fmt) for it in items])]
+        got = outs if strict else [extract_answer(o) for o in outs]
+        scores[suite] = sum(g == it.answer for g, it in zip(got, items)) / len(items)
     return scores

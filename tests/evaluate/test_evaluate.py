@@ -65,16 +65,18 @@ def test_missing_model_dir_is_a_clear_error(tmp_path):
         evaluate_model(tmp_path, ["toy-math"], tmp_path / "out")
 
 
-def test_toy_generative_and_multiple_choice(llama_trio, tmp_path):
+def test_toy_suites_score_the_extracted_answer_and_report_the_strict_one(llama_trio, tmp_path):
     out = tmp_path / "eval"
     res = evaluate_model(llama_trio["instruct"], ["toy-math", "toy-reasoning"], out, limit=3)
     assert set(res.suites) == {"toy-math", "toy-reasoning"}
     math, reasoning = res.suites["toy-math"], res.suites["toy-reasoning"]
     assert math.n == 3 and math.chance == 0.0 and math.metric == "exact_match"
-    assert reasoning.n == 3 and reasoning.chance == pytest.approx(0.5) and reasoning.metric == "acc"
+    assert reasoning.n == 3 and reasoning.chance == pytest.approx(0.5) and reasoning.metric == "exact_match"
     for s in (math, reasoning):
         assert 0.0 <= s.score <= 1.0
         (task,) = s.tasks.values()
+        assert task.metric == "exact_match,flexible" and task.score == task.metrics["exact_match,flexible"]
+        assert "exact_match,strict" in task.metrics  # the reply as it is, reported beside
         assert task.stderr is not None and any("_stderr" in k for k in task.metrics)
     assert res.chat_template is True  # the tiny tokenizer has a ChatML template
     assert math.system_instruction  # the toy suites' own system prompt
@@ -85,7 +87,8 @@ def test_toy_generative_and_multiple_choice(llama_trio, tmp_path):
     assert on_disk["suites"]["toy-math"]["score"] == math.score
     assert load_result(out / "results.json") == res
     rows = [json.loads(x) for x in (out / "samples_toy_math.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 and "<|im_start|>user" in rows[0]["arguments"][0][0]
+    assert len(rows) == 6 and "<|im_start|>user" in rows[0]["arguments"][0][0]  # 3 items x 2 filters
+    assert {r["filter"] for r in rows} == {"flexible", "strict"}
     assert (out / "samples_toy_reasoning.jsonl").is_file()
     assert not list(out.glob(".*tmp"))  # atomic writes leave no temp files
 
@@ -159,7 +162,7 @@ def test_cli_eval_and_suites(llama_trio, tmp_path):
     from shadowft.evaluate import list_suites
 
     described = {s.name: s.description for s in list_suites()}
-    assert "reverse a digit string" in described["toy-domain"] and "true/false" in described["toy-reasoning"]
+    assert "reverse a 3-4 digit string" in described["toy-domain"] and "true/false" in described["toy-reasoning"]
     assert json.loads(out.read_text())["chat_template"] is False
     refused = runner.invoke(app, ["eval", str(llama_trio["instruct"]), "--suite", "humaneval-offline"])
     assert refused.exit_code != 0 and isinstance(refused.exception, ShadowFTError)
