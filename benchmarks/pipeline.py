@@ -24,7 +24,7 @@ machine, and beside a CPU-bound neighbour (a torch matmul loop with torch's defa
 usual neighbour on a shared machine). The demo itself installs the family shipped with the package.
 
 Prints a table and writes JSON. Usage: python benchmarks/pipeline.py [--config examples/toy.yaml] [--family-build]
-[--slots-only] [--loaded-only --repeats N]
+[--slots-only] [--loaded-only --repeats N] [--family-build-only]
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
@@ -81,7 +83,9 @@ def timed_run(cfg) -> tuple[float, str, list[dict]]:
 
 #: the usual neighbour: a matmul loop at torch's default threads; it stops when its parent is gone, so a
 #: benchmark killed mid-run leaves nothing behind
-NEIGHBOUR = "import os, torch\nparent = os.getppid()\na = torch.randn(1024, 1024)\nwhile os.getppid() == parent:\n    a @ a\n"
+NEIGHBOUR = (
+    "import os, torch\nparent = os.getppid()\na = torch.randn(1024, 1024)\nwhile os.getppid() == parent:\n    a @ a\n"
+)
 
 
 @contextmanager
@@ -208,6 +212,20 @@ def print_loaded(loaded: dict) -> None:
     Console().print(t)
 
 
+def print_family_builds(builds: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"the default family built from scratch ({os.cpu_count()} CPUs, one run each)")
+    for c in ("build", "seconds", "ratio to quiet", "target"):
+        t.add_column(c, justify="right")
+    t.add_row("quiet", f"{builds['quiet']:.1f}", "1.00", "")
+    t.add_row(
+        "beside a CPU-bound process", f"{builds['loaded']:.1f}", f"{builds['loaded'] / builds['quiet']:.2f}", "<= 600 s"
+    )
+    Console().print(t)
+
+
 def family_builds(home: Path) -> dict[str, float]:
     """Seconds for a from-scratch default family build, quiet and beside a CPU-bound neighbour."""
     from shadowft.zoo.build import build_family
@@ -250,6 +268,11 @@ def main() -> None:
         "--slots-only", action="store_true", help="only the one-slot vs two-slot rows, merged into the JSON"
     )
     ap.add_argument("--loaded-only", action="store_true", help="only the quiet vs loaded rows, merged into the JSON")
+    ap.add_argument(
+        "--family-build-only",
+        action="store_true",
+        help="only the from-scratch family builds (quiet, then beside a neighbour), merged into the JSON",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="quiet/loaded pairs of cold runs (medians are reported)")
     args = ap.parse_args()
 
@@ -269,24 +292,22 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.slots_only:
-        with prefect_test_harness(server_startup_timeout=120):
-            build_family(progress=False)
-            slots = slot_runs(cfg, home)
+    if args.slots_only or args.loaded_only or args.family_build_only:  # one part, merged into the JSON
+        key: str
+        value: Any
+        show: Callable[[Any], None]
+        if args.family_build_only:
+            key, value, show = "family_from_scratch_s", family_builds(home), print_family_builds
+        else:
+            with prefect_test_harness(server_startup_timeout=120):
+                build_family(progress=False)
+                if args.slots_only:
+                    key, value, show = "slots", slot_runs(cfg, home), print_slots
+                else:
+                    key, value, show = "loaded", loaded_rows(cfg, home, args.repeats), print_loaded
         record = json.loads(args.json.read_text()) if args.json.exists() else {}
-        record["slots"] = slots
-        print_slots(slots)
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {args.json}")
-        if args.home is None:
-            shutil.rmtree(home, ignore_errors=True)
-        return
-    if args.loaded_only:
-        with prefect_test_harness(server_startup_timeout=120):
-            loaded = loaded_rows(cfg, home, args.repeats)
-        record = json.loads(args.json.read_text()) if args.json.exists() else {}
-        record["loaded"] = loaded
-        print_loaded(loaded)
+        record[key] = value
+        show(value)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}")
@@ -355,14 +376,6 @@ def main() -> None:
     t = Table(title=f"pipeline on {args.config.name} ({os.cpu_count()} CPUs)")
     for c in ("measure", "seconds", "ratio to full run", "target"):
         t.add_column(c, justify="right")
-    if builds:
-        t.add_row("family from scratch, quiet", f"{builds['quiet']:.1f}", "", "")
-        t.add_row(
-            "family from scratch, beside a CPU-bound process",
-            f"{builds['loaded']:.1f}",
-            f"{builds['loaded'] / builds['quiet']:.2f} x quiet",
-            "<= 600 s",
-        )
     t.add_row("family install (shipped copy)", f"{family_s:.1f}", "", "")
     t.add_row("pipeline, family installed", f"{cold_s:.1f}", "1.00", "<= 180 s")
     t.add_row(
@@ -380,6 +393,8 @@ def main() -> None:
         )
     Console().print(t)
     print_slots(slots)
+    if builds:
+        print_family_builds(builds)
     if loaded:
         print_loaded(loaded)
     args.json.parent.mkdir(parents=True, exist_ok=True)
