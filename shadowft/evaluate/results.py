@@ -74,7 +74,9 @@ class EvalResult(BaseModel):
     shadowft_version: str
     timings: dict[str, float]
     samples: dict[str, str] = Field(description="Per-sample log file of each task, relative to the results file.")
-    results_file: str | None = None
+    results_file: str | None = Field(
+        default=None, description="This file's name; the per-sample logs (`samples`) lie beside it."
+    )
 
 
 def load_result(path: Path) -> EvalResult:

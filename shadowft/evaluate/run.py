@@ -219,7 +219,7 @@ def evaluate_model(
         shadowft_version=shadowft.__version__,
         timings=timings,
         samples=samples,
-        results_file=str(out_dir / results_name),
+        results_file=results_name,  # a name, not a path: the directory may be renamed (stores publish so)
     )
     write_text_atomic(out_dir / results_name, result.model_dump_json(indent=2))
     return result

@@ -174,9 +174,7 @@ def _registry() -> dict[str, Suite]:
     flex = "flexible"
     suites = [
         _local("toy-math", "toy", "toy_math", "exact_match", 0.0, "Embedded toy arithmetic, exact match.", flex),
-        _local(
-            "toy-coding", "toy", "toy_coding", "exact_match", 0.0, "Embedded toy code reading, exact match.", flex
-        ),
+        _local("toy-coding", "toy", "toy_coding", "exact_match", 0.0, "Embedded toy code reading, exact match.", flex),
         _local(
             "toy-reasoning",
             "toy",
