@@ -157,11 +157,17 @@ def test_no_strict_section_without_strict_metrics():
 def test_config_examples_and_variants():
     cfg = load_compare_config(EXAMPLES / "compare-toy.yaml")
     names = [v.name for v in cfg.variants()]
-    assert (
-        names[:2] == ["direct-lora", "shadow-lora"]
-        and "shadow-full a=1.5" in names
-        and "shadow-full scope=all" in names
-    )
+    assert names == [
+        "direct-lora",
+        "shadow-lora",
+        "shadow-lora a=auto",
+        "direct-full",
+        "shadow-full",
+        "shadow-full a=auto",
+    ]
+    assert cfg.run.data.has_validation  # alpha auto needs the held-out split
+    swept = load_compare_config(EXAMPLES / "compare-toy.yaml", ["alphas=[0.5, 1.0, 1.5]", "scopes=[projections, all]"])
+    assert {"shadow-full a=1.5", "shadow-full scope=all"} <= {v.name for v in swept.variants()}
     assert cfg.train_for("full", 2).lr == 1e-4 and cfg.train_for("lora", 2).seed == 2
     assert load_compare_config(EXAMPLES / "compare-toy-domain.yaml").run.data.sources == ["zoo:domain", "zoo:general"]
     # lr not given: the run's lr for its own method, else the published default
@@ -172,7 +178,9 @@ def test_config_examples_and_variants():
     with pytest.raises(ShadowFTError, match="seedz"):
         load_compare_config(None, ["seedz=[1]"])
     # the run's per-module alphas reach every Shadow-FT variant's graft (the alpha sweep sets the default)
-    pm = load_compare_config(EXAMPLES / "compare-toy.yaml", ["run.graft.alpha_by_module={mlp: 0.5}"])
+    pm = load_compare_config(
+        EXAMPLES / "compare-toy.yaml", ["run.graft.alpha_by_module={mlp: 0.5}", "alphas=[0.5, 1.0, 1.5]"]
+    )
     grafts = {v.name: v.graft for v in pm.variants() if v.kind == "shadow"}
     assert all(g.effective_method == "per_module" and g.alpha_by_module == {"mlp": 0.5} for g in grafts.values())
     assert grafts["shadow-full a=1.5"].alpha == 1.5

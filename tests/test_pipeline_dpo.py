@@ -21,7 +21,8 @@ OVERRIDES = ["data.max_samples=160", "train.max_steps=20", "train.save_steps=4",
 def test_toy_dpo_example_killed_in_training_resumes_then_is_all_cached(prefect_api, tmp_path):  # noqa: F811
     from shadowft.train import complete_checkpoints
 
-    cmd = [*SHADOWFT, "run", str(EXAMPLE), *[a for o in OVERRIDES for a in ("--set", o)]]
+    overrides = [*OVERRIDES, f"output.root={tmp_path / 'runs'}"]  # the run folder, not in the checkout
+    cmd = [*SHADOWFT, "run", str(EXAMPLE), *[a for o in overrides for a in ("--set", o)]]
     env = _env(tmp_path, prefect_api)
     store = ArtifactStore(tmp_path / "store")
     ckpts = lambda: [c for d in (store.root / "work" / "train").glob("*/checkpoints") for c in complete_checkpoints(d)]  # noqa: E731

@@ -76,7 +76,9 @@ def test_user_data_has_another_style_than_instructs_post_training_and_the_suites
     styles = {re.sub(r"(?<=is |r: )\S+?(?=\.?$)", "X", m[2]["content"]) for m in user}
     assert styles == {"The answer is X.", "Answer: X"}
     for m in user:
-        answer = m[2]["content"].split(" ", 3)[-1].rstrip(".") if m[2]["content"].startswith("The") else m[2]["content"][8:]
+        answer = (
+            m[2]["content"].split(" ", 3)[-1].rstrip(".") if m[2]["content"].startswith("The") else m[2]["content"][8:]
+        )
         assert extract_answer(m[2]["content"]) == answer != m[2]["content"]
     assert all(extract_answer(m[2]["content"]) == m[2]["content"] for m in instruct_mix)
     # the suites' YAML holds the same pattern (single-quoted: backslashes are literal)
