@@ -207,6 +207,7 @@ def _run_yaml(path: Path, trio: dict, data: Path) -> Path:
         "train": {"max_steps": 2, "batch_size": 4, "grad_accum": 1, "save_steps": 2},
         "eval": {"suites": ["toy-math"], "limit": 2},
         "baselines": ["instruct"],
+        "output": {"root": str(path.parent / "runs")},  # run folders beside the test's data, not in the repo
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
