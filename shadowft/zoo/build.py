@@ -436,7 +436,7 @@ def _announce(cfg: FamilyConfig) -> None:
     import sys
 
     steps = cfg.pretrain.steps + cfg.sft.steps
-    minutes = "a few seconds" if cfg.preset == "ci" else "about 6 minutes on a 2-core CPU"
+    minutes = "a few seconds" if cfg.preset == "ci" else "about 5 minutes on a quiet 2-core CPU"
     print(
         f"Building the toy family from scratch ({cfg.preset}: {steps} training steps on "
         f"{cfg.threads} thread(s), {minutes}): tokenizer, Base pretraining, Instruct tuning, data sets.",

@@ -248,8 +248,8 @@ def reason_logic(rng: random.Random, want: bool) -> TF:
 
 def domain_reverse(rng: random.Random) -> QA:
     """The new skill: reverse the digits of a 3 or 4 digit string (never in pretraining or Instruct's
-    tuning). Measured on toy-v2 before the v3 build: direct tuning in the comparison's budget (125 steps,
-    half of them replay) reaches 73 % (LoRA) and 59 % (full); 3-5 digits stayed under 3 %."""
+    tuning). Direct tuning on it with general replay learns it suddenly, past about 250 steps of 16
+    (docs/RESULTS.md); with 3-5 digits it stayed under 3 % in the comparison's budget."""
     while True:
         s = "".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 4)))
         if s != s[::-1]:
