@@ -383,23 +383,27 @@ def big_trio(tmp_path_factory) -> dict[str, Path]:
     return make_trio(tmp_path_factory.mktemp("big"), hidden_size=512, num_layers=8)
 
 
+def _graft_cmd(trio: dict, out: Path, *extra: str) -> list[str]:
+    """`shadowft graft` of a trio's tuned Base onto its Instruct, written to `out`."""
+    return [
+        *SHADOWFT,
+        "graft",
+        "--instruct",
+        str(trio["instruct"]),
+        "--base",
+        str(trio["base"]),
+        "--tuned",
+        str(trio["tuned"]),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 @pytest.mark.slow
 def test_killed_graft_publishes_nothing_and_rerun_is_byte_identical(big_trio, tmp_path):
     def graft(out: Path) -> list[str]:
-        return [
-            *SHADOWFT,
-            "graft",
-            "--instruct",
-            str(big_trio["instruct"]),
-            "--base",
-            str(big_trio["base"]),
-            "--tuned",
-            str(big_trio["tuned"]),
-            "--out",
-            str(out),
-            "--max-shard-size",
-            "20MB",
-        ]
+        return _graft_cmd(big_trio, out, "--max-shard-size", "20MB")
 
     out = tmp_path / "out"
     proc = _popen(graft(out), log=tmp_path / "graft.log")
@@ -435,18 +439,7 @@ def _fsize_limit(nbytes: int):
 
 def test_disk_full_during_graft_is_a_clean_error(llama_trio, tmp_path):
     out = tmp_path / "out"
-    cmd = [
-        *SHADOWFT,
-        "graft",
-        "--instruct",
-        str(llama_trio["instruct"]),
-        "--base",
-        str(llama_trio["base"]),
-        "--tuned",
-        str(llama_trio["tuned"]),
-        "--out",
-        str(out),
-    ]
+    cmd = _graft_cmd(llama_trio, out)
     r = subprocess.run(
         cmd,
         cwd=REPO,
@@ -511,18 +504,7 @@ def test_no_space_left_on_a_real_small_filesystem(llama_trio, tmp_path):
     ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        cmd = [
-            *SHADOWFT,
-            "graft",
-            "--instruct",
-            str(llama_trio["instruct"]),
-            "--base",
-            str(llama_trio["base"]),
-            "--tuned",
-            str(llama_trio["tuned"]),
-            "--out",
-            str(mnt / "out"),
-        ]
+        cmd = _graft_cmd(llama_trio, mnt / "out")
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and "no space left on the device" in r.stderr, r.stderr[-3000:]
         assert list(mnt.iterdir()) == []
