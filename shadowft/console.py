@@ -6,11 +6,28 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+
+class LineConsole(Console):
+    """A rich console that never breaks a message across lines when its output is not a terminal.
+
+    Rich wraps at the terminal's width, and at 80 columns (or `COLUMNS`) when there is none: a long
+    path in "wrote ..." or an error would then reach a file, a log collector or `grep` split in two.
+    Off a terminal, a message made only of text is printed on one line (`soft_wrap`); tables and
+    other renderables keep their layout. On a terminal, rich wraps as usual.
+    """
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None, **kwargs: Any) -> None:
+        if soft_wrap is None and not self.is_terminal and all(isinstance(o, str) for o in objects):
+            soft_wrap = True
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
+console = LineConsole()
+err_console = LineConsole(stderr=True)
 
 #: Set by `shadowft --verbose`: the dependencies' own logging and bars are left as they are.
 VERBOSE = False

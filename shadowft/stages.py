@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shadowft.concurrency import import_for_stage
 from shadowft.config import DataConfig, EvalConfig, GraftConfig, PairConfig, RunConfig, TrainConfig
 from shadowft.errors import ShadowFTError
 from shadowft.fingerprint import fingerprint_path
@@ -84,11 +85,16 @@ def run(spec: StageSpec, store: ArtifactStore) -> tuple[Artifact, bool]:
     the key's lock, which node 0 holds while they train together), then returns the artifact node 0
     published in the shared store.
     """
+    def produce(tmp: Path) -> dict | None:
+        import_for_stage(spec.stage)  # first use of transformers & co., one thread at a time
+        return spec.produce(tmp)
+
     if spec.lend is None:
-        return store.build(spec.stage, spec.key, spec.produce, config=spec.config, inputs=spec.inputs)
+        return store.build(spec.stage, spec.key, produce, config=spec.config, inputs=spec.inputs)
     found = store.get(spec.stage, spec.key)
     if found is not None:
         return found, False
+    import_for_stage(spec.stage)
     spec.lend()
     deadline = time.monotonic() + LEND_PUBLISH_TIMEOUT_S
     while (found := store.get(spec.stage, spec.key)) is None:

@@ -55,7 +55,10 @@ def resolve_threads(threads: int | None, params: int, local_processes: int = 1) 
 
 @contextmanager
 def thread_limit(threads: int) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` for the block (restored afterwards)."""
+    """torch's intra-op threads set to `threads` for the block (restored afterwards).
+
+    The setting is the calling thread's own (OpenMP's per-thread ICV), so stages running side by side
+    in threads each keep theirs (tests/test_concurrency.py checks it)."""
     import torch
 
     before = torch.get_num_threads()
