@@ -6,24 +6,49 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 
 
 class LineConsole(Console):
-    """A rich console that never breaks a message across lines when its output is not a terminal.
+    """A rich console that never breaks or cuts its output to fit a width when it is not a terminal.
 
     Rich wraps at the terminal's width, and at 80 columns (or `COLUMNS`) when there is none: a long
-    path in "wrote ..." or an error would then reach a file, a log collector or `grep` split in two.
-    Off a terminal, a message made only of text is printed on one line (`soft_wrap`); tables and
-    other renderables keep their layout. On a terminal, rich wraps as usual.
+    path in "wrote ..." or an error would then reach a file, a log collector or `grep` split in two,
+    and a table's cells would be cut short. Off a terminal, a message made only of text is printed on
+    one line (`soft_wrap`), and a table at its natural width (wider than `COLUMNS` when it must be).
+    On a terminal, rich wraps as usual.
     """
 
+    _width_lock = threading.Lock()
+
     def print(self, *objects: Any, soft_wrap: bool | None = None, **kwargs: Any) -> None:
-        if soft_wrap is None and not self.is_terminal and all(isinstance(o, str) for o in objects):
-            soft_wrap = True
-        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+        if self.is_terminal:
+            super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+            return
+        if soft_wrap is None and all(isinstance(o, str) for o in objects):
+            super().print(*objects, soft_wrap=True, **kwargs)
+            return
+        natural = max(
+            (
+                Measurement.get(self, self.options.update_width(10_000), o).maximum
+                for o in objects
+                if not isinstance(o, str)
+            ),
+            default=0,
+        )
+        if natural <= self.width:
+            super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+            return
+        with self._width_lock:
+            before, self._width = self._width, natural
+            try:
+                super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+            finally:
+                self._width = before
 
 
 console = LineConsole()

@@ -176,13 +176,18 @@ def probe_isolation(python: str = sys.executable) -> dict[str, object]:
         "uid": "nobody" if drop_to_nobody else "unchanged",
         "python_guard": True,
     }
+    uid = NOBODY if drop_to_nobody else None
+    # Probed with the child's own setup (namespaces, then the uid drop), so what is found is what runs:
+    # as root with a system Python readable by nobody, a new user namespace has no mapping for nobody
+    # (setgid fails in it), and the network namespace alone (root may create one) is what works.
     for flags, userns in ((CLONE_NEWUSER | CLONE_NEWNET, True), (CLONE_NEWNET, False)):
         if flags == CLONE_NEWNET and not is_root:
             continue
         try:
             proc = subprocess.run(
                 [python, "-I", "-S", "-c", "import socket; print(len(socket.if_nameindex()))"],
-                preexec_fn=functools.partial(_unshare, flags),
+                preexec_fn=functools.partial(_child_setup, flags, uid, 30, 1024, 1, 16),
+                cwd="/",
                 capture_output=True,
                 text=True,
                 timeout=30,

@@ -26,9 +26,17 @@ def test_off_a_terminal_a_message_stays_on_one_line_and_a_table_keeps_its_layout
     table = Table("model", "score")
     table.add_row("instruct", "42.0")
     console.print(table)
+    wide = Table("suite", "task", "what it measures")
+    wide.add_row("toy-domain", "toy_domain_reverse", "reversing a digit string, a skill Instruct lacks")
+    console.print(wide)
     lines = out.getvalue().splitlines()
     assert lines[0] == message
-    assert all(len(line) <= 40 for line in lines[1:]) and any("instruct" in line for line in lines[1:])
+    small = [line for line in lines[1:] if "instruct" in line or "model" in line]
+    assert small and all(len(line) <= 40 for line in small)  # a table that fits keeps its layout
+    # a wider table is not cut: every cell whole, one row a line, the box intact
+    row = next(line for line in lines if "toy-domain" in line)
+    assert "toy_domain_reverse" in row and "a skill Instruct lacks" in row
+    assert len({len(line) for line in lines[len(lines) - 5 :]}) == 1
 
 
 def test_on_a_terminal_rich_wraps_as_usual():

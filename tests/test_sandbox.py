@@ -111,3 +111,22 @@ def test_isolation_is_reported():
     assert r.passed and r.isolation["python_guard"] is True
     assert r.isolation["network"] in ("netns", "audit-hook")
     assert os.environ.get("HOME")  # parent environment untouched
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.access(SYSTEM_PYTHON, os.X_OK),
+    reason="needs root and a system Python (the case where the child drops to nobody)",
+)
+def test_as_root_with_a_system_python_the_child_drops_to_nobody_and_runs():
+    """A venv on /usr/bin/python3 is readable by nobody, so the child drops to uid nobody; inside a new
+    user namespace nobody has no mapping and the child's setup failed ("Exception occurred in
+    preexec_fn") for every program. The probe now tries the child's own setup."""
+    r = run_untrusted("import os; print(os.getuid())\n", python=SYSTEM_PYTHON)
+    assert r.passed, r.stderr
+    assert r.isolation["uid"] == "nobody" and r.stdout.strip() == "65534"
+    assert r.isolation["network"] == "netns" or probe_isolation()["network"] == "audit-hook"
+    wrong = run_untrusted("assert 1 == 2\n", python=SYSTEM_PYTHON)
+    assert wrong.status == "failed"
