@@ -1,16 +1,26 @@
 """Benchmark: shadowft's streaming graft vs the I/O limit vs mergekit's task_arithmetic.
 
 Builds a Base / Instruct / tuned-Base trio of Llama shape (default about 1.3B parameters, bf16,
-sharded), then runs the jobs in alternating rounds (io-limit, shadowft, mergekit, io-limit, ...),
-each in its own process while sampling its memory, right after re-reading the inputs:
+sharded), then runs the jobs in alternating rounds (io-limit, shadowft, shadowft-cmd, mergekit,
+io-limit, ...), each in its own process while sampling its memory, right after re-reading the
+inputs (every job, mergekit's included, starts from the same warm page cache):
 
-  io-limit   read the three inputs and write one output of the same bytes, no arithmetic
-  shadowft   shadowft.graft.graft(instruct, base=..., tuned=..., scope="all")
-  mergekit   mergekit-yaml task_arithmetic: base = Base, models = Instruct and tuned Base
-             (weight 1 each), normalize false, float32 arithmetic, bf16 output
+  io-limit      read the three inputs and write one output of the same bytes, no arithmetic
+  shadowft      shadowft.graft.graft(instruct, base=..., tuned=..., scope="all") in a Python process
+  shadowft-cmd  `shadowft graft --instruct I --base B --tuned T --out O --scope all`, the command a
+                user types (the venv's console script: interpreter start, imports, the CLI's own
+                work, the graft with its pair check, exit)
+  mergekit      mergekit-yaml task_arithmetic: base = Base, models = Instruct and tuned Base
+                (weight 1 each), normalize false, float32 arithmetic, bf16 output
 
-All three jobs compute the same thing (I + T - B over every tensor). Reports the median wall time
-of each job with its spread (min-max over the rounds), prints a table and writes JSON.
+All jobs compute the same thing (I + T - B over every tensor). Two comparisons come out of it:
+in-process (the graft call's own seconds against the I/O limit's, both timed inside their
+process) and as a user runs it (the command's wall time against mergekit-yaml's). Where the
+command's extra seconds go is measured in every round: interpreter start (`python -c pass`), the
+imports the graft command makes (timed in a process of their own), the graft (its report, which
+includes the pair check, timed alone in the shadowft job) and the rest (the CLI, exit).
+Reports the median of each figure with its spread (min-max over the rounds) and the load average
+before each job, prints tables and writes JSON with every round.
 Usage: python benchmarks/graft.py [--params 1.3e9] [--rounds 3] [--workdir DIR] [--skip-mergekit]
 """
 
@@ -35,6 +45,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter  # noqa: E402
+from shadowft.graft.provenance import PROVENANCE_NAME  # noqa: E402
 
 
 def llama_shape(params: float) -> dict:
@@ -155,10 +166,11 @@ def run_measured(cmd: list[str], env: dict | None = None) -> dict:
 
 
 IO_LIMIT_SCRIPT = r"""
-import sys, os
+import sys, os, time
 from pathlib import Path
+t0 = time.perf_counter()
 inst, base, tuned, out = map(Path, sys.argv[1:5])
-buf = bytearray(64 << 20)
+buf = bytearray(1 << 20)  # 1 MB: with 64 MB buffers (beyond the caches) the copy took 2-5x longer on this VM
 mv = memoryview(buf)
 for d in (base, tuned):
     for f in sorted(d.glob("*.safetensors")):
@@ -170,25 +182,46 @@ for f in sorted(inst.glob("*.safetensors")):
     with open(f, "rb", buffering=0) as src, open(out / f.name, "wb", buffering=0) as dst:
         while (n := src.readinto(buf)):
             dst.write(mv[:n])
-        os.fsync(dst.fileno()) if False else None
+print("IO", time.perf_counter() - t0)
 """
 
 GRAFT_SCRIPT = r"""
 import sys, time
+t_imp = time.perf_counter()
 from shadowft.checkpoint import Checkpoint
 from shadowft.graft import graft
+from shadowft.graft.engine import one_compute_thread
 from shadowft.graft.sources import PairSource
 from shadowft.pair import PairOptions
+t_imp = time.perf_counter() - t_imp
 inst, base, tuned, out = sys.argv[1:5]
 r = graft(inst, out, base=base, tuned=tuned, scope="all", max_shard_size="1GB")
-# the check the graft ran first (structure + sampled sigma), timed alone on the same inputs
+# the check the graft ran first (structure + sampled sigma), timed alone on the same inputs, as the graft runs it
 t0 = time.perf_counter()
-with Checkpoint(inst, role="instruct") as ci:
+with Checkpoint(inst, role="instruct") as ci, one_compute_thread():
     src = PairSource(base, tuned)
     check = src.check_pair(ci, "all", PairOptions())
     src.close()
-print("GRAFT", r.seconds, time.perf_counter() - t0, check.sigma)
+print("GRAFT", r.seconds, time.perf_counter() - t0, check.sigma, t_imp)
 """
+
+# What `shadowft graft` imports before it reads a byte (the CLI, then the modules the command
+# function imports), timed in a process of its own; interpreter start is timed apart (`-c pass`).
+CMD_IMPORTS_SCRIPT = r"""
+import time
+t0 = time.perf_counter()
+import shadowft.cli
+import shadowft.graft
+import shadowft.graft.methods.per_module
+import shadowft.pair
+print("IMPORTS", time.perf_counter() - t0)
+"""
+
+
+def tagged(run: dict, tag: str) -> list[float]:
+    """The numbers a job printed on its line starting with `tag`."""
+    line = next(x for x in run["log_tail"].splitlines() if x.startswith(tag + " "))
+    return [float(v) for v in line.split()[1:]]
 
 
 def pair_check_share(runs: list[dict]) -> dict:
@@ -196,8 +229,7 @@ def pair_check_share(runs: list[dict]) -> dict:
     after the graft that ran it): its seconds per round and its share of the graft's in-process seconds."""
     checks, grafts = [], []
     for r in runs:
-        line = next(x for x in r["log_tail"].splitlines() if x.startswith("GRAFT "))
-        g, c = map(float, line.split()[1:3])
+        g, c = tagged(r, "GRAFT")[:2]
         grafts.append(g)
         checks.append(c)
     shares = [c / g for c, g in zip(checks, grafts)]
@@ -210,6 +242,11 @@ def pair_check_share(runs: list[dict]) -> dict:
     }
 
 
+def spread(values: list[float]) -> dict:
+    """Median and min-max of one figure over the rounds, with every round's value."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
+
+
 def summarise(runs: list[dict]) -> dict:
     """Median wall time and peak memory over the rounds, with the min-max spread of the wall time."""
     walls = [r["wall_s"] for r in runs]
@@ -220,6 +257,25 @@ def summarise(runs: list[dict]) -> dict:
         "wall_s_all": walls,
         "peak_anon_bytes": statistics.median(r["peak_anon_bytes"] for r in runs),
         "peak_rss_bytes": statistics.median(r["peak_rss_bytes"] for r in runs),
+        "loadavg_before_all": [r["loadavg_before"] for r in runs],
+    }
+
+
+def command_breakdown(runs: dict[str, list[dict]], startup: list[float], imports: list[float]) -> dict:
+    """Where the command's seconds go, per round: interpreter start, the graft command's imports,
+    the graft as its report times it (pair check included; the check timed alone in the shadowft
+    job of the same round), and the rest (the CLI's own work, exit)."""
+    cmd = [r["wall_s"] for r in runs["shadowft-cmd"]]
+    graft = [r["graft_s"] for r in runs["shadowft-cmd"]]
+    check = [tagged(r, "GRAFT")[1] for r in runs["shadowft"]]
+    rest = [c - s - i - g for c, s, i, g in zip(cmd, startup, imports, graft)]
+    return {
+        "command_s": spread(cmd),
+        "startup_s": spread(startup),
+        "imports_s": spread(imports),
+        "graft_s": spread(graft),
+        "pair_check_s": spread(check),
+        "rest_s": spread(rest),
     }
 
 
@@ -267,12 +323,18 @@ def main() -> None:
         model_bytes, n_params = c.total_bytes, sum(t.numel for t in c.tensors.values())
     moved = 4 * model_bytes  # three read, one written
 
-    outs = {k: work / f"out-{k}" for k in ("io-limit", "shadowft", "mergekit")}
+    outs = {k: work / f"out-{k}" for k in ("io-limit", "shadowft", "shadowft-cmd", "mergekit")}
     args_io = [str(paths["instruct"]), str(paths["base"]), str(paths["tuned"])]
+    shadowft_bin = shutil.which("shadowft") or str(Path(sys.executable).parent / "shadowft")
     jobs = {
         "io-limit": [sys.executable, "-c", IO_LIMIT_SCRIPT, *args_io, str(outs["io-limit"])],
         "shadowft": [sys.executable, "-c", GRAFT_SCRIPT, *args_io, str(outs["shadowft"])],
-    }
+        "shadowft-cmd": [
+            shadowft_bin, "graft", "--instruct", str(paths["instruct"]), "--base", str(paths["base"]),
+            "--tuned", str(paths["tuned"]), "--out", str(outs["shadowft-cmd"]), "--scope", "all",
+            "--max-shard-size", "1GB",
+        ],
+    }  # fmt: skip
     if not args.skip_mergekit:
         cfg = work / "mergekit.yml"
         cfg.write_text(mergekit_config(paths))
@@ -287,13 +349,23 @@ def main() -> None:
 
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {name: [] for name in jobs}
+    startup: list[float] = []
+    imports: list[float] = []
     for r in range(args.rounds):
         for name, cmd in jobs.items():
             shutil.rmtree(outs[name], ignore_errors=True)
             warm()
+            load = os.getloadavg()[0]
             runs[name].append(run_measured(cmd))
-            print(f"round {r + 1}/{args.rounds} {name}: {runs[name][-1]['wall_s']:.2f} s", flush=True)
-            if name == "io-limit" or r < args.rounds - 1:
+            runs[name][-1]["loadavg_before"] = load
+            if name == "shadowft-cmd":  # the graft's own seconds, from the report in its provenance
+                prov = json.loads((outs[name] / PROVENANCE_NAME).read_text())
+                runs[name][-1]["graft_s"] = prov["seconds"]
+                # the command's fixed costs, right after it (they read no model file)
+                startup.append(run_measured([sys.executable, "-c", "pass"])["wall_s"])
+                imports.append(tagged(run_measured([sys.executable, "-c", CMD_IMPORTS_SCRIPT]), "IMPORTS")[0])
+            print(f"round {r + 1}/{args.rounds} {name}: {runs[name][-1]['wall_s']:.2f} s (load {load:.2f})", flush=True)
+            if name in ("io-limit", "shadowft-cmd") or r < args.rounds - 1:
                 shutil.rmtree(outs[name], ignore_errors=True)
     max_diff = compare_outputs(outs["shadowft"], outs["mergekit"]) if "mergekit" in jobs else None
 
@@ -310,6 +382,22 @@ def main() -> None:
     if max_diff is not None:
         results["mergekit"]["max_abs_diff_vs_shadowft"] = max_diff
     results["shadowft"].update(pair_check_share(runs["shadowft"]))
+    # in-process: the graft call against the I/O limit's reads and writes, both timed inside their process
+    io_in = [tagged(x, "IO")[0] for x in runs["io-limit"]]
+    graft_in = [tagged(x, "GRAFT")[0] for x in runs["shadowft"]]
+    in_process = {
+        "io_limit_s": spread(io_in),
+        "graft_s": spread(graft_in),
+        "graft_imports_s": spread([tagged(x, "GRAFT")[3] for x in runs["shadowft"]]),
+        "fraction_of_io_limit": statistics.median(io_in) / statistics.median(graft_in),
+        "fraction_of_io_limit_per_round": [i / g for i, g in zip(io_in, graft_in)],
+    }
+    breakdown = command_breakdown(runs, startup, imports)
+    command = {"breakdown": breakdown}
+    if "mergekit" in results:
+        per_round = [m["wall_s"] / c["wall_s"] for m, c in zip(runs["mergekit"], runs["shadowft-cmd"])]
+        command["speedup_vs_mergekit"] = results["mergekit"]["wall_s"] / results["shadowft-cmd"]["wall_s"]
+        command["speedup_vs_mergekit_per_round"] = per_round
 
     from rich.console import Console
     from rich.table import Table
@@ -332,7 +420,38 @@ def main() -> None:
             f"{r['fraction_of_io_limit']:.2f}",
             f"{r['speedup_vs_mergekit']:.2f} ({rng[0]:.2f}-{rng[1]:.2f})" if rng else "-",
         )
-    Console(width=160).print(table)
+    console = Console(width=160)
+    console.print(table)
+    inp = in_process
+    console.print(
+        f"in-process (timed inside each process): graft {inp['graft_s']['median']:.2f} s "
+        f"({inp['graft_s']['min']:.2f}-{inp['graft_s']['max']:.2f}), I/O limit {inp['io_limit_s']['median']:.2f} s "
+        f"({inp['io_limit_s']['min']:.2f}-{inp['io_limit_s']['max']:.2f}): {inp['fraction_of_io_limit']:.2f} of the I/O limit "
+        f"(per round {', '.join(f'{x:.2f}' for x in inp['fraction_of_io_limit_per_round'])})",
+        highlight=False,
+    )
+    parts = Table(title="the `shadowft graft` command: where its seconds go (median, min-max over the rounds)")
+    for col in ("part", "median s", "min-max s"):
+        parts.add_column(col, justify="right")
+    labels = {
+        "command_s": "command (wall)",
+        "startup_s": "interpreter start",
+        "imports_s": "imports",
+        "graft_s": "graft (its report)",
+        "pair_check_s": "  of which pair check",
+        "rest_s": "rest (CLI, exit)",
+    }
+    for key, label in labels.items():
+        b = breakdown[key]
+        parts.add_row(label, f"{b['median']:.2f}", f"{b['min']:.2f}-{b['max']:.2f}")
+    console.print(parts)
+    if "speedup_vs_mergekit" in command:
+        pr = command["speedup_vs_mergekit_per_round"]
+        console.print(
+            f"through the command: {command['speedup_vs_mergekit']:.2f}x mergekit-yaml "
+            f"(per round {', '.join(f'{x:.2f}' for x in pr)})",
+            highlight=False,
+        )
     sh = results["shadowft"]
     print(
         f"pair check inside the graft (structure + sigma sampled): {sh['pair_check_s']:.3f} s, "
@@ -357,7 +476,10 @@ def main() -> None:
             "loadavg_at_end": os.getloadavg(),
         },
         "results": results,
+        "in_process": in_process,
+        "command": command,
         "runs": {name: [{k: v for k, v in r.items() if k != "log_tail"} for r in rs] for name, rs in runs.items()},
+        "command_fixed_costs": {"startup_s_all": startup, "imports_s_all": imports},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=2) + "\n")

@@ -13,20 +13,20 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import mmap
 import os
 import re
 import shutil
+import stat
 import struct
-import tempfile
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
-from shadowft.errors import CheckpointError, OutputExistsError, as_disk_full
+from shadowft.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -46,6 +46,7 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_ITEMSIZE = {k: torch.empty((), dtype=v).element_size() for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -68,31 +69,144 @@ class TensorInfo:
         return n
 
 
-def _read_header(path: Path) -> tuple[dict, int]:
-    """Parse a safetensors header; return (header, data start). Checks the file is complete."""
+def _refuse_file(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a readable safetensors file ({problem})",
+        hint="the file is corrupt or was not fully downloaded; download or copy it again",
+    )
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json object_pairs_hook: a key given twice would silently hide one of its entries."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _read_header(path: Path) -> tuple[dict, int, int]:
+    """Read a safetensors header; return (parsed JSON, data start, file size).
+
+    Opened non-blocking and checked to be a regular file first, so a FIFO or device named
+    `*.safetensors` is refused instead of blocking the open or the read.
+    """
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ValueError("file shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", raw)
-            if n > MAX_HEADER or 8 + n > size:
-                raise ValueError(f"header length {n} does not fit in a file of {size} bytes")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
         raise CheckpointError(
-            f"{path} is not a readable safetensors file ({exc})",
-            hint="the file is corrupt or was not fully downloaded; download or copy it again",
+            f"{path} cannot be opened ({exc.strerror or exc})",
+            hint="check that the file exists and is readable",
         ) from None
-    start = 8 + n
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if start + end > size:
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(
+                f"{path} is not a regular file (a directory, FIFO or device named like a shard)",
+                hint="a model dir holds its weights as plain .safetensors files; remove or rename this one",
+            )
+        size = st.st_size
+        raw = os.pread(fd, 8, 0)
+        if len(raw) < 8:
+            raise _refuse_file(path, "file shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", raw)
+        if n > MAX_HEADER or 8 + n > size:
+            raise _refuse_file(path, f"header length {n} does not fit in a file of {size} bytes")
+        blob = b""
+        while len(blob) < n:
+            part = os.pread(fd, n - len(blob), 8 + len(blob))
+            if not part:
+                raise _refuse_file(path, "the file ended inside its header")
+            blob += part
+        header = json.loads(blob.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except OSError as exc:
+        raise _refuse_file(path, exc.strerror or str(exc)) from None
+    except RecursionError:
+        raise _refuse_file(path, "its header nests too deeply to be a safetensors header") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _refuse_file(path, str(exc)) from None
+    finally:
+        os.close(fd)
+    return header, 8 + n, size
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _header_tensors(path: Path, header: object, start: int, size: int) -> tuple[dict[str, TensorInfo], dict]:
+    """Validate a parsed header once per file; -> ({name: TensorInfo} in file order, metadata).
+
+    The rules are the safetensors format's own (its library refuses the same files): a JSON object
+    of objects, each with a known dtype, a shape of non-negative integers and `data_offsets`
+    [begin, end] whose length is numel x itemsize; sorted by offset, the tensors tile the data
+    section exactly (no overlap, no gap, nothing after the last). A header that breaks one would
+    otherwise be read as wrong tensors without an error.
+    """
+    if not isinstance(header, dict):
+        raise _refuse_file(path, f"its header is a JSON {type(header).__name__}, not an object")
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise _refuse_file(path, "its __metadata__ is not a JSON object of strings")
+    spans: list[tuple[int, int, str]] = []
+    infos: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+
+        def bad(problem: str, name: str = name) -> CheckpointError:
+            return CheckpointError(
+                f"{path}: the header entry of tensor {name!r} {problem}",
+                hint="the file is corrupt or was not written by a safetensors writer; download or copy it again",
+            )
+
+        if not isinstance(entry, dict):
+            raise bad("is not a JSON object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise bad("has no dtype")
+        if dtype not in DTYPES:
+            raise CheckpointError(
+                f"{path}: tensor {name} has dtype {dtype}, which shadowft cannot do arithmetic on",
+                hint="convert the checkpoint to bf16/fp16/fp32 safetensors first",
+            )
+        if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
+            raise bad(f"has shape {shape!r}, not a list of non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+            raise bad(f"has data_offsets {offsets!r}, not two non-negative integers")
+        begin, end = offsets
+        if end < begin:
+            raise bad(f"has reversed data_offsets [{begin}, {end}]")
+        need = math.prod(shape) * _ITEMSIZE[dtype]
+        if end - begin != need:
+            raise bad(f"spans {end - begin} bytes, but shape {shape} of {dtype} needs {need}")
+        spans.append((begin, end, name))
+        infos[name] = TensorInfo(name, path, start + begin, end - begin, DTYPES[dtype], tuple(shape))
+    pos, prev, problem = 0, None, None
+    for begin, end, name in sorted(spans):  # an overlap (two tensors on the same bytes) is named first
+        if begin < pos:
+            problem = f"the data of tensor {name!r} (bytes {begin}-{end}) overlaps tensor {prev!r}"
+            break
+        if begin > pos and problem is None:
+            problem = f"the data of tensor {name!r} (bytes {begin}-{end}) starts {begin - pos} bytes after the previous one ends"
+        pos, prev = max(pos, end), name
+    if problem is not None:
         raise CheckpointError(
-            f"{path} is truncated: its header promises {start + end} bytes, the file has {size}",
+            f"{path}: {problem}",
+            hint="the file is corrupt or was not written by a safetensors writer; download or copy it again",
+        )
+    if start + pos > size:
+        raise CheckpointError(
+            f"{path} is truncated: its header promises {start + pos} bytes, the file has {size}",
             hint="the file was not fully written or downloaded; fetch it again",
         )
-    return header, start
+    if start + pos < size:
+        raise CheckpointError(
+            f"{path} has {size - start - pos} bytes after its last tensor's data",
+            hint="the file is corrupt (or two files were concatenated); download or copy it again",
+        )
+    return infos, meta or {}
 
 
 class Checkpoint:
@@ -101,31 +215,22 @@ class Checkpoint:
     def __init__(self, path: str | os.PathLike, role: str = "model") -> None:
         self.path = Path(path)
         self.role = role
+        self._index_map: dict[str, str] | None = None  # set by `_weight_files` when there is an index
         self.files = self._weight_files()
         self.tensors: dict[str, TensorInfo] = {}
         self.metadata: dict[str, dict] = {}
         self._maps: dict[Path, mmap.mmap] = {}
         self._fds: dict[Path, int] = {}
-        self._index_map = self._read_index()
-        for file in self.files:
-            header, start = _read_header(file)
-            self.metadata[file.name] = header.pop("__metadata__", None) or {}
-            for name, meta in header.items():
-                if meta["dtype"] not in DTYPES:
-                    raise CheckpointError(
-                        f"{file}: tensor {name} has dtype {meta['dtype']}, which shadowft cannot do arithmetic on",
-                        hint="convert the checkpoint to bf16/fp16/fp32 safetensors first",
-                    )
+        for file in self.files:  # each header is parsed and validated once, here
+            infos, self.metadata[file.name] = _header_tensors(file, *_read_header(file))
+            for name, info in infos.items():
                 if name in self.tensors:
                     raise CheckpointError(f"{self.path}: tensor {name} appears in two shards")
-                b, e = meta["data_offsets"]
-                self.tensors[name] = TensorInfo(
-                    name, file, start + b, e - b, DTYPES[meta["dtype"]], tuple(meta["shape"])
-                )
+                self.tensors[name] = info
         if self._index_map is not None:
             for name, fname in self._index_map.items():
                 info = self.tensors.get(name)
-                if info is None or info.file.name != fname:
+                if info is None or info.file != self.path / fname:
                     raise CheckpointError(
                         f"{self.path}/{INDEX_NAME} maps {name} to {fname}, but that shard does not hold it",
                         hint="the index and the shards come from different saves; re-download the model",
@@ -135,54 +240,55 @@ class Checkpoint:
     # -- discovery -------------------------------------------------------------------------
     def _weight_files(self) -> list[Path]:
         p = self.path
-        if p.is_file():
+        try:
+            mode = p.stat().st_mode
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise CheckpointError(
+                    f"{self.role} {p} is a symlink loop", hint="point at the model directory itself"
+                ) from None
+            raise CheckpointError(
+                f"{self.role} {p} does not exist" if exc.errno == errno.ENOENT else f"{self.role} {p}: {exc.strerror}",
+                hint="pass a local model directory (hub ids must be downloaded first, e.g. `huggingface-cli download`)",
+            ) from None
+        if not stat.S_ISDIR(mode):
             if p.suffix != ".safetensors":
                 raise _refuse_format(p, self.role)
-            return [p]
-        if not p.is_dir():
-            raise CheckpointError(
-                f"{self.role} {p} does not exist",
-                hint="pass a local model directory (hub ids must be downloaded first, e.g. `huggingface-cli download`)",
-            )
+            return [p]  # a file the user named: read wherever it is (`_read_header` refuses a non-regular one)
         index = p / INDEX_NAME
-        if index.exists():
-            return self._index_files(index)
-        single = sorted(p.glob("*.safetensors"))
-        if single:
-            return single
-        others = sorted(f for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES)
-        if others:
-            raise _refuse_format(others[0], self.role)
-        raise CheckpointError(
-            f"{self.role} {p} holds no safetensors weights",
-            hint="point at a Hugging Face model directory with model.safetensors or a sharded index",
-        )
+        if os.path.lexists(index):
+            files = self._index_files(index)
+        else:
+            files = sorted(p.glob("*.safetensors"))
+            if not files:
+                others = sorted(f for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES)
+                if others:
+                    raise _refuse_format(others[0], self.role)
+                raise CheckpointError(
+                    f"{self.role} {p} holds no safetensors weights",
+                    hint="point at a Hugging Face model directory with model.safetensors or a sharded index",
+                )
+        for f in files:
+            check_inside(p, f)
+        return files
 
     def _index_files(self, index: Path) -> list[Path]:
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{index} is not a valid safetensors index ({exc})") from None
-        files = sorted(set(weight_map.values()))
-        missing = [f for f in files if not (self.path / f).is_file()]
+        self._index_map = read_index(index)
+        names = sorted(set(self._index_map.values()))
+        files = [shard_path(self.path, n, index) for n in names]
+        missing = [n for n, f in zip(names, files) if not f.exists()]
         if missing:
             raise CheckpointError(
                 f"{index} names shard(s) that are missing: {', '.join(missing)}",
                 hint="the download is incomplete; fetch the missing shard(s) again",
             )
-        return [self.path / f for f in files]
-
-    def _read_index(self) -> dict[str, str] | None:
-        index = self.path / INDEX_NAME if self.path.is_dir() else None
-        if index is None or not index.exists():
-            return None
-        return json.loads(index.read_text())["weight_map"]
+        return files
 
     def _read_json(self, name: str) -> dict:
         f = self.path / name if self.path.is_dir() else None
-        if f is None or not f.exists():
+        if f is None or not os.path.lexists(f):
             return {}
-        return json.loads(f.read_text())
+        return read_json_object(f, f"{self.role} {name}")
 
     # -- reading ---------------------------------------------------------------------------
     def _map(self, file: Path) -> mmap.mmap:
@@ -256,6 +362,100 @@ class Checkpoint:
     @property
     def tied_embeddings(self) -> bool:
         return bool(self.config.get("tie_word_embeddings", False))
+
+
+def _read_small_file(path: Path, limit: int = MAX_HEADER) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (opened non-blocking: a FIFO is refused,
+    not waited on)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"{st.st_size} bytes, more than the {limit} a metadata file may have")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file that must hold an object (config.json, an index, adapter_config.json, ...)."""
+    try:
+        data = json.loads(_read_small_file(path).decode("utf-8"))
+    except OSError as exc:
+        raise CheckpointError(
+            f"{what} {path} cannot be read ({exc.strerror or exc})",
+            hint="it must be a readable regular file; restore it from the original model",
+        ) from None
+    except RecursionError:
+        raise CheckpointError(
+            f"{what} {path} is not valid JSON (it nests too deeply)", hint="restore it from the original model"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{what} {path} is not valid JSON ({exc})",
+            hint="the file is corrupt or truncated; restore it from the original model",
+        ) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{what} {path} holds a JSON {type(data).__name__}, not an object",
+            hint="the file is corrupt or is not what its name says; restore it from the original model",
+        )
+    return data
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The `weight_map` {tensor name: shard file} of a sharded model's index, validated."""
+    weight_map = read_json_object(index, "safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(
+            f"{index} is not a valid safetensors index (its weight_map must map tensor names to shard file names)",
+            hint="the index is corrupt; re-download the model",
+        )
+    return weight_map
+
+
+def shard_path(model_dir: Path, name: str, index: Path) -> Path:
+    """The shard an index names, which must be a relative path inside the model dir (no absolute
+    path, no `..`): an index does not get to point shadowft at any file on the machine."""
+    rel = PurePosixPath(name)
+    if not name or "\x00" in name or rel.is_absolute() or ".." in rel.parts:
+        raise CheckpointError(
+            f"{index} names the shard {name!r}, which is not a file inside the model dir {model_dir}",
+            hint="an index names its shards relative to its own dir; this one is corrupt or crafted: re-download the model",
+        )
+    return model_dir / rel
+
+
+def _hub_blob(real: Path) -> bool:
+    """A file in a Hugging Face hub cache's blob store (`models--org--name/blobs/<hash>`), where the
+    hub's snapshot dirs (and old `--local-dir` downloads) link their weights."""
+    return real.parent.name == "blobs" and real.parent.parent.name.startswith("models--")
+
+
+def check_inside(model_dir: Path, file: Path) -> None:
+    """Refuse a weight file of `model_dir` that, after symlinks, lies outside it.
+
+    Policy: a shard may be a symlink, but its target must be inside the model dir (also after
+    resolving the dir's own links) or a blob of a Hugging Face hub cache. A crafted repo or index
+    cannot make shadowft read (or report on) another file of the machine.
+    """
+    try:
+        real, root = file.resolve(strict=True), model_dir.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a dangling link
+        raise CheckpointError(
+            f"{file} cannot be resolved ({getattr(exc, 'strerror', None) or exc})",
+            hint="the shard is a broken symlink or a symlink loop; copy the real file into the model dir",
+        ) from None
+    if root in real.parents or _hub_blob(real):
+        return
+    raise CheckpointError(
+        f"{file} resolves to {real}, outside the model dir {model_dir}",
+        hint="shadowft reads only weights inside the model dir (or blobs of a Hugging Face hub cache); "
+        "copy the file into the dir (e.g. `cp --dereference`)",
+    )
 
 
 def _refuse_format(file: Path, role: str) -> CheckpointError:
@@ -434,79 +634,6 @@ def _write_all(f, data) -> None:
     while view:
         n = f.write(view)
         view = view[n:]
-
-
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty output dir unless `overwrite` (checked before any expensive work)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output {out} exists and is a file", hint="choose another --out path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"output directory {out} already exists and is not empty",
-            hint="choose another --out, or pass --overwrite to replace it",
-        )
-
-
-_HOST = re.sub(r"[^A-Za-z0-9]", "", os.uname().nodename)[:32] or "host"
-
-
-def _remove_dead_temp_dirs(out: Path) -> list[Path]:
-    """Delete temp dirs beside `out` left by a writer on this host that was killed (SIGKILL, power
-    loss): their process no longer exists. A live writer's dir, or another host's, is left alone."""
-    removed = []
-    pattern = re.compile(re.escape(f".{out.name}.tmp-{_HOST}-") + r"(\d+)-")
-    for d in out.parent.glob(f".{out.name}.tmp-{_HOST}-*"):
-        m = pattern.match(d.name)
-        if not m or int(m.group(1)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user's
-        shutil.rmtree(d, ignore_errors=True)
-        removed.append(d)
-    return removed
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it: there is no getter before Python 3.13's os)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary dir beside `out`; on success rename it to `out`, on failure delete it.
-
-    A reader never sees a half-written `out`: it either does not exist or is complete.
-    """
-    out = Path(out).absolute()
-    check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_temp_dirs(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{_HOST}-{os.getpid()}-", dir=out.parent))
-    # mkdtemp makes the dir 0700 and the rename keeps it: give it the mode a new dir gets under the umask
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        full = as_disk_full(exc, str(out))
-        if full is not None:
-            raise full from None
-        raise
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / "old")
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 NON_WEIGHT_SKIP = re.compile(

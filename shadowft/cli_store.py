@@ -17,6 +17,8 @@ _EXPLAIN = {
     "stale_work": "work dirs of published artifacts (leftover checkpoints)",
     "resumable": "work dirs of unpublished artifacts (a re-run resumes from them; kept)",
     "pending": "build ids announced but not published (a crashed or running build; harmless, reused by the next build)",
+    "foreign": "entries the store did not write (e.g. run folders of an output.root inside the store, symlinks; "
+    "never removed)",
 }
 
 
@@ -30,7 +32,11 @@ def verify(
     ] = None,
     config: Annotated[Optional[Path], typer.Option(help="Run config YAML: check the store of its output.root.")] = None,
     remove: Annotated[
-        bool, typer.Option("--remove", help="Delete incomplete builds, stale work dirs and stale pending ids.")
+        bool,
+        typer.Option(
+            "--remove",
+            help="Delete incomplete builds, stale work dirs and stale pending ids (only what the store wrote).",
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:

@@ -13,6 +13,7 @@ paths (the orchestration layer builds or finds the family and passes the mapping
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -73,8 +75,38 @@ ReportTo = Literal["none", "tensorboard", "wandb", "mlflow"]
 AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 
 
+#: Bounds for values that are otherwise accepted and fail only late (in training, after evaluation).
+MAX_BATCH = 1 << 16
+MAX_COUNT = 10**9  # steps, samples, examples: more would never finish
+MAX_PROCS = 1024
+MAX_SEED = 2**32 - 1  # numpy's seed range (transformers.set_seed seeds numpy too)
+MAX_NAME = 200  # output.name is a folder name: at most 255 bytes on common filesystems
+MAX_PATH_PART = 255
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
+    # inf / nan are refused in every float (GraftConfig checks its own, with messages of its own)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=False, allow_inf_nan=False
+    )
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        """A NUL character in a name or path fails only when the path is used (os calls refuse it)."""
+        if _has_nul(v):
+            raise ValueError("must not contain a NUL character")
+        return v
+
+
+def _has_nul(v: Any) -> bool:
+    if isinstance(v, str):
+        return "\x00" in v
+    if isinstance(v, list):
+        return any(_has_nul(x) for x in v)
+    if isinstance(v, dict):
+        return any(_has_nul(k) or _has_nul(x) for k, x in v.items())
+    return False
 
 
 class PairConfig(_Section):
@@ -131,10 +163,16 @@ class DataConfig(_Section):
         "(instruction/input/output), or auto (detected per file).",
     )
     max_length: int = Field(
-        default=4096, ge=8, description="Cutoff length in tokens (prompt + answer, after the chat template)."
+        default=4096,
+        ge=8,
+        le=1 << 24,
+        description="Cutoff length in tokens (prompt + answer, after the chat template).",
     )
     max_samples: int | None = Field(
-        default=2000, ge=1, description="Use at most this many conversations (in source order); empty = all."
+        default=2000,
+        ge=1,
+        le=MAX_COUNT,
+        description="Use at most this many conversations (in source order); empty = all.",
     )
     split: str = Field(default="train", description="Split to read from a `datasets` name (ignored for local files).")
     overlong: Literal["truncate", "drop"] = Field(
@@ -161,6 +199,12 @@ class DataConfig(_Section):
         description="Files (or `datasets` names) prepared as the validation split instead of a held-out "
         "fraction (same format, chat template and masking as the training data).",
     )
+    max_record_mb: float = Field(
+        default=16.0,
+        gt=0,
+        description="Refuse a record (a JSONL line, a JSON array item, a row's text) larger than this many "
+        "MB (10^6 bytes), naming its file and line, before it is parsed or tokenized.",
+    )
 
     @property
     def has_validation(self) -> bool:
@@ -169,7 +213,10 @@ class DataConfig(_Section):
     def cache_view(self) -> dict[str, Any]:
         """The data stage's settings for its key (sources are inputs); the validation fields are left
         out at their defaults, so data prepared before they existed keeps its key."""
-        exclude = {"sources", "validation_sources"} | ({"validation_ratio"} if not self.validation_ratio else set())
+        # max_record_mb only refuses input (it never changes what is prepared): not in the key
+        exclude = {"sources", "validation_sources", "max_record_mb"} | (
+            {"validation_ratio"} if not self.validation_ratio else set()
+        )
         return self.model_dump(mode="json", exclude=exclude)
 
     @field_validator("sources")
@@ -198,19 +245,23 @@ class TrainConfig(_Section):
     )
     epochs: float = Field(default=1.0, gt=0, description="Passes over the data (ignored when max_steps is set).")
     max_steps: int | None = Field(
-        default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs); empty = by epochs."
+        default=None,
+        ge=1,
+        le=MAX_COUNT,
+        description="Stop after this many optimizer steps (overrides epochs); empty = by epochs.",
     )
-    batch_size: int = Field(default=4, ge=1, description="Sequences per device per forward pass.")
+    batch_size: int = Field(default=4, ge=1, le=MAX_BATCH, description="Sequences per device per forward pass.")
     grad_accum: int = Field(
         default=8,
         ge=1,
+        le=MAX_BATCH,
         description="Gradient accumulation steps; global batch = batch_size x grad_accum x devices (paper: 32).",
     )
     scheduler: Scheduler = Field(default="cosine", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Fraction of steps with linear warmup.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm (0 = no clipping).")
-    lora_rank: int = Field(default=8, ge=1, description="LoRA rank r.")
+    lora_rank: int = Field(default=8, ge=1, le=MAX_BATCH, description="LoRA rank r.")
     lora_alpha: float | None = Field(
         default=None, gt=0, description="LoRA scaling alpha (update = alpha/r * B A); empty = 2 x rank."
     )
@@ -224,7 +275,9 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in the backward pass (less memory, ~30% slower)."
     )
-    seed: int = Field(default=42, description="Seed for initialisation, data order and dropout.")
+    seed: int = Field(
+        default=42, ge=0, le=MAX_SEED, description="Seed for initialisation, data order and dropout (0 to 2^32-1)."
+    )
     precision: Precision = Field(
         default="auto", description="auto = bf16 on a GPU that supports it, else fp32; or fp32 / bf16 / fp16."
     )
@@ -233,9 +286,13 @@ class TrainConfig(_Section):
         description="Dtype of a fully fine-tuned model on disk: fp32 keeps small updates exact for the delta "
         "(recommended), model = the checkpoint's own dtype.",
     )
-    save_steps: int = Field(default=25, ge=1, description="Write a resumable checkpoint every this many steps.")
-    save_total_limit: int = Field(default=2, ge=1, description="Keep at most this many checkpoints.")
-    logging_steps: int = Field(default=1, ge=1, description="Record loss and learning rate every this many steps.")
+    save_steps: int = Field(
+        default=25, ge=1, le=MAX_COUNT, description="Write a resumable checkpoint every this many steps."
+    )
+    save_total_limit: int = Field(default=2, ge=1, le=MAX_COUNT, description="Keep at most this many checkpoints.")
+    logging_steps: int = Field(
+        default=1, ge=1, le=MAX_COUNT, description="Record loss and learning rate every this many steps."
+    )
     dpo_beta: float = Field(
         default=0.1,
         gt=0,
@@ -255,10 +312,11 @@ class TrainConfig(_Section):
     num_processes: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_PROCS,
         description="Processes (ranks) per node; empty = the visible GPUs (1 on CPU). More than one starts a "
         "launched job (torchrun / accelerate launch).",
     )
-    num_nodes: int = Field(default=1, ge=1, description="Machines the job spans (torchrun --nnodes).")
+    num_nodes: int = Field(default=1, ge=1, le=MAX_BATCH, description="Machines the job spans (torchrun --nnodes).")
     node_rank: int = Field(default=0, ge=0, description="This machine's rank among num_nodes (0 = the main node).")
     main_address: str = Field(
         default="127.0.0.1", description="Rendezvous address: the main node's host name or IP (torchrun --master_addr)."
@@ -277,6 +335,7 @@ class TrainConfig(_Section):
     threads: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_PROCS,
         description="CPU threads per process for torch; empty = 1 for models under 50M parameters (more "
         "threads only contend on a shared CPU), else the physical cores divided among the local processes. "
         "Fixed by the config, never by the machine's momentary load.",
@@ -291,6 +350,14 @@ class TrainConfig(_Section):
         description="Experiment tracker: none, tensorboard (offline event files in the run's work dir), wandb or "
         "mlflow (credentials only from their environment variables).",
     )
+
+    @field_validator("node_rank")
+    @classmethod
+    def _rank_in_nodes(cls, v: int, info: ValidationInfo) -> int:
+        nodes = info.data.get("num_nodes")
+        if nodes is not None and v >= nodes:
+            raise ValueError(f"must be less than train.num_nodes ({nodes})")
+        return v
 
     @field_validator("lora_targets")
     @classmethod
@@ -316,6 +383,9 @@ class TrainConfig(_Section):
 
 class GraftConfig(_Section):
     """Grafting the Base update onto Instruct: W_new = W_instruct + alpha * (W_base_tuned - W_base)."""
+
+    # its validators refuse inf / nan themselves, with their own messages
+    model_config = ConfigDict(allow_inf_nan=True)
 
     alpha: float | Literal["auto"] = Field(
         default=1.0,
@@ -362,6 +432,14 @@ class GraftConfig(_Section):
             re.compile(v)
         except re.error as exc:
             raise ValueError(f"not 'projections', 'all' or a valid regular expression ({exc})") from None
+        return v
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alpha_finite(cls, v: Any) -> Any:
+        """nan passes both range checks below (every comparison with it is false) and failed at the graft."""
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("must be a finite number (or auto)")
         return v
 
     @field_validator("alpha")
@@ -450,13 +528,15 @@ class GraftConfig(_Section):
 class VLLMConfig(_Section):
     """lm-eval's `vllm` model arguments (passed as they are; see lm-eval's VLLM class)."""
 
-    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one model replica is split over.")
-    data_parallel_size: int = Field(default=1, ge=1, description="Model replicas, each on its own GPUs.")
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, le=MAX_PROCS, description="GPUs one model replica is split over."
+    )
+    data_parallel_size: int = Field(default=1, ge=1, le=MAX_PROCS, description="Model replicas, each on its own GPUs.")
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0, le=1, description="Fraction of each GPU's memory vLLM may take."
     )
     max_model_len: int | None = Field(
-        default=None, ge=16, description="Context length vLLM allocates for; empty = the model's own."
+        default=None, ge=16, le=1 << 24, description="Context length vLLM allocates for; empty = the model's own."
     )
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         default="auto", description="Weights dtype in vLLM; auto = as stored."
@@ -476,8 +556,10 @@ class EvalConfig(_Section):
         min_length=1,
         description="Suites (or lm-eval task names) to run on every model.",
     )
-    limit: int | None = Field(default=None, ge=1, description="At most this many examples per task; empty = all.")
-    batch_size: int = Field(default=8, ge=1, description="Evaluation batch size.")
+    limit: int | None = Field(
+        default=None, ge=1, le=MAX_COUNT, description="At most this many examples per task; empty = all."
+    )
+    batch_size: int = Field(default=8, ge=1, le=MAX_BATCH, description="Evaluation batch size.")
     apply_chat_template: bool | None = Field(
         default=None,
         description="Wrap prompts in the model's chat template; empty = yes for Instruct and grafted models "
@@ -508,7 +590,8 @@ class EvalConfig(_Section):
     request_cache: bool = Field(
         default=True,
         description="Keep each answered request in an SQLite cache in the stage's work dir, so a killed "
-        "evaluation re-run answers the finished requests from it (lm-eval's use_cache).",
+        "evaluation re-run answers the finished requests from it (lm-eval's request keys; answers stored as "
+        "JSON, never as pickles).",
     )
 
 
@@ -522,6 +605,7 @@ class ResourcesConfig(_Section):
     slots: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_PROCS,
         description="Heavy stages that may run at once; empty = visible GPUs // devices_per_stage (1 on CPU).",
     )
     devices: list[int] | None = Field(
@@ -530,6 +614,7 @@ class ResourcesConfig(_Section):
     devices_per_stage: int = Field(
         default=1,
         ge=1,
+        le=MAX_PROCS,
         description="GPUs each heavy stage gets (a multi-process training or a tensor-parallel vLLM "
         "evaluation needs as many as it has processes).",
     )
@@ -538,8 +623,8 @@ class ResourcesConfig(_Section):
     @classmethod
     def _unique_devices(cls, v: list[int] | None) -> list[int] | None:
         if v is not None:
-            if any(d < 0 for d in v):
-                raise ValueError("GPU indices are 0 or more")
+            if any(d < 0 or d >= MAX_PROCS for d in v):
+                raise ValueError(f"GPU indices are 0 to {MAX_PROCS - 1}")
             if len(set(v)) != len(v):
                 raise ValueError("a GPU is listed twice")
         return v
@@ -562,6 +647,24 @@ class OutputConfig(_Section):
     max_regression: float = Field(
         default=1.0, ge=0, description="Largest drop in % points on any suite that promotion accepts."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_fits_a_folder(cls, v: str | None) -> str | None:
+        """The name becomes a folder name: one too long failed with ENAMETOOLONG after evaluation."""
+        if v is not None and len(v) > MAX_NAME:
+            raise ValueError(f"must be at most {MAX_NAME} characters (it names the run folder; got {len(v)})")
+        return v
+
+    @field_validator("root")
+    @classmethod
+    def _root_is_a_usable_path(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a directory")
+        for part in Path(v).expanduser().parts:
+            if len(part.encode("utf-8", "surrogatepass")) > MAX_PATH_PART:
+                raise ValueError(f"the path component {part[:40]!r}... is longer than {MAX_PATH_PART} bytes")
+        return v
 
 
 #: The stages of a run, in order; `RunConfig.stage_view` knows the config each one depends on.
@@ -586,7 +689,7 @@ OBJECTIVE_FIELDS: dict[str, set[str]] = {"sft": set(), "dpo": {"dpo_beta", "dpo_
 class RunConfig(BaseModel):
     """One Shadow-FT run: the model pair, data, training, graft, evaluation, baselines and output."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     pair: PairConfig = Field(default_factory=PairConfig, description="The Base / Instruct model pair.")
     data: DataConfig = Field(default_factory=DataConfig, description="Training data and its preparation.")
@@ -731,6 +834,88 @@ _Loader.add_implicit_resolver(
 )
 
 
+#: Bounds on what a YAML document may expand to: a config has a few hundred values. Aliases share one
+#: node, so nested anchors (a "billion laughs" document) are small on disk but expand exponentially
+#: wherever the data is walked as a tree (validation, error messages); they are counted while
+#: composing, before anything is built.
+MAX_YAML_VALUES = 100_000
+MAX_YAML_ALIASES = 1_000
+MAX_YAML_BYTES = 4 << 20
+
+
+class _LimitedLoader(_Loader):
+    """`_Loader` that refuses more than `MAX_YAML_ALIASES` aliases while composing."""
+
+    aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise yaml.MarkedYAMLError(
+                    problem=f"more than {MAX_YAML_ALIASES} aliases (*name)", problem_mark=self.peek_event().start_mark
+                )
+        return super().compose_node(parent, index)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph whose tree (aliases expanded) has more than `MAX_YAML_VALUES` values, or that
+    contains itself (a recursive alias). Linear in the graph: each node's expanded size is memoised."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        nid = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [x for kv in node.value for x in kv]
+        if done:
+            on_path.discard(nid)
+            size[nid] = 1 + sum(size[id(c)] for c in children)
+            if size[nid] > MAX_YAML_VALUES:
+                raise yaml.MarkedYAMLError(
+                    problem=f"aliases expand to more than {MAX_YAML_VALUES} values (an alias bomb?)",
+                    problem_mark=node.start_mark,
+                )
+            continue
+        if nid in size:
+            continue
+        if nid in on_path:
+            raise yaml.MarkedYAMLError(problem="an alias refers to itself", problem_mark=node.start_mark)
+        on_path.add(nid)
+        stack.append((node, True))
+        for c in children:
+            if id(c) in on_path:
+                raise yaml.MarkedYAMLError(problem="an alias refers to itself", problem_mark=c.start_mark)
+            if id(c) not in size:
+                stack.append((c, False))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse one YAML document with `_Loader`, refusing alias bombs, recursive aliases and nesting too
+    deep for the parser. Raises `yaml.YAMLError` (with a mark where there is one)."""
+    loader = _LimitedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, TypeError, IndexError, AttributeError, OverflowError) as exc:
+            # PyYAML's constructors fail this way on an explicit tag with a bad value (`!!float ''`)
+            raise yaml.MarkedYAMLError(
+                problem=f"a value cannot be read ({type(exc).__name__}: {exc})", problem_mark=node.start_mark
+            ) from None
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse ``key.sub=value`` (value read as a YAML scalar or flow list) into (path, value)."""
     key, sep, raw = text.partition("=")
@@ -738,7 +923,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ShadowFTError(f"override {text!r} is not of the form key.sub=value", hint="for example: train.lr=1e-4")
     try:
-        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ShadowFTError(f"override {text!r}: the value is not valid YAML ({exc})") from None
     return key.split("."), value
@@ -771,7 +956,15 @@ def load_model(
         if not p.is_file():
             raise ShadowFTError(f"{what} file {p} does not exist", hint=f"see {example} for a starting point")
         try:
-            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
+            if p.stat().st_size > MAX_YAML_BYTES:
+                raise ShadowFTError(f"{p}: a {what} file is at most {MAX_YAML_BYTES >> 20} MiB")
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ShadowFTError(f"{p}: not UTF-8 text (byte {exc.start})") from None
+        except OSError as exc:
+            raise ShadowFTError(f"{what} file {p} cannot be read: {exc.strerror or exc}") from None
+        try:
+            loaded = load_yaml(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             problem = getattr(exc, "problem", None) or str(exc)
@@ -834,13 +1027,16 @@ def _describe(err: dict[str, Any], overridden: dict[str, str], root: type[BaseMo
         msg = "is required"
     elif kind == "too_short":
         msg = "must not be empty"
+    elif kind == "finite_number":
+        msg = "must be a finite number"
     elif kind == "value_error":
         msg = str(ctx.get("error", err.get("msg", "")))
     else:
         msg = err.get("msg", "invalid value")
         msg = msg[:1].lower() + msg[1:]
     if kind not in ("extra_forbidden", "missing") and "input" in err and not isinstance(err["input"], dict):
-        msg += f" (got {err['input']!r})"
+        got = repr(err["input"])
+        msg += f" (got {got if len(got) <= 80 else got[:60] + f'... ({len(got)} characters)'})"
     src = _override_for(loc, overridden)
     if src:
         msg += f" [from override {src!r}]"

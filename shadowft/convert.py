@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 
-from shadowft.checkpoint import OutTensor, ShardedWriter, atomic_output_dir, check_output_dir, copy_model_side_files
+from shadowft.checkpoint import OutTensor, ShardedWriter, copy_model_side_files
 from shadowft.errors import CheckpointError
+from shadowft.files import atomic_output_dir, check_output_dir, refuse_overlap, write_json_atomic
+from shadowft.graft.provenance import PROVENANCE_NAME
 
 
 def convert_pickled_to_safetensors(
@@ -22,7 +24,8 @@ def convert_pickled_to_safetensors(
     files = sorted(src.glob("*.bin")) if src.is_dir() else [src]
     if not files or not all(f.is_file() for f in files):
         raise CheckpointError(f"no pickled .bin weights found in {src}")
-    check_output_dir(out, overwrite)
+    refuse_overlap(out, [src])
+    check_output_dir(out, overwrite, marker=PROVENANCE_NAME)  # --overwrite replaces only an earlier output
     state: dict[str, torch.Tensor] = {}
     for f in files:
         try:
@@ -34,7 +37,7 @@ def convert_pickled_to_safetensors(
             ) from None
         state.update({k: v for k, v in part.items() if isinstance(v, torch.Tensor)})
     plan = [OutTensor(k, v.dtype, tuple(v.shape)) for k, v in state.items()]
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out, overwrite=overwrite, marker=PROVENANCE_NAME) as tmp:
         writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size)
         for i, shard in enumerate(writer.shards):
             with writer.open_shard(i):
@@ -42,4 +45,7 @@ def convert_pickled_to_safetensors(
                     writer.write(t.name, state[t.name].contiguous().reshape(-1))
         writer.write_index()
         copy_model_side_files(src if src.is_dir() else src.parent, tmp)
+        write_json_atomic(
+            tmp / PROVENANCE_NAME, {"made_by": "shadowft convert", "source": str(src), "tensors": len(plan)}
+        )
     return len(plan)

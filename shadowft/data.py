@@ -14,22 +14,33 @@ Assistant spans are found by rendering prefixes of the conversation (``messages[
 prompt, and ``messages[:i+1]``) and checking that each is a prefix of the full rendering; this works for
 any template without ``{% generation %}`` markers. Templates that render earlier assistant turns
 differently from the last one (Qwen3's think blocks) fall back to locating the message content.
+A long conversation renders each prefix from a window of its last few messages instead (linear in
+turns, not quadratic), checked against the full rendering; a template for which the windows do not
+agree with it gets the exact prefix renderings.
+
+Hostile input ends in `ShadowFTError` naming the file and line: records over `data.max_record_mb`
+(refused before they are parsed), invalid UTF-8, JSON nested too deeply, roles or fields of the
+wrong type, text with lone surrogates. A long sample is cut before it is tokenized where the cut
+cannot change the tokens kept.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shadowft.checkpoint import atomic_output_dir
 from shadowft.config import ZOO_PREFIX, DataConfig
 from shadowft.errors import OutputExistsError, ShadowFTError
+from shadowft.files import atomic_output_dir
 
 IGNORE_INDEX = -100
 MAX_REPORTED = 8
+#: data.max_record_mb's default in bytes, for callers without a DataConfig.
+DEFAULT_MAX_RECORD_BYTES = 16_000_000
 
 SHAREGPT_ROLES = {
     "human": "user",
@@ -121,17 +132,82 @@ class _Problems:
 # -- reading -------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path, problems: _Problems) -> Iterator[_Record]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+def _brief(value: Any, limit: int = 40) -> str:
+    """A short, safe rendering of a value for a message (no repr of a huge or deeply nested value)."""
+    if isinstance(value, str):
+        return repr(value[:limit] + "...") if len(value) > limit else repr(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)[:limit]
+    return f"a {type(value).__name__}"
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` is not valid Unicode (a lone surrogate: JSON's `\\ud800` decodes to one), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds a lone surrogate \\u{ord(text[exc.start]):04x} at character {exc.start + 1} (not valid Unicode)"
+    return None
+
+
+def _decode_line(raw: bytes, first: bool) -> tuple[str | None, str | None]:
+    """(text, None) or (None, problem) for one line of bytes."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 4].hex(" ")
+        return None, f"invalid UTF-8 at byte {exc.start + 1} of the line ({bad}...): save the file as UTF-8"
+    return (text[1:] if first and text.startswith("\ufeff") else text), None
+
+
+def _loads(text: str) -> tuple[Any, str | None]:
+    """(value, None) or (None, problem) for one JSON text."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, _json_problem(exc, text)
+    except RecursionError:
+        return None, "invalid JSON (nested too deeply)"
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        return None, f"invalid JSON ({str(exc)[:120]})"
+
+
+def _too_big(size: int, max_bytes: int) -> str:
+    return f"the record is {size:,} bytes, over data.max_record_mb={max_bytes / 1e6:g} ({max_bytes:,} bytes)"
+
+
+def _read_jsonl(path: Path, problems: _Problems, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[_Record]:
+    """One record per line, read in bytes: a line over `max_bytes` is skipped unread (never held whole)."""
+    with path.open("rb") as fh:
+        lineno = 0
+        while True:
+            raw = fh.readline(max_bytes + 2)
+            if not raw:
+                return
+            lineno += 1
             where = f"{path} line {lineno}"
-            text = line.rstrip("\r\n")  # the newline would move an error at the end onto the next line
-            try:
-                yield _Record(where, json.loads(text))
-            except json.JSONDecodeError as exc:
-                problems.add(where, _json_problem(exc, text))
+            if len(raw.rstrip(b"\r\n")) > max_bytes:
+                size = len(raw.rstrip(b"\r\n"))
+                while not raw.endswith(b"\n"):  # skip the rest of the line in chunks
+                    raw = fh.readline(1 << 20)
+                    if not raw:
+                        break
+                    size += len(raw.rstrip(b"\r\n"))
+                problems.add(where, _too_big(size, max_bytes))
+                continue
+            if not raw.strip():
+                continue
+            text, problem = _decode_line(raw.rstrip(b"\r\n"), first=lineno == 1)
+            if text is None:
+                problems.add(where, str(problem))
+                continue
+            value, problem = _loads(text)  # without its newline, an error at the end stays on this line
+            if problem is not None:
+                problems.add(where, problem)
+            else:
+                yield _Record(where, value)
 
 
 def _json_problem(exc: json.JSONDecodeError, text: str) -> str:
@@ -141,13 +217,28 @@ def _json_problem(exc: json.JSONDecodeError, text: str) -> str:
     return f"invalid JSON ({exc.msg} at column {exc.colno})"
 
 
-def _read_json(path: Path, problems: _Problems) -> Iterator[_Record]:
+def _read_json(path: Path, problems: _Problems, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[_Record]:
     """A JSON array of records (or {"data": [...]}); each record is reported by the line it starts on."""
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        problems.add(f"{path} line {line}", f"invalid UTF-8 at byte {col} of the line: save the file as UTF-8")
+        return
+    if text.startswith("\ufeff"):
+        text = text[1:]
     try:
         whole = json.loads(text)
     except json.JSONDecodeError as exc:
         problems.add(f"{path} line {exc.lineno}", f"invalid JSON ({exc.msg} at column {exc.colno})")
+        return
+    except RecursionError:
+        problems.add(f"{path} line 1", "invalid JSON (nested too deeply)")
+        return
+    except ValueError as exc:
+        problems.add(f"{path} line 1", f"invalid JSON ({str(exc)[:120]})")
         return
     if isinstance(whole, dict) and isinstance(whole.get("data"), list) and len(whole) == 1:
         yield from (_Record(f"{path} item {i + 1}", r) for i, r in enumerate(whole["data"]))
@@ -155,14 +246,22 @@ def _read_json(path: Path, problems: _Problems) -> Iterator[_Record]:
     if not isinstance(whole, list):
         problems.add(f"{path} line 1", "a .json file must hold a list of records (or use .jsonl)")
         return
-    # Walk the array again with raw_decode to learn the line each element starts on.
+    # Walk the array again with raw_decode to learn the line each element starts on (and its size).
     dec = json.JSONDecoder()
     pos = text.index("[") + 1
+    line, counted = 1, 0
     for item in whole:
         while text[pos] in " \t\r\n,":
             pos += 1
         _, end = dec.raw_decode(text, pos)
-        yield _Record(f"{path} line {text.count(chr(10), 0, pos) + 1}", item)
+        line += text.count("\n", counted, pos)
+        counted = pos
+        if end - pos > max_bytes // 4 and len(text[pos:end].encode("utf-8", "surrogatepass")) > max_bytes:
+            problems.add(
+                f"{path} line {line}", _too_big(len(text[pos:end].encode("utf-8", "surrogatepass")), max_bytes)
+            )
+        else:
+            yield _Record(f"{path} line {line}", item)
         pos = end
 
 
@@ -211,7 +310,9 @@ def check_sources_exist(sources: list[str]) -> None:
             )
 
 
-def _read_source(source: str, split: str, problems: _Problems) -> tuple[str, Iterator[_Record]]:
+def _read_source(
+    source: str, split: str, problems: _Problems, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> tuple[str, Iterator[_Record]]:
     if source.startswith(ZOO_PREFIX):
         raise ShadowFTError(
             f"data source {source!r} is a placeholder",
@@ -226,8 +327,10 @@ def _read_source(source: str, split: str, problems: _Problems) -> tuple[str, Ite
             raise ShadowFTError(
                 f"data source {source}: unsupported file type", hint="use .jsonl, .json or .parquet files"
             )
-        reader = {"jsonl": _read_jsonl, "json": _read_json, "parquet": _read_parquet}[kind]
-        return str(path), reader(path, problems)
+        if kind == "parquet":
+            return str(path), _read_parquet(path, problems)
+        reader = _read_jsonl if kind == "jsonl" else _read_json
+        return str(path), reader(path, problems, max_bytes)
     if kind is not None or source.startswith((".", "/", "~")):
         raise ShadowFTError(f"data file {source} does not exist", hint="check data.sources in the config")
     return source, _read_hub(source, split, problems)
@@ -275,19 +378,29 @@ def to_messages(record: Any, fmt: str) -> list[dict[str, str]]:
             if "from" not in turn or "value" not in turn:
                 raise ValueError(f"{key}[{i}] missing field 'from' or 'value' (sharegpt format)")
             raw_role, content = turn["from"], turn["value"]
-            role = SHAREGPT_ROLES.get(str(raw_role).lower()) if isinstance(raw_role, str) else None
+            role = SHAREGPT_ROLES.get(raw_role.lower()) if isinstance(raw_role, str) else None
         else:
             if "role" not in turn or "content" not in turn:
                 raise ValueError(f"{key}[{i}] missing field 'role' or 'content' (messages format)")
             raw_role, content = turn["role"], turn["content"]
-            role = raw_role if raw_role in MESSAGE_ROLES else None
+            role = raw_role if isinstance(raw_role, str) and raw_role in MESSAGE_ROLES else None
         if role is None:
             allowed = sorted(SHAREGPT_ROLES) if fmt == "sharegpt" else sorted(MESSAGE_ROLES)
-            raise ValueError(f"{key}[{i}] has unknown role {raw_role!r} (allowed: {', '.join(allowed)})")
+            raise ValueError(f"{key}[{i}] has unknown role {_brief(raw_role)} (allowed: {', '.join(allowed)})")
         if not isinstance(content, str) or not content.strip():
             raise ValueError(f"{key}[{i}] ({role}) has empty or non-text content")
+        _check_text(content, f"{key}[{i}] ({role}) content")
         msgs.append({"role": role, "content": content})
+    if isinstance(system, str):
+        _check_text(system, "field 'system'")
     return msgs
+
+
+def _check_text(text: str, what: str) -> None:
+    """ValueError naming `what` when `text` is not valid Unicode (it could not be tokenized or saved)."""
+    problem = text_problem(text)
+    if problem:
+        raise ValueError(f"{what} {problem}")
 
 
 def _alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
@@ -303,7 +416,10 @@ def _alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
     system = record.get("system")
     if isinstance(system, str) and system.strip():
         msgs.append({"role": "system", "content": system})
-    for j, pair in enumerate(record.get("history") or []):
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        raise ValueError("field 'history' must be a list of [question, answer] pairs")  # noqa: TRY004
+    for j, pair in enumerate(history):
         if not (
             isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)
         ):
@@ -311,6 +427,11 @@ def _alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
         msgs += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     prompt = record["instruction"] if not extra.strip() else f"{record['instruction']}\n\n{extra}"
     msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
+    for k in ("system", "instruction", "input", "output"):
+        if isinstance(record.get(k), str):
+            _check_text(record[k], f"field {k!r}")
+    for j, pair in enumerate(history):
+        _check_text(pair[0] + pair[1], f"history[{j}]")
     return msgs
 
 
@@ -335,50 +456,183 @@ def _render(tokenizer, msgs: list[dict[str, str]], add_generation_prompt: bool =
     return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+#: Conversations of more messages than this find their spans from windows of a few messages.
+EXACT_SPANS_UPTO = 24
+#: How far back (in messages) a window may reach for the user turn it starts with.
+WINDOW_REACH = 16
+_OPEN, _CLOSE = "\ue000", "\ue001"  # private-use characters around each message's placeholder
+
+
 def assistant_char_spans(tokenizer, msgs: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of every assistant answer (content plus the
     template's end-of-turn marker, e.g. ``<|im_end|>``) by prefix rendering."""
     full = _render(tokenizer, msgs)
+    if len(msgs) > EXACT_SPANS_UPTO:
+        spans = _windowed_spans(tokenizer, msgs, full)
+        if spans is not None:
+            return full, spans
+    return full, _exact_spans(tokenizer, msgs, full)
+
+
+def _trim_after_eos(full: str, start: int, end: int, eos: str) -> int:
+    """Do not train on whitespace the template puts after the end-of-turn token."""
+    if not eos:
+        return end
+    j = end
+    while j > 0 and full[j - 1].isspace():
+        j -= 1
+    if not full.endswith(eos, 0, j):
+        return end
+    while end > start and full[end - 1] in " \t\r\n":
+        end -= 1
+    return end
+
+
+def _exact_spans(tokenizer, msgs: list[dict[str, str]], full: str) -> list[tuple[int, int]]:
+    """Spans from the renderings of every prefix (quadratic in turns: used for short conversations)."""
     eos = tokenizer.eos_token or ""
+    return [_exact_span(tokenizer, msgs, full, i, eos) for i, m in enumerate(msgs) if m["role"] == "assistant"]
+
+
+def _exact_span(tokenizer, msgs: list[dict[str, str]], full: str, i: int, eos: str) -> tuple[int, int]:
+    """The span of assistant turn i, from the renderings of ``messages[:i]`` and ``messages[:i+1]``."""
+    m = msgs[i]
+    prompt = _render(tokenizer, msgs[:i], add_generation_prompt=True)
+    if not full.startswith(prompt):
+        raise ShadowFTError(
+            "the chat template renders a conversation prefix differently from the full conversation; "
+            "cannot locate the assistant turns",
+            hint="use a template whose rendering of messages[:i] with add_generation_prompt=True is a "
+            "prefix of the full conversation",
+        )
+    start = len(prompt)
+    upto = _render(tokenizer, msgs[: i + 1])
+    if full.startswith(upto) and len(upto) > start:
+        end = len(upto)
+    else:
+        # Earlier turns rendered differently when they are not last (e.g. Qwen3 drops think blocks):
+        # find the content after the prompt and extend over the end-of-turn token.
+        at = full.find(m["content"], start)
+        if at < 0:
+            raise ShadowFTError(
+                f"cannot find assistant turn {i} in the rendered conversation",
+                hint="the chat template rewrites assistant content; prepare this data with a simpler template",
+            )
+        end = at + len(m["content"])
+        if eos and full.startswith(eos, end):
+            end += len(eos)
+    return start, _trim_after_eos(full, start, end, eos)
+
+
+def _windowed_spans(tokenizer, msgs: list[dict[str, str]], full: str) -> list[tuple[int, int]] | None:
+    """The spans `_exact_spans` finds, from renderings of a few messages each (linear in turns), or
+    None when this template and conversation do not allow it (then the exact way is used).
+
+    Every content is replaced by a unique placeholder and the conversation rendered once more (the
+    skeleton); it must give `full` back when the contents are put back (the template copies contents
+    as they are). For assistant turn i, the prefix ``messages[:i]`` is rendered from a window: the
+    system message, then the messages from a user turn at least two before i (the first turns, which
+    have none, are rendered whole: their prefixes are short). Past the window's first
+    message (whose rendering may differ: a default system prompt, a merged system message), the
+    window's rendering must be a substring of the skeleton at the same message; it then gives the
+    prefix's length. A template whose rendering depends on messages outside the window fails that
+    check and gets the exact spans.
+    """
+    if any(_OPEN in m["content"] or _CLOSE in m["content"] for m in msgs):
+        return None
+    marks = [f"{_OPEN}{k}{_CLOSE}" for k in range(len(msgs))]
+    skel_msgs = [{"role": m["role"], "content": mark} for m, mark in zip(msgs, marks, strict=True)]
+    try:
+        skel = _render(tokenizer, skel_msgs)
+    except Exception:  # noqa: BLE001 - a template that refuses the placeholders: use the exact way
+        return None
+    if skel.count(_OPEN) != len(msgs):
+        return None
+    pos: list[int] = []
+    at = 0
+    for mark in marks:
+        at = skel.find(mark, at)
+        if at < 0:
+            return None
+        pos.append(at)
+        at += len(mark)
+    pieces, prev = [], 0
+    for p, mark, m in zip(pos, marks, msgs, strict=True):
+        pieces += [skel[prev:p], m["content"]]
+        prev = p + len(mark)
+    if "".join(pieces) + skel[prev:] != full:
+        return None  # the template changes contents (trims them, splits think blocks): exact way
+    shift = [0]
+    for mark, m in zip(marks, msgs, strict=True):
+        shift.append(shift[-1] + len(m["content"]) - len(mark))
+
+    def to_full(p: int) -> int:  # a skeleton position outside any placeholder -> its position in `full`
+        return p + shift[bisect.bisect_left(pos, p)]
+
+    eos = tokenizer.eos_token or ""
+    head = skel_msgs[:1] if msgs[0]["role"] == "system" else []
+    first = len(head)
     spans = []
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        prompt = _render(tokenizer, msgs[:i], add_generation_prompt=True)
-        if not full.startswith(prompt):
-            raise ShadowFTError(
-                "the chat template renders a conversation prefix differently from the full conversation; "
-                "cannot locate the assistant turns",
-                hint="use a template whose rendering of messages[:i] with add_generation_prompt=True is a "
-                "prefix of the full conversation",
-            )
-        start = len(prompt)
-        upto = _render(tokenizer, msgs[: i + 1])
-        if full.startswith(upto) and len(upto) > start:
-            end = len(upto)
-        else:
-            # Earlier turns rendered differently when they are not last (e.g. Qwen3 drops think blocks):
-            # find the content after the prompt and extend over the end-of-turn token.
-            at = full.find(m["content"], start)
-            if at < 0:
-                raise ShadowFTError(
-                    f"cannot find assistant turn {i} in the rendered conversation",
-                    hint="the chat template rewrites assistant content; prepare this data with a simpler template",
-                )
-            end = at + len(m["content"])
+        s = next((j for j in range(i - 2, max(first, i - 2 - WINDOW_REACH) - 1, -1) if msgs[j]["role"] == "user"), None)
+        if s is None:
+            if i > EXACT_SPANS_UPTO:
+                return None
+            spans.append(_exact_span(tokenizer, msgs, full, i, eos))  # an early turn: its prefix is short
+            continue
+        anchor, q = marks[s + 1], pos[s + 1]
+        window = head + skel_msgs[s:i]
+        try:
+            prompt = _render(tokenizer, window, add_generation_prompt=True)
+            upto = _render(tokenizer, [*window, skel_msgs[i]])
+        except Exception:  # noqa: BLE001
+            return None
+        r, r2 = prompt.find(anchor), upto.find(anchor)
+        if r < 0 or r2 < 0 or not skel.startswith(prompt[r:], q):
+            return None
+        start_s = q + len(prompt) - r
+        start = to_full(start_s)
+        end_s = q + len(upto) - r2
+        if skel.startswith(upto[r2:], q) and end_s > start_s:
+            end = to_full(end_s)
+        else:  # as in the exact way: the content after the prompt, and the end-of-turn token after it
+            if pos[i] < start_s:
+                return None
+            end = to_full(pos[i]) + len(m["content"])
             if eos and full.startswith(eos, end):
                 end += len(eos)
-        # Do not train on whitespace the template puts after the end-of-turn token.
-        while end > start and full[end - 1] in " \t\r\n" and eos and full[:end].rstrip().endswith(eos):
-            end -= 1
-        spans.append((start, end))
-    return full, spans
+        spans.append((start, _trim_after_eos(full, start, end, eos)))
+    return spans
 
 
-def tokenize_conversation(tokenizer, msgs: list[dict[str, str]]) -> tuple[list[int], list[int]]:
-    """input_ids and labels (-100 outside assistant answers) for one conversation."""
+#: A sample whose rendering is longer than this many characters per token of data.max_length is cut
+#: before it is tokenized (then only the first tokens are kept; see `tokenize_conversation`).
+CUT_CHARS_PER_TOKEN = 16
+CUT_MARGIN_TOKENS = 64
+
+
+def tokenize_conversation(
+    tokenizer, msgs: list[dict[str, str]], max_length: int | None = None
+) -> tuple[list[int], list[int]]:
+    """input_ids and labels (-100 outside assistant answers) for one conversation.
+
+    With `max_length`, a rendering of more than `CUT_CHARS_PER_TOKEN` characters per token is cut (at a
+    space) before it is tokenized: when the cut text still gives more than max_length + a margin of
+    tokens, the cut cannot reach the tokens kept, and the first max_length + 1 are returned (the caller
+    sees the sample is overlong). Otherwise the whole rendering is tokenized.
+    """
     full, spans = assistant_char_spans(tokenizer, msgs)
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    enc = None
+    if max_length is not None and len(full) > CUT_CHARS_PER_TOKEN * max_length:
+        budget = CUT_CHARS_PER_TOKEN * max_length
+        cut = max(full.rfind(" ", budget // 2, budget), full.rfind("\n", budget // 2, budget))
+        part = tokenizer(full[: cut if cut > 0 else budget], add_special_tokens=False, return_offsets_mapping=True)
+        if len(part["input_ids"]) > max_length + CUT_MARGIN_TOKENS:
+            enc = {k: part[k][: max_length + 1] for k in ("input_ids", "offset_mapping")}
+    if enc is None:
+        enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = [IGNORE_INDEX] * len(ids)
     k = 0
@@ -413,6 +667,35 @@ def load_tokenizer(tokenizer_dir: Path):
 # -- the stage -----------------------------------------------------------------------------------
 
 
+def record_limit(spec: DataConfig) -> int:
+    """data.max_record_mb in bytes."""
+    return int(getattr(spec, "max_record_mb", DEFAULT_MAX_RECORD_BYTES / 1e6) * 1_000_000)
+
+
+def check_size(msgs: list[dict[str, str]], max_bytes: int) -> None:
+    """ValueError when a record's text is over the limit (rows of parquet files and `datasets`, whose
+    size is not known before they are read)."""
+    chars = sum(len(m["content"]) for m in msgs)
+    if chars > max_bytes:
+        raise ValueError(_too_big(chars, max_bytes).replace("bytes,", "characters of text,", 1))
+
+
+def rendered(where: str, work: Any) -> Any:
+    """`work()`, with a chat template's refusal of this record (or a span not found) as a
+    `ShadowFTError` that names the record."""
+    from jinja2 import TemplateError
+
+    try:
+        return work()
+    except ShadowFTError as exc:
+        raise ShadowFTError(f"{where}: {exc.message}", hint=exc.hint) from None
+    except TemplateError as exc:
+        raise ShadowFTError(
+            f"{where}: the chat template refuses this conversation: {str(exc)[:300]}",
+            hint="fix or remove the record (templates often require user and assistant turns to alternate)",
+        ) from None
+
+
 def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> DataStats:
     """Read `spec.sources`, format and tokenize them with the chat template of `tokenizer_dir`, and
     write the dataset, tokenizer and ``stats.json`` to `out_dir` (published by an atomic rename).
@@ -426,76 +709,8 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
     tok = load_tokenizer(tokenizer_dir)
-
-    problems = _Problems()
-    conversations: list[tuple[int, list[dict[str, str]]]] = []  # (source index, messages)
-    per_source: list[SourceStats] = []
-    budget = spec.max_samples
-    for si, source in enumerate(spec.sources):
-        name, records = _read_source(source, spec.split, problems)
-        st = SourceStats(source=name, format=spec.format)
-        per_source.append(st)
-        fmt: str | None = None if spec.format == "auto" else spec.format
-        for rec in records:
-            if budget is not None and len(conversations) >= budget:
-                break
-            st.rows += 1
-            if fmt is None:
-                fmt = detect_format(rec.data)
-                if fmt is None:
-                    problems.add(
-                        rec.where,
-                        "unrecognised record format (expected 'messages' with role/content, "
-                        "'conversations' with from/value, or instruction/output)",
-                    )
-                    continue
-                st.format = fmt
-            try:
-                msgs = to_messages(rec.data, fmt)
-                if spec.system_prompt and msgs[0]["role"] != "system":
-                    msgs.insert(0, {"role": "system", "content": spec.system_prompt})
-                check_conversation(msgs)
-            except ValueError as exc:
-                problems.add(rec.where, str(exc))
-                continue
-            conversations.append((si, msgs))
-        if hasattr(records, "close"):
-            records.close()
-    problems.raise_if_any()
-    if not conversations:
-        raise ShadowFTError(
-            f"the training data is empty (sources: {', '.join(spec.sources)})",
-            hint="add records to the data files or check data.sources",
-        )
-
-    input_ids: list[list[int]] = []
-    labels: list[list[int]] = []
-    for si, msgs in conversations:
-        st = per_source[si]
-        ids, lab = tokenize_conversation(tok, msgs)
-        if len(ids) > spec.max_length:
-            if spec.overlong == "drop":
-                st.dropped += 1
-                continue
-            ids, lab = ids[: spec.max_length], lab[: spec.max_length]
-            if all(x == IGNORE_INDEX for x in lab):
-                st.dropped += 1  # the prompt alone fills the cutoff: nothing left to learn
-                continue
-            st.truncated += 1
-        st.samples += 1
-        st.tokens += len(ids)
-        st.assistant_tokens += sum(x != IGNORE_INDEX for x in lab)
-        input_ids.append(ids)
-        labels.append(lab)
-
+    input_ids, labels, per_source = tokenized_samples(spec, tok)
     dropped = sum(s.dropped for s in per_source)
-    if not input_ids:
-        raise ShadowFTError(
-            f"all {dropped} samples are longer than data.max_length={spec.max_length} tokens "
-            f"(overlong={spec.overlong})",
-            hint="raise data.max_length, or set data.overlong=truncate",
-        )
-
     lengths = [len(x) for x in input_ids]
     stats = DataStats(
         samples=len(input_ids),
@@ -535,6 +750,83 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
         on_disk = {k: v for k, v in stats.to_dict().items() if k != "out_dir"}
         (tmp / "stats.json").write_text(json.dumps(on_disk, indent=2) + "\n")
     return stats
+
+
+def tokenized_samples(spec: DataConfig, tok: Any) -> tuple[list[list[int]], list[list[int]], list[SourceStats]]:
+    """input_ids and labels of every kept sample, and the counts per source: everything
+    `prepare_dataset` does before it writes (the data loader's fuzz target, tests/test_fuzz_data.py).
+    Raises `ShadowFTError` for malformed records, an empty dataset, or when every sample is too long."""
+    problems = _Problems()
+    conversations: list[tuple[int, str, list[dict[str, str]]]] = []  # (source index, where, messages)
+    per_source: list[SourceStats] = []
+    budget = spec.max_samples
+    max_bytes = record_limit(spec)
+    for si, source in enumerate(spec.sources):
+        name, records = _read_source(source, spec.split, problems, max_bytes)
+        st = SourceStats(source=name, format=spec.format)
+        per_source.append(st)
+        fmt: str | None = None if spec.format == "auto" else spec.format
+        for rec in records:
+            if budget is not None and len(conversations) >= budget:
+                break
+            st.rows += 1
+            if fmt is None:
+                fmt = detect_format(rec.data)
+                if fmt is None:
+                    problems.add(
+                        rec.where,
+                        "unrecognised record format (expected 'messages' with role/content, "
+                        "'conversations' with from/value, or instruction/output)",
+                    )
+                    continue
+                st.format = fmt
+            try:
+                msgs = to_messages(rec.data, fmt)
+                if spec.system_prompt and msgs[0]["role"] != "system":
+                    msgs.insert(0, {"role": "system", "content": spec.system_prompt})
+                check_conversation(msgs)
+                check_size(msgs, max_bytes)
+            except ValueError as exc:
+                problems.add(rec.where, str(exc))
+                continue
+            conversations.append((si, rec.where, msgs))
+        if hasattr(records, "close"):
+            records.close()
+    problems.raise_if_any()
+    if not conversations:
+        raise ShadowFTError(
+            f"the training data is empty (sources: {', '.join(spec.sources)})",
+            hint="add records to the data files or check data.sources",
+        )
+
+    input_ids: list[list[int]] = []
+    labels: list[list[int]] = []
+    for si, where, msgs in conversations:
+        st = per_source[si]
+        ids, lab = rendered(where, lambda m=msgs: tokenize_conversation(tok, m, spec.max_length))
+        if len(ids) > spec.max_length:
+            if spec.overlong == "drop":
+                st.dropped += 1
+                continue
+            ids, lab = ids[: spec.max_length], lab[: spec.max_length]
+            if all(x == IGNORE_INDEX for x in lab):
+                st.dropped += 1  # the prompt alone fills the cutoff: nothing left to learn
+                continue
+            st.truncated += 1
+        st.samples += 1
+        st.tokens += len(ids)
+        st.assistant_tokens += sum(x != IGNORE_INDEX for x in lab)
+        input_ids.append(ids)
+        labels.append(lab)
+
+    dropped = sum(s.dropped for s in per_source)
+    if not input_ids:
+        raise ShadowFTError(
+            f"all {dropped} samples are longer than data.max_length={spec.max_length} tokens "
+            f"(overlong={spec.overlong})",
+            hint="raise data.max_length, or set data.overlong=truncate",
+        )
+    return input_ids, labels, per_source
 
 
 VALIDATION_DIR = "validation"

@@ -27,18 +27,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shadowft.checkpoint import atomic_output_dir
 from shadowft.config import DataConfig
 from shadowft.data import (
+    CUT_CHARS_PER_TOKEN,
     MESSAGE_ROLES,
     SHAREGPT_ROLES,
+    _brief,
+    _check_text,
     _Problems,
     _read_source,
     _render,
     check_conversation,
+    check_size,
     load_tokenizer,
+    record_limit,
+    rendered,
 )
 from shadowft.errors import OutputExistsError, ShadowFTError
+from shadowft.files import atomic_output_dir
 
 PREFERENCE_FORMATS = ("text", "messages", "sharegpt")
 FORMATS_HINT = (
@@ -110,12 +116,13 @@ def _message_list(value: Any, what: str) -> list[dict[str, str]]:
     for i, m in enumerate(value):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"{what}[{i}] must be an object with 'role' and 'content'")
-        if m["role"] not in MESSAGE_ROLES:
+        if not isinstance(m["role"], str) or m["role"] not in MESSAGE_ROLES:
             raise ValueError(
-                f"{what}[{i}] has unknown role {m['role']!r} (allowed: {', '.join(sorted(MESSAGE_ROLES))})"
+                f"{what}[{i}] has unknown role {_brief(m['role'])} (allowed: {', '.join(sorted(MESSAGE_ROLES))})"
             )
         if not isinstance(m["content"], str) or not m["content"].strip():
             raise ValueError(f"{what}[{i}] ({m['role']}) has empty or non-text content")
+        _check_text(m["content"], f"{what}[{i}] ({m['role']}) content")
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -125,6 +132,7 @@ def _reply(value: Any, what: str, fmt: str) -> str:
     if fmt == "text":
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"field {what!r} is empty or not text")
+        _check_text(value, f"field {what!r}")
         return value
     if fmt == "messages":
         msgs = _message_list(value, what)
@@ -133,11 +141,13 @@ def _reply(value: Any, what: str, fmt: str) -> str:
         return msgs[0]["content"]
     if not isinstance(value, dict) or "value" not in value:
         raise ValueError(f"field {what!r} must be an object with 'from' and 'value' (sharegpt format)")
-    role = SHAREGPT_ROLES.get(str(value.get("from", "gpt")).lower())
+    sender = value.get("from", "gpt")
+    role = SHAREGPT_ROLES.get(sender.lower()) if isinstance(sender, str) else None
     if role != "assistant":
-        raise ValueError(f"field {what!r} must be an assistant reply (from: gpt), got {value.get('from')!r}")
+        raise ValueError(f"field {what!r} must be an assistant reply (from: gpt), got {_brief(sender)}")
     if not isinstance(value["value"], str) or not value["value"].strip():
         raise ValueError(f"field {what!r} has empty or non-text value")
+    _check_text(value["value"], f"field {what!r}")
     return value["value"]
 
 
@@ -146,23 +156,28 @@ def _prompt(record: dict[str, Any], fmt: str) -> list[dict[str, str]]:
         prompt = record.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("field 'prompt' is empty or not text")
+        _check_text(prompt, "field 'prompt'")
         msgs = [{"role": "user", "content": prompt}]
     elif fmt == "messages":
         msgs = _message_list(record.get("prompt"), "prompt")
     else:
         turns = record["conversations"]
+        if not turns:
+            raise ValueError("field 'conversations' must be a non-empty list of turns")
         msgs = []
         for i, turn in enumerate(turns):
             if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
                 raise ValueError(f"conversations[{i}] missing field 'from' or 'value' (sharegpt format)")
-            role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+            role = SHAREGPT_ROLES.get(turn["from"].lower()) if isinstance(turn["from"], str) else None
             if role is None:
-                raise ValueError(f"conversations[{i}] has unknown role {turn['from']!r}")
+                raise ValueError(f"conversations[{i}] has unknown role {_brief(turn['from'])}")
             if not isinstance(turn["value"], str) or not turn["value"].strip():
                 raise ValueError(f"conversations[{i}] ({role}) has empty or non-text value")
+            _check_text(turn["value"], f"conversations[{i}] ({role}) value")
             msgs.append({"role": role, "content": turn["value"]})
     system = record.get("system")
     if isinstance(system, str) and system.strip() and msgs and msgs[0]["role"] != "system":
+        _check_text(system, "field 'system'")
         msgs.insert(0, {"role": "system", "content": system})
     return msgs
 
@@ -212,6 +227,24 @@ def render_pair(tokenizer: Any, prompt: list[dict[str, str]], chosen: str, rejec
 # -- the stage -----------------------------------------------------------------------------------
 
 
+def count_tokens(tokenizer: Any, text: str, max_length: int) -> int:
+    """The number of tokens in `text`. A text of more than `CUT_CHARS_PER_TOKEN` characters per token of
+    max_length is counted in pieces cut at spaces (the count may differ by a token or so per cut, far
+    above max_length), so a long reply is never tokenized whole."""
+    piece = CUT_CHARS_PER_TOKEN * max_length
+    if len(text) <= piece:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    total, at = 0, 0
+    while at < len(text):
+        end = len(text)
+        if end - at > piece:
+            space = text.rfind(" ", at + piece // 2, at + piece)
+            end = space if space > at else at + piece
+        total += len(tokenizer(text[at:end], add_special_tokens=False)["input_ids"])
+        at = end
+    return total
+
+
 def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> PreferenceStats:
     """Read preference rows from `spec.sources`, render them with the chat template of `tokenizer_dir`
     and write the dataset, tokenizer and ``stats.json`` to `out_dir` (published by an atomic rename).
@@ -231,11 +264,12 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
         raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
     tok = load_tokenizer(tokenizer_dir)
     problems = _Problems(what="preference data", formats_hint=FORMATS_HINT)
-    rows: list[tuple[int, list[dict[str, str]], str, str]] = []
+    rows: list[tuple[int, str, list[dict[str, str]], str, str]] = []
     per_source: list[PreferenceSourceStats] = []
     budget = spec.max_samples
+    max_bytes = record_limit(spec)
     for si, source in enumerate(spec.sources):
-        name, records = _read_source(source, spec.split, problems)
+        name, records = _read_source(source, spec.split, problems, max_bytes)
         st = PreferenceSourceStats(source=name, format="auto")
         per_source.append(st)
         fmt: str | None = None
@@ -253,10 +287,11 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
                 prompt, chosen, rejected = to_preference(rec.data, fmt)
                 if spec.system_prompt and prompt[0]["role"] != "system":
                     prompt.insert(0, {"role": "system", "content": spec.system_prompt})
+                check_size([*prompt, {"role": "assistant", "content": chosen + rejected}], max_bytes)
             except ValueError as exc:
                 problems.add(rec.where, str(exc))
                 continue
-            rows.append((si, prompt, chosen, rejected))
+            rows.append((si, rec.where, prompt, chosen, rejected))
         if hasattr(records, "close"):
             records.close()
     problems.raise_if_any()
@@ -269,10 +304,11 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
     columns: dict[str, list[str]] = {"prompt": [], "chosen": [], "rejected": []}
     counts = {"prompt": 0, "chosen": 0, "rejected": 0}
     longest = 0
-    for si, prompt, chosen, rejected in rows:
+    for si, where, prompt, chosen, rejected in rows:
         st = per_source[si]
-        texts = dict(zip(("prompt", "chosen", "rejected"), render_pair(tok, prompt, chosen, rejected), strict=True))
-        n = {k: len(tok(v, add_special_tokens=False)["input_ids"]) for k, v in texts.items()}
+        pair = rendered(where, lambda p=prompt, c=chosen, r=rejected: render_pair(tok, p, c, r))
+        texts = dict(zip(("prompt", "chosen", "rejected"), pair, strict=True))
+        n = {k: count_tokens(tok, v, spec.max_length) for k, v in texts.items()}
         length = n["prompt"] + max(n["chosen"], n["rejected"])
         if length > spec.max_length:
             if spec.overlong == "drop" or n["prompt"] >= spec.max_length:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from shadowft.errors import ShadowFTError
+from shadowft.files import umask
 from shadowft.report import DIGITS, REFERENCE_MODEL, rounded, suite_stderr
 from shadowft.tables import markdown_table, pct
 
@@ -283,7 +284,7 @@ def publish_run(
             for label, p in [*stages.items(), *((f"eval-{m}", p) for m, p in evals.items()), ("report", report_dir)]
         }
         (tmp / "artifacts.json").write_text(json.dumps({"artifacts": index, "models": models}, indent=2) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~umask())
         folder = _rename_to_free_name(tmp, base, stamp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -305,12 +306,6 @@ def _rename_to_free_name(tmp: Path, base: Path, stamp: str) -> Path:
         except OSError:  # taken between the check and the rename (ENOTEMPTY / EEXIST)
             continue
     raise ShadowFTError(f"no free run folder name for {base / stamp}")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # -- promotion -----------------------------------------------------------------------------------

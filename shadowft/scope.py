@@ -30,3 +30,8 @@ def compile_scope(scope: str) -> re.Pattern[str]:
 
 def in_scope(name: str, scope: str) -> bool:
     return compile_scope(scope).search(name) is not None
+
+
+def scope_name(pattern: re.Pattern[str]) -> str:
+    """How the user wrote the scope `pattern` was compiled from (a named scope, or the regex)."""
+    return next((n for n in NAMED_SCOPES if compile_scope(n) is pattern), pattern.pattern)

@@ -85,6 +85,7 @@ def run(spec: StageSpec, store: ArtifactStore) -> tuple[Artifact, bool]:
     the key's lock, which node 0 holds while they train together), then returns the artifact node 0
     published in the shared store.
     """
+
     def produce(tmp: Path) -> dict | None:
         import_for_stage(spec.stage)  # first use of transformers & co., one thread at a time
         return spec.produce(tmp)

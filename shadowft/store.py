@@ -8,11 +8,18 @@ second waits on the lock and reuses it.
 
 Each published artifact also carries a random `build_id`. Orchestrators that keep their own
 result cache (Prefect) key it on `cache_token()` = key + build id, so a deleted artifact can never
-be answered from their cache with a dangling path: its next build gets a new id.
+be answered from their cache with a dangling path: its next build gets a new id. The announced id
+(`.<key>.pending`) and the publish are serialised by a short per-key token lock, so a token is
+always the id that the artifact is (or will be) published with.
+
+`verify --remove` deletes only what the store's own builds leave behind (a key it has locked);
+anything else under `artifacts/` (a run folder when `output.root` points there, a symlink) is
+reported as foreign and kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -30,7 +37,7 @@ from pydantic import BaseModel
 
 from shadowft import __version__
 from shadowft.errors import as_disk_full
-from shadowft.files import write_json_atomic
+from shadowft.files import write_json_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
 DEFAULT_HOME = Path(".shadowft")
@@ -101,6 +108,9 @@ class ArtifactStore:
         """A persistent scratch dir for a stage that resumes after a crash (e.g. checkpoints)."""
         d = self.root / "work" / stage / key
         d.mkdir(parents=True, exist_ok=True)
+        lock = self._lock_path(stage, key)  # marks the key as the store's (see `verify`)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.touch()
         return d
 
     def _pending(self, stage: str, key: str) -> Path:
@@ -108,6 +118,13 @@ class ArtifactStore:
 
     def _lock_path(self, stage: str, key: str) -> Path:
         return self.root / "locks" / stage / f"{key}.lock"
+
+    def _token_lock_path(self, stage: str, key: str) -> Path:
+        return self.root / "locks" / stage / f"{key}.token.lock"
+
+    def _is_ours(self, stage: str, key: str) -> bool:
+        """Whether the store has ever built or announced `key` (every build and token takes its lock)."""
+        return self._lock_path(stage, key).exists() or self._token_lock_path(stage, key).exists()
 
     # -- queries ---------------------------------------------------------------------------
     def manifest(self, stage: str, key: str) -> dict | None:
@@ -124,36 +141,37 @@ class ArtifactStore:
         return Artifact(stage=stage, key=key, path=self.path(stage, key), build_id=m["build_id"])
 
     def cache_token(self, stage: str, key: str) -> str:
-        """key + build id of the published artifact, or of the build that will publish it."""
+        """key + build id of the published artifact, or of the build that will publish it.
+
+        Under the key's token lock, which the publish also takes: the answer is either the published
+        artifact's id or the pending one that the next publish will use, never one that vanishes
+        between reading and publishing."""
         found = self.get(stage, key)
         if found is not None:
             return found.token
-        pending = self._pending(stage, key)
-        pending.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(pending, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            with os.fdopen(fd, "w") as f:
-                f.write(uuid.uuid4().hex[:12])
-        except FileExistsError:
-            pass
-        build_id = pending.read_text().strip()
-        if not build_id:  # a concurrent creator has not written it yet
-            time.sleep(0.05)
-            build_id = pending.read_text().strip()
+        with self._token_lock(stage, key):
+            found = self.get(stage, key)  # published while we waited
+            if found is not None:
+                return found.token
+            pending = self._pending(stage, key)
+            build_id = _read_id(pending)
+            if not build_id:
+                build_id = uuid.uuid4().hex[:12]
+                write_text_atomic(pending, build_id)
         return f"{key}-{build_id}"
+
+    @contextmanager
+    def _token_lock(self, stage: str, key: str) -> Iterator[None]:
+        """A short lock around the pending build id: announcing it, publishing with it, discarding it."""
+        with _flock(self._token_lock_path(stage, key)):
+            yield
 
     # -- building --------------------------------------------------------------------------
     @contextmanager
     def lock(self, stage: str, key: str) -> Iterator[None]:
         """An exclusive, process-safe lock on one artifact key (released if the holder dies)."""
-        path = self._lock_path(stage, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with _flock(self._lock_path(stage, key)):
+            yield
 
     def build(
         self,
@@ -185,12 +203,10 @@ class ArtifactStore:
             t0 = time.perf_counter()
             try:
                 extra = produce(tmp) or {}
-                pending = self._pending(stage, key)
-                build_id = pending.read_text().strip() if pending.exists() else ""
                 manifest = {
                     "stage": stage,
                     "key": key,
-                    "build_id": build_id or uuid.uuid4().hex[:12],
+                    "build_id": "",
                     "config": config,
                     "inputs": inputs or {},
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -199,9 +215,12 @@ class ArtifactStore:
                     "shadowft_version": __version__,
                     **extra,
                 }
-                write_json_atomic(tmp / MANIFEST, manifest)
-                os.replace(tmp, final)
-                pending.unlink(missing_ok=True)
+                with self._token_lock(stage, key):  # the announced id is the one published
+                    pending = self._pending(stage, key)
+                    manifest["build_id"] = _read_id(pending) or uuid.uuid4().hex[:12]
+                    write_json_atomic(tmp / MANIFEST, manifest)
+                    os.replace(tmp, final)
+                    pending.unlink(missing_ok=True)
                 # the stage's scratch (checkpoints to resume from) is garbage once its artifact exists
                 shutil.rmtree(self.root / "work" / stage / key, ignore_errors=True)
                 self._log_build(manifest)
@@ -209,7 +228,8 @@ class ArtifactStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 # the announced build id dies with the failed build (Prefect caches no failure): a
                 # later build announces a new one, so failures leave nothing behind in the store
-                self._pending(stage, key).unlink(missing_ok=True)
+                with self._token_lock(stage, key):
+                    self._pending(stage, key).unlink(missing_ok=True)
                 full = as_disk_full(exc, f"the {stage} artifact in {self.root}")
                 if full is not None:
                     raise full from None
@@ -236,7 +256,9 @@ class ArtifactStore:
         - resumable: work dirs of artifacts not yet published: a re-run resumes from them (kept);
         - pending: build ids announced to an orchestrator's cache for artifacts not yet published
           (a crashed or running build; harmless, removed when no build holds the key);
-        - removed: what `remove` deleted.
+        - foreign: what the store did not write (a key it never locked, a symlink, a stray file),
+          e.g. run folders when `output.root` points into the store: reported, never removed;
+        - removed: what `remove` deleted (only what is really gone).
         """
         found: dict[str, list[str]] = {
             "complete": [],
@@ -244,54 +266,64 @@ class ArtifactStore:
             "stale_work": [],
             "resumable": [],
             "pending": [],
+            "foreign": [],
             "removed": [],
         }
         self._verify_work(found, remove)
         base = self.root / "artifacts"
-        if not base.exists():
+        if not base.is_dir() or base.is_symlink():
             return found
-        for stage_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        for stage_dir in sorted(base.iterdir()):
+            if stage_dir.is_symlink() or not stage_dir.is_dir():
+                found["foreign"].append(str(stage_dir.relative_to(self.root)))
+                continue
+            stage = stage_dir.name
             for d in sorted(stage_dir.iterdir()):
-                if d.name.startswith(".") and d.name.endswith(".pending"):
-                    key = d.name[1 : -len(".pending")]
-                    if self.get(stage_dir.name, key) is not None:
+                rel = str(d.relative_to(self.root))
+                key = _key_of(d.name)
+                if d.is_symlink() or not self._is_ours(stage, key):
+                    found["foreign"].append(rel)
+                    continue
+                if d.name == f".{key}.pending" and d.is_file():
+                    if self.get(stage, key) is not None:
                         continue  # published between our listing and now
-                    rel = str(d.relative_to(self.root))
                     found["pending"].append(rel)
-                    if remove and not self._in_progress(stage_dir.name, d):
-                        d.unlink(missing_ok=True)
+                    if remove and not self._in_progress(stage, d):
+                        with self._token_lock(stage, key):
+                            d.unlink(missing_ok=True)
                         found["removed"].append(rel)
                     continue
-                ok = d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).is_file()
-                rel = str(d.relative_to(self.root))
-                if ok:
+                if d.name == key and d.is_dir() and (d / MANIFEST).is_file():
                     found["complete"].append(rel)
                     continue
+                if not d.is_dir() or (d.name != key and not d.name.startswith(f".{key}.tmp-")):
+                    found["foreign"].append(rel)  # a name the store never gives
+                    continue
                 found["incomplete"].append(rel)
-                if remove and not self._in_progress(stage_dir.name, d):
-                    shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
-                    found["removed"].append(rel)
+                if remove and not self._in_progress(stage, d):
+                    _remove(d, found["removed"], rel)
         return found
 
     def _verify_work(self, found: dict[str, list[str]], remove: bool) -> None:
         base = self.root / "work"
-        if not base.exists():
+        if not base.is_dir() or base.is_symlink():
             return
-        for stage_dir in sorted(p for p in base.iterdir() if p.is_dir()):
-            for d in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
+        for stage_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
+            for d in sorted(p for p in stage_dir.iterdir() if p.is_dir() or p.is_symlink()):
                 rel = str(d.relative_to(self.root))
+                if d.is_symlink() or not self._is_ours(stage_dir.name, d.name):
+                    found["foreign"].append(rel)
+                    continue
                 if self.get(stage_dir.name, d.name) is None:
                     found["resumable"].append(rel)
                     continue
                 found["stale_work"].append(rel)
                 if remove and not self._in_progress(stage_dir.name, d):
-                    shutil.rmtree(d, ignore_errors=True)
-                    found["removed"].append(rel)
+                    _remove(d, found["removed"], rel)
 
     def _in_progress(self, stage: str, d: Path) -> bool:
         """A temp dir (or work dir, or pending file) whose builder still holds the key's lock is not garbage."""
-        key = d.name.lstrip(".").split(".tmp-")[0].removesuffix(".pending")
-        path = self._lock_path(stage, key)
+        path = self._lock_path(stage, _key_of(d.name))
         if not path.exists():
             return False
         with open(path, "a+") as f:
@@ -301,6 +333,44 @@ class ArtifactStore:
                 return True
             fcntl.flock(f, fcntl.LOCK_UN)
         return False
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """An exclusive, process-safe lock held on `path` (released if the holder dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_id(pending: Path) -> str:
+    """The announced build id, or "" when none is announced."""
+    try:
+        return pending.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _key_of(name: str) -> str:
+    """The key an entry of a stage dir belongs to: `KEY`, `.KEY.tmp-*`, `.KEY.pending`."""
+    if name.startswith("."):
+        return name[1:].split(".tmp-")[0].removesuffix(".pending")
+    return name
+
+
+def _remove(d: Path, removed: list[str], rel: str) -> None:
+    """Delete the garbage dir (or file) `d`, never following a symlink; record it only once gone."""
+    if d.is_dir() and not d.is_symlink():
+        shutil.rmtree(d, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            d.unlink()
+    if not os.path.lexists(d):
+        removed.append(rel)
 
 
 def _dir_size(path: Path) -> int:

@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter, atomic_output_dir, parse_size
+from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter, parse_size
 from shadowft.errors import CheckpointError
+from shadowft.files import atomic_output_dir
 from shadowft.fingerprint import fingerprint_path
 
 

@@ -208,3 +208,76 @@ def test_graft_method_settings_and_cache_keys(llama_trio):
     }
     assert keys["default"] == keys["linear"] and len(set(keys.values())) == 3
     assert graft_spec(pm.graft, llama_trio["instruct"], update).config == pm.stage_view("graft")
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("graft.alpha=.nan", "graft.alpha: must be a finite number"),
+        ("graft.alpha=.inf", "graft.alpha: must be a finite number"),
+        ("train.lr=.inf", "train.lr: must be a finite number"),
+        ("train.epochs=.nan", "train.epochs: must be a finite number"),
+        ("train.seed=-1", "train.seed: must be at least 0"),
+        (f"train.seed={2**32}", "train.seed: must be at most 4294967295"),
+        ("train.batch_size=1e18", "train.batch_size: must be at most 65536 (got 1e+18)"),
+        (f"train.batch_size={10**20}", "train.batch_size: must be at most 65536"),
+        ("eval.batch_size=1e18", "eval.batch_size: must be at most 65536"),
+        ("train.weight_decay=.inf", "train.weight_decay: must be a finite number"),
+        ('output.name="run\\0x"', "output.name: must not contain a NUL character"),
+        ("train.node_rank=2", "train.node_rank: must be less than train.num_nodes (1)"),
+        ("output.name=" + "n" * 300, "output.name: must be at most 200 characters"),
+        ("output.root=/tmp/" + "r" * 300, "output.root: the path component"),
+    ],
+)
+def test_values_that_would_fail_late_are_refused_at_load(override, expected):
+    """Each was accepted and failed only later (after training, in 4 tracebacks, after evaluation) or
+    not at all; now the config refuses it, naming the key, before any stage."""
+    with pytest.raises(ShadowFTError) as ei:
+        load_config(None, [override])
+    assert expected in ei.value.message
+    assert f"[from override {override!r}]" in ei.value.message
+
+
+def test_node_rank_within_num_nodes_is_accepted():
+    assert load_config(None, ["train.num_nodes=2", "train.node_rank=1"]).train.node_rank == 1
+
+
+def test_yaml_alias_bomb_is_refused_quickly_naming_the_file(tmp_path):
+    """Nested anchors under a real field (eval.suites) expand to 10^9 strings: refused while loading, in
+    well under a second, with a message naming the file; a recursive alias too."""
+    import time
+
+    lines = ["eval:", "  suites:", "    - &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"    - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    p = tmp_path / "bomb.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ShadowFTError) as ei:
+        load_config(p)
+    assert time.perf_counter() - t0 < 5
+    assert str(p) in ei.value.message and "aliases expand to more than" in ei.value.message
+
+    p.write_text("eval:\n  suites: &s [toy-math, *s]\n")
+    with pytest.raises(ShadowFTError, match=re.escape(str(p)) + r".*refers to itself"):
+        load_config(p)
+
+    # a few ordinary anchors still work
+    p.write_text("eval:\n  suites: &s [toy-math]\ngraft:\n  retention: {toy-math: 2}\n  alpha_grid: &g [0.5, 1.0]\n")
+    assert load_config(p).eval.suites == ["toy-math"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "train:\n  lr: !!float ''\n",  # PyYAML: IndexError
+        "train:\n  seed: !!timestamp x\n",  # PyYAML: AttributeError
+        "eval:\n  suites: " + "[" * 3000 + "]" * 3000 + "\n",  # PyYAML: RecursionError
+        "train:\n  lr: 1e-4\n\udcff\n",  # not UTF-8 (written with surrogatepass)
+    ],
+)
+def test_yaml_the_parser_chokes_on_is_a_clean_error(tmp_path, text):
+    """Found by tests/test_fuzz_config.py: each raised a Python exception other than a YAML error."""
+    p = tmp_path / "c.yaml"
+    p.write_text(text, encoding="utf-8", errors="surrogatepass")
+    with pytest.raises(ShadowFTError, match=re.escape(str(p))):
+        load_config(p)

@@ -254,3 +254,222 @@ def test_a_dataset_folder_is_read_with_datasets(tmp_path, tok_dir):
     pd.DataFrame([msg_row("q1", "a1"), msg_row("q2", "a2")]).to_parquet(folder / "train-00000.parquet")
     stats = prepare_dataset(DataConfig(sources=[str(tmp_path / "repo")], split="train"), tok_dir, tmp_path / "o")
     assert stats.samples == 2 and stats.sources[0].format == "messages"
+
+
+# -- hostile input (issue 22, items 9 and 12) -----------------------------------------------------
+
+
+def _refusal(tmp_path: Path, tok_dir: Path, f: Path, **cfg) -> str:
+    """The ShadowFTError message of preparing `f` (nothing may be written)."""
+    with pytest.raises(ShadowFTError) as ei:
+        prepare_dataset(DataConfig(sources=[str(f)], **cfg), tok_dir, tmp_path / "out")
+    assert ei.value.hint
+    assert not (tmp_path / "out").exists()
+    return ei.value.message
+
+
+def test_invalid_utf8_is_reported_with_file_and_line(tmp_path, tok_dir):
+    good = json.dumps(msg_row("1 + 1?", "2")).encode()
+    f = tmp_path / "latin1.jsonl"
+    f.write_bytes(good + b"\n" + json.dumps(msg_row("caf\u00e9?", "yes")).encode().replace(b"\\u00e9", b"\xe9") + b"\n")
+    msg = _refusal(tmp_path, tok_dir, f)
+    assert f"{f} line 2: invalid UTF-8 at byte 47 of the line (e9 " in msg and "1 malformed record(s)" in msg
+    arr = tmp_path / "latin1.json"
+    arr.write_bytes(b'[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "caf\xe9", "output": "b"}\n]\n')
+    assert f"{arr} line 3: invalid UTF-8 at byte 23 of the line" in _refusal(tmp_path, tok_dir, arr)
+
+
+def test_role_that_is_a_list_is_a_record_error(tmp_path, tok_dir):
+    rows = [
+        msg_row("q", "a"),
+        {"messages": [{"role": ["user"], "content": "q"}, {"role": "assistant", "content": "a"}]},
+        {"conversations": [{"from": {"a": 1}, "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {"instruction": "q", "output": "a", "history": 7},
+    ]
+    f = write_jsonl(tmp_path / "roles.jsonl", rows[:2])
+    assert f"{f} line 2: messages[0] has unknown role a list (allowed: assistant, system, user)" in _refusal(
+        tmp_path, tok_dir, f
+    )
+    s = write_jsonl(tmp_path / "s.jsonl", [rows[2]])
+    assert f"{s} line 1: conversations[0] has unknown role a dict" in _refusal(tmp_path, tok_dir, s)
+    a = write_jsonl(tmp_path / "a.jsonl", [rows[3]])
+    assert f"{a} line 1: field 'history' must be a list" in _refusal(tmp_path, tok_dir, a)
+
+
+def test_lone_surrogate_is_refused_with_file_and_line(tmp_path, tok_dir):
+    f = tmp_path / "sur.jsonl"
+    f.write_text(
+        json.dumps(msg_row("q", "a")) + "\n" + json.dumps(msg_row("q", "a")).replace('"a"', '"a\\ud800b"') + "\n"
+    )
+    msg = _refusal(tmp_path, tok_dir, f)
+    assert f"{f} line 2: messages[1] (assistant) content holds a lone surrogate \\ud800 at character 2" in msg
+    sysf = tmp_path / "sys.jsonl"
+    sysf.write_text('{"system": "\\udfff", "instruction": "q", "output": "a"}\n')
+    assert f"{sysf} line 1: field 'system' holds a lone surrogate" in _refusal(tmp_path, tok_dir, sysf)
+
+
+def test_json_nested_100000_deep_is_a_record_error(tmp_path, tok_dir):
+    deep = "[" * 100_000 + "]" * 100_000
+    f = tmp_path / "deep.jsonl"
+    f.write_text(json.dumps(msg_row("q", "a")) + "\n" + deep + "\n" + '{"messages": ' + deep + "}\n")
+    msg = _refusal(tmp_path, tok_dir, f)
+    assert f"{f} line 2: invalid JSON (nested too deeply)" in msg and f"{f} line 3: invalid JSON (nested" in msg
+    arr = tmp_path / "deep.json"
+    arr.write_text(deep)
+    assert f"{arr} line 1: invalid JSON (nested too deeply)" in _refusal(tmp_path, tok_dir, arr)
+
+
+def test_record_over_the_size_limit_is_refused_before_it_is_read_whole(tmp_path, tok_dir):
+    big = json.dumps(msg_row("q", "x " * 30_000))  # 60 kB
+    f = tmp_path / "big.jsonl"
+    f.write_text(json.dumps(msg_row("q", "a")) + "\n" + big + "\n" + json.dumps(msg_row("q", "a")) + "\n")
+    msg = _refusal(tmp_path, tok_dir, f, max_record_mb=0.05)
+    assert f"{f} line 2: the record is {len(big):,} bytes, over data.max_record_mb=0.05 (50,000 bytes)" in msg
+    assert "line 3" not in msg  # the rest of the long line is skipped, the next line read as line 3
+    ok = prepare_dataset(DataConfig(sources=[str(f)], max_record_mb=0.1), tok_dir, tmp_path / "ok")
+    assert ok.samples == 3
+    arr = tmp_path / "big.json"
+    arr.write_text("[\n" + json.dumps(msg_row("q", "a")) + ",\n" + big + "\n]\n")
+    assert f"{arr} line 3: the record is" in _refusal(tmp_path, tok_dir, arr, max_record_mb=0.05)
+
+
+_BIG_LINE = """
+import json, resource, sys
+from pathlib import Path
+from shadowft.config import DataConfig
+from shadowft.data import prepare_dataset
+from shadowft.errors import ShadowFTError
+f = Path(sys.argv[2])
+with f.open("w") as fh:  # one 50 MB record, as in the probe
+    fh.write('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "')
+    for _ in range(50):
+        fh.write("word " * 200_000)
+    fh.write('"}]}\\n')
+try:
+    prepare_dataset(DataConfig(sources=[str(f)]), Path(sys.argv[1]), f.parent / "out")
+except ShadowFTError as exc:
+    print(exc.message)
+print("maxrss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_a_50_mb_record_is_refused_by_default_in_bounded_memory(tmp_path, tok_dir):
+    """Issue 22 item 9: a 50 MB JSONL line was tokenized whole and the process died at 9.5 GB."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", _BIG_LINE, str(tok_dir), str(tmp_path / "big.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{tmp_path / 'big.jsonl'} line 1: the record is 50,000,086 bytes, over data.max_record_mb=16" in r.stdout
+    assert int(r.stdout.split("maxrss_mb")[1]) < 1500, r.stdout  # the line is never held whole
+
+
+def test_a_long_sample_is_cut_before_it_is_tokenized_with_the_same_tokens(tok_dir, monkeypatch):
+    tok = load_tokenizer(tok_dir)
+    msgs = [
+        {"role": "user", "content": "tell me a long story"},
+        {"role": "assistant", "content": "once upon a time " * 20_000},
+    ]
+    whole_ids, whole_labels = tokenize_conversation(tok, msgs)
+    seen: list[int] = []
+    real = type(tok).__call__
+
+    def spy(self, text, *a, **kw):
+        seen.append(len(text))
+        return real(self, text, *a, **kw)
+
+    monkeypatch.setattr(type(tok), "__call__", spy)
+    ids, labels = tokenize_conversation(tok, msgs, max_length=256)
+    assert (ids, labels) == (whole_ids[:257], whole_labels[:257])  # one over: the caller sees it is overlong
+    assert seen and max(seen) <= 16 * 256 < len(msgs[1]["content"])  # the 340 kB rendering was cut first
+
+
+def _conversation(n: int, system: bool = True) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": "Be brief."}] if system else []
+    for i in range(n // 2):
+        msgs += [
+            {"role": "user", "content": f"question {i}: what is {i} + {i}?"},
+            {"role": "assistant", "content": f"{2 * i}" if i % 3 else f"it is {2 * i}.\n"},
+        ]
+    return msgs
+
+
+# Gemma's shape: the system message merged into the first user turn, contents trimmed, alternation enforced.
+GEMMA_LIKE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\\n\\n' %}"
+    "{% set loop_messages = messages[1:] %}{% else %}{% set prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for m in loop_messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\\n' + (prefix if loop.first else '')"
+    " + m['content'] | trim + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", ["chatml", "qwen3-like", "gemma-like", "numbered"])
+def test_long_conversations_find_the_spans_of_every_prefix_from_windows(tok_dir, template):
+    from shadowft.data import _exact_spans, _render, _windowed_spans, assistant_char_spans
+
+    tok = load_tokenizer(tok_dir)
+    if template == "qwen3-like":
+        tok.chat_template = QWEN3_LIKE
+    elif template == "gemma-like":
+        tok.chat_template = GEMMA_LIKE
+    elif template == "numbered":  # depends on every earlier message: windows cannot stand in for it
+        tok.chat_template = (
+            "{% for m in messages %}{{ loop.index ~ ' ' ~ m.role ~ ': ' ~ m.content ~ '<|im_end|>\\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ (messages | length + 1) ~ ' assistant: ' }}{% endif %}"
+        )
+    stripped = [{**m, "content": m["content"].strip()} for m in _conversation(60)]
+    for msgs in (_conversation(60), _conversation(61, system=False)[:-1], stripped):
+        full = _render(tok, msgs)
+        exact = _exact_spans(tok, msgs, full)
+        windowed = _windowed_spans(tok, msgs, full)
+        trims = template == "gemma-like" and any(m["content"] != m["content"].strip() for m in msgs)
+        assert (windowed is None) == (template == "numbered" or trims)  # a template that changes contents: exact
+        assert assistant_char_spans(tok, msgs) == (full, windowed or exact)
+        assert windowed is None or windowed == exact
+
+
+def test_a_1500_turn_conversation_is_prepared_in_linear_time(tok_dir, monkeypatch):
+    """Issue 22 item 9: each assistant turn rendered its whole prefix (13.5 s for 1,500 turns)."""
+    import time
+
+    tok = load_tokenizer(tok_dir)
+    rendered: list[int] = []
+    real = type(tok).apply_chat_template
+
+    def count(self, conversation, *a, **kw):
+        rendered.append(len(conversation))
+        return real(self, conversation, *a, **kw)
+
+    monkeypatch.setattr(type(tok), "apply_chat_template", count)
+    msgs = _conversation(1500)
+    t0 = time.perf_counter()
+    ids, labels = tokenize_conversation(tok, msgs)
+    took = time.perf_counter() - t0
+    assert sum(x != IGNORE_INDEX for x in labels) > 1500
+    assert sum(rendered) < 10 * len(msgs), sum(rendered)  # messages rendered: linear (was ~n^2 / 2 = 1.1 M)
+    assert took < 5, took
+
+
+def test_a_chat_template_that_refuses_a_record_names_it(tmp_path, tok_dir):
+    from shadowft.data import tokenized_samples
+
+    tok = load_tokenizer(tok_dir)
+    tok.chat_template = GEMMA_LIKE  # raise_exception unless user and assistant alternate
+    two_users = {"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q2"}]}
+    two_users["messages"].append({"role": "assistant", "content": "a"})
+    f = write_jsonl(tmp_path / "alt.jsonl", [msg_row("q", "a"), two_users])
+    with pytest.raises(ShadowFTError) as ei:
+        tokenized_samples(DataConfig(sources=[str(f)]), tok)
+    assert f"{f} line 2: the chat template refuses this conversation: Conversation roles must alternate" in str(
+        ei.value
+    )
+    assert "alternate" in (ei.value.hint or "")

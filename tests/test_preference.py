@@ -152,3 +152,42 @@ def test_embedded_preference_set_teaches_a_format_instruct_lacks():
         assert prompt[-1]["content"].endswith(corpus.FORMAT_INSTRUCTION)
         assert chosen == f"[{rejected}]"  # same answer: only the format is preferred
     assert all(it.answer.startswith("[") for it in corpus.format_items())
+
+
+def test_hostile_rows_are_record_errors_not_tracebacks(llama_trio, tmp_path):
+    """Issue 22 item 12: a role that is a list, a lone surrogate, invalid UTF-8, JSON nested 100,000
+    deep, a row over data.max_record_mb: each a malformed row with its file and line."""
+
+    def row(q="q", a="a", role="user"):
+        return {
+            "prompt": [{"role": role, "content": q}],
+            "chosen": [{"role": "assistant", "content": a}],
+            "rejected": [{"role": "assistant", "content": "b"}],
+        }
+
+    lines = [
+        json.dumps(row()).encode(),
+        json.dumps(row(role=["user"])).encode(),
+        json.dumps(row(a="a\ud800")).encode(),
+        json.dumps(row(q="caf\u00e9")).encode().replace(b"\\u00e9", b"\xe9"),
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps(row(a="x" * 2000)).encode(),
+    ]
+    src = tmp_path / "hostile.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ShadowFTError) as err:
+        prepare_preferences(DataConfig(sources=[str(src)], max_record_mb=0.001), llama_trio["instruct"], tmp_path / "o")
+    msg = err.value.message
+    assert "5 malformed record(s) in the preference data" in msg
+    assert f"{src} line 2: prompt[0] has unknown role a list" in msg
+    assert f"{src} line 3: chosen[0] (assistant) content holds a lone surrogate \\ud800 at character 2" in msg
+    assert f"{src} line 4: invalid UTF-8 at byte" in msg
+    assert f"{src} line 5: the record is 200,000 bytes, over data.max_record_mb=0.001" in msg
+    assert f"{src} line 6: the record is" in msg
+    share = _write(
+        tmp_path / "s.jsonl",
+        [{"conversations": [{"from": ["human"], "value": "q"}], "chosen": {"value": "a"}, "rejected": {"value": "b"}}],
+    )
+    with pytest.raises(ShadowFTError, match=r"s.jsonl line 1: conversations\[0\] has unknown role a list"):
+        prepare_preferences(DataConfig(sources=[share]), llama_trio["instruct"], tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -535,6 +535,9 @@ def test_store_verify_reports_and_removes_garbage(tmp_path):
     store.work_dir("train", "done-elsewhere")  # checkpoints of an unpublished artifact: resumable, kept
     store.build("train", "finished", lambda d: None)
     (store.work_dir("train", "finished") / "checkpoints").mkdir()  # leftover of a published artifact
+    for key in ("dead", "half"):  # builds killed after taking their key's lock
+        with store.lock("graft", key):
+            pass
     (a.path.parent / ".dead.tmp-1-abc").mkdir()  # a killed build
     half = store.path("graft", "half")
     half.mkdir()

@@ -56,6 +56,9 @@ def test_failed_build_leaves_nothing(tmp_path):
 
 def test_dir_without_manifest_does_not_exist_and_verify_removes_it(tmp_path):
     store = ArtifactStore(tmp_path)
+    for key in ("k", "k2"):  # what builds of these keys left when killed: they had taken the key's lock
+        with store.lock("s", key):
+            pass
     junk = store.path("s", "k")
     junk.mkdir(parents=True)
     (junk / "weights").write_text("half written")
@@ -127,3 +130,77 @@ def test_store_verify_finds_the_store_shadowft_run_uses(tmp_path, monkeypatch):
     (tmp_path / "cfg.yaml").write_text("output:\n  root: elsewhere\n")
     r = runner.invoke(app, ["store", "verify", "--config", "cfg.yaml"])
     assert r.exit_code == 1 and str(tmp_path / "elsewhere" / "store") in r.output
+
+
+def _tokens_while_building(root: str, keys: list[str], out: str) -> None:
+    """What Prefect does per task: ask for the cache token, then build. Records (token, published token)."""
+    store = ArtifactStore(root)
+    rows = []
+    for key in keys:
+        try:
+            token = store.cache_token("s", key)
+            art, _ = store.build("s", key, lambda d: (d / "v").write_text("1") and None)
+            rows.append(f"{key} {token} {art.token}")
+        except Exception as exc:  # recorded, so the test names the failure instead of a dead process
+            rows.append(f"{key} ERROR {type(exc).__name__}: {exc}")
+    Path(out).write_text("\n".join(rows) + "\n")
+
+
+def test_cache_token_is_atomic_with_publish_under_concurrent_builds(tmp_path):
+    """4 processes x 150 keys, each asking for a key's cache token and building it: no call fails (a
+    `.pending` file vanishing under a reader) and every token is the token of the published artifact."""
+    keys = [f"k{i}" for i in range(150)]
+    ctx = mp.get_context("spawn")
+    outs = [tmp_path / f"out{i}" for i in range(4)]
+    procs = [
+        ctx.Process(
+            target=_tokens_while_building, args=(str(tmp_path / "store"), keys[i % 2 :] + keys[: i % 2], str(o))
+        )
+        for i, o in enumerate(outs)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    rows = [line.split(" ", 2) for o in outs for line in o.read_text().splitlines()]
+    errors = [r for r in rows if r[1] == "ERROR"]
+    assert not errors, errors[:5]
+    store = ArtifactStore(tmp_path / "store")
+    wrong = [r for r in rows if not (r[1] == r[2] == store.get("s", r[0]).token)]
+    assert not wrong, f"{len(wrong)} of {len(rows)} tokens differ from the published artifact's: {wrong[:3]}"
+
+
+def test_verify_remove_keeps_what_the_store_did_not_write(tmp_path):
+    """output.root pointed into <store>/artifacts: the run folders there (a stamp dir, `latest` symlink,
+    history.jsonl, a run's temp dir) are not the store's; `--remove` keeps them and says so. A symlinked
+    dir is never reported removed while it stays."""
+    store = ArtifactStore(tmp_path)
+    store.build("graft", "done", lambda d: (d / "w").write_text("1") and None)
+    run = tmp_path / "artifacts" / "shadow-ft"
+    (run / "20250101-120000").mkdir(parents=True)
+    (run / "20250101-120000" / "report.md").write_text("# my run")
+    (run / ".20250101-130000.tmp-99").mkdir()
+    (run / "history.jsonl").write_text("{}\n")
+    (run / "latest").symlink_to(run / "20250101-120000")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "precious").write_text("x")
+    (tmp_path / "artifacts" / "graft" / "linked").symlink_to(outside)
+    report = store.verify(remove=True)
+    assert (run / "20250101-120000" / "report.md").read_text() == "# my run"
+    assert (run / ".20250101-130000.tmp-99").is_dir() and (run / "history.jsonl").exists()
+    assert (run / "latest").is_symlink() and (outside / "precious").exists()
+    assert (tmp_path / "artifacts" / "graft" / "linked").is_symlink()
+    assert report["removed"] == [] and report["incomplete"] == []
+    assert "artifacts/shadow-ft/20250101-120000" in report["foreign"]
+    assert "artifacts/graft/linked" in report["foreign"]
+    assert store.get("graft", "done") is not None
+
+    from typer.testing import CliRunner
+
+    from shadowft.cli import app
+
+    r = CliRunner().invoke(app, ["store", "verify", "--root", str(tmp_path), "--remove"])
+    assert r.exit_code == 0 and "never removed" in r.output and "store is consistent" in r.output, r.output
+    assert (run / "20250101-120000" / "report.md").exists()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from shadowft.concurrency import environment, module_attribute
 from shadowft.errors import CheckpointError, EvalError
 from shadowft.evaluate.backends import DEFAULT_BACKEND, get_backend
 from shadowft.evaluate.results import EvalResult, ModelInfo, collect, write_samples
@@ -30,26 +30,15 @@ _OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 @contextlib.contextmanager
 def _env(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables (and the hub libraries' cached offline flags) for the block."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    patched: list[tuple[Any, str, Any]] = []
-    if values.get("HF_HUB_OFFLINE") == "1":
-        for mod, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE")):
-            with contextlib.suppress(ImportError, AttributeError):
-                m = importlib.import_module(mod)
-                patched.append((m, attr, getattr(m, attr)))
-                setattr(m, attr, True)
-    try:
+    """Set environment variables (and the hub libraries' cached offline flags) for the block; blocks of
+    evaluations running side by side may overlap (`shadowft.concurrency.environment`)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(environment(values))
+        if values.get("HF_HUB_OFFLINE") == "1":
+            for mod, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE")):
+                with contextlib.suppress(ImportError, AttributeError):
+                    stack.enter_context(module_attribute(importlib.import_module(mod), attr, True))
         yield
-    finally:
-        for m, attr, value in patched:
-            setattr(m, attr, value)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _check_model_dir(model_dir: Path) -> Path:
@@ -102,8 +91,9 @@ def evaluate_model(
       `backend_settings` (vllm's engine arguments); both are recorded in the results.
     - `fewshot_as_multiturn`: with the chat template, few-shot examples as earlier turns.
     - `enable_thinking`: Qwen3's thinking switch for the chat template (None = the template's default).
-    - `cache_dir`: keep every answered request in an SQLite cache here (lm-eval's `use_cache`), so
-      that a killed evaluation re-run with the same `cache_dir` answers finished requests from it.
+    - `cache_dir`: keep every answered request in an SQLite cache here (`shadowft.evaluate.cache`:
+      lm-eval's keys, JSON answers, never pickles), so that a killed evaluation re-run with the same
+      `cache_dir` answers finished requests from it.
     - `threads`: torch's CPU threads for the run (None = `shadowft.threads.resolve_threads`' default
       for the model's size: 1 thread for small models, which collapse beside a busy neighbour).
     """
@@ -127,6 +117,7 @@ def evaluate_model(
     from lm_eval.tasks import TaskManager
 
     import shadowft
+    from shadowft.evaluate.cache import CachedLM, cache_file
 
     timings: dict[str, float] = {}
     with _env(env), thread_limit(threads):
@@ -172,20 +163,25 @@ def evaluate_model(
         raw: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}, "group_subtasks": {}}
         for i, prompt in enumerate(dict.fromkeys(prompts.values())):
             task_objs = [obj for name, objs in built.items() if prompts[name] == prompt for obj in objs]
-            part = evaluator.simple_evaluate(
-                model=lm,
-                tasks=task_objs,
-                task_manager=tm,
-                limit=limit,
-                batch_size=batch_size,
-                apply_chat_template=apply_chat_template,
-                fewshot_as_multiturn=bool(apply_chat_template) and fewshot_as_multiturn,
-                system_instruction=prompt,
-                use_cache=str(Path(cache_dir) / f"requests-{i}") if cache_dir is not None else None,
-                confirm_run_unsafe_code=bool(code_suites) and code_ok,
-                log_samples=True,
-                bootstrap_iters=1000,
-            )
+            # Our own request cache (JSON rows), not lm-eval's `use_cache` (pickles: code in the file runs)
+            model = CachedLM(lm, cache_file(cache_dir, i, lm)) if cache_dir is not None else lm
+            try:
+                part = evaluator.simple_evaluate(
+                    model=model,
+                    tasks=task_objs,
+                    task_manager=tm,
+                    limit=limit,
+                    batch_size=batch_size,
+                    apply_chat_template=apply_chat_template,
+                    fewshot_as_multiturn=bool(apply_chat_template) and fewshot_as_multiturn,
+                    system_instruction=prompt,
+                    confirm_run_unsafe_code=bool(code_suites) and code_ok,
+                    log_samples=True,
+                    bootstrap_iters=1000,
+                )
+            finally:
+                if isinstance(model, CachedLM):
+                    model.close()
             assert part is not None
             for key, acc in raw.items():
                 acc.update(part.get(key) or {})

@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter, atomic_output_dir, check_output_dir
-from shadowft.graft.api import _CHECK, refuse_out_in_inputs
+from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter
+from shadowft.graft.api import _CHECK, check_out, publish_out
 from shadowft.graft.lora import LoraAdapter
 from shadowft.graft.provenance import PROVENANCE_NAME, write_provenance
 from shadowft.graft.sources import LoraSource, PathLike
@@ -31,8 +31,7 @@ def retarget_adapter(
     scales lora_B (and its bias) so that serving applies alpha * update.
     """
     out = Path(out)
-    refuse_out_in_inputs(out, [adapter, instruct])
-    check_output_dir(out, overwrite)
+    check_out(out, [adapter, instruct], overwrite)
     ad = LoraAdapter(adapter)
     try:
         with Checkpoint(instruct, role="instruct") as ci:
@@ -42,7 +41,7 @@ def retarget_adapter(
                 check = source.check_pair(ci, "all", pair_options)
             finally:
                 source.close()
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with publish_out(out, overwrite) as tmp:
             for f in Path(adapter).iterdir():
                 if (
                     f.is_file()

@@ -13,20 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shadowft.checkpoint import (
-    Checkpoint,
-    OutTensor,
-    ShardedWriter,
-    atomic_output_dir,
-    check_output_dir,
-    copy_model_side_files,
-)
-from shadowft.errors import ShadowFTError
-from shadowft.graft.engine import Progress, write_model
+from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter, copy_model_side_files
+from shadowft.files import atomic_output_dir, check_output_dir, refuse_overlap
+from shadowft.graft.engine import Progress, one_compute_thread, write_model
 from shadowft.graft.plan import make_plan
-from shadowft.graft.provenance import write_provenance
+from shadowft.graft.provenance import PROVENANCE_NAME, write_provenance
 from shadowft.graft.registry import make_method, resolve_method_name
-from shadowft.graft.sources import PathLike, check_one_source, open_source
+from shadowft.graft.sources import PathLike, check_inputs_exist, check_one_source, open_source
 from shadowft.graft.validate import VocabPolicy, validate_graft
 from shadowft.pair import PairOptions
 from shadowft.scope import compile_scope
@@ -58,12 +51,22 @@ class GraftReport:
 
 
 def refuse_out_in_inputs(out: Path, inputs: list[PathLike | None]) -> None:
-    o = Path(out).absolute().resolve()
-    for p in inputs:
-        if p is not None and Path(p).absolute().resolve() in (o, *o.parents):
-            raise ShadowFTError(
-                f"--out {out} would overwrite the input {p}", hint="write the result to a new directory"
-            )
+    """Refuse an `out` that is, lies inside or contains an input (resolved paths, symlinks followed)."""
+    refuse_overlap(out, inputs)
+
+
+def check_out(out: Path, inputs: list[PathLike | None], overwrite: bool) -> None:
+    """The checks on a weight-surgery `--out`, before any expensive work: no input overlaps it, and a
+    non-empty one is replaced only with `overwrite` and only when it holds a provenance record (an
+    earlier output of graft, delta or adapter), never an arbitrary folder."""
+    refuse_overlap(out, inputs)
+    check_output_dir(out, overwrite, marker=PROVENANCE_NAME)
+
+
+def publish_out(out: Path, overwrite: bool) -> Any:
+    """The temp dir a weight-surgery output is written in, published by a rename that never replaces
+    an output another process published meanwhile (and with `overwrite`, only a provenance-marked one)."""
+    return atomic_output_dir(out, overwrite=overwrite, marker=PROVENANCE_NAME)
 
 
 def graft(
@@ -97,21 +100,22 @@ def graft(
     """
     t0 = time.perf_counter()
     check_one_source(delta=delta, base=base, tuned=tuned, adapter=adapter)
+    check_inputs_exist(instruct=instruct)  # a symlink loop is an error, not a traceback in resolve()
     rules = dict(alpha_by_module) if alpha_by_module else None
     combine = make_method(resolve_method_name(method, rules), alpha=alpha, alpha_by_module=rules)
     pattern = compile_scope(scope)
     out = Path(out)
-    refuse_out_in_inputs(out, [instruct, delta, base, tuned, adapter])
-    check_output_dir(out, overwrite)
+    check_out(out, [instruct, delta, base, tuned, adapter], overwrite)
 
     with Checkpoint(instruct, role="instruct") as ci:
         source = open_source(delta=delta, base=base, tuned=tuned, adapter=adapter)
         try:
             validate_graft(ci, source, pattern, vocab_mismatch)
-            pair_check = source.check_pair(ci, scope, pair_options, vocab_mismatch)
+            with one_compute_thread():  # sampled sigma: small ops, slowed by idle intra-op threads
+                pair_check = source.check_pair(ci, scope, pair_options, vocab_mismatch)
             plan = make_plan(ci, source, pattern, scope, vocab_mismatch)
             layout = [OutTensor(n, i.dtype, i.shape) for n, i in ci.tensors.items()]
-            with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            with publish_out(out, overwrite) as tmp:
                 writer = ShardedWriter(tmp, layout, max_shard_size=max_shard_size)
                 bytes_read = write_model(writer, ci, plan.updates, combine, progress)
                 writer.write_index()

@@ -10,12 +10,13 @@ from typing import Literal
 import torch
 
 from shadowft import __version__
-from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter, atomic_output_dir, check_output_dir
+from shadowft.checkpoint import Checkpoint, OutTensor, ShardedWriter
 from shadowft.errors import PairError, ShadowFTError
-from shadowft.graft.api import refuse_out_in_inputs
+from shadowft.graft.api import check_out, publish_out
 from shadowft.graft.engine import Buffers, Progress, Stream
 from shadowft.graft.provenance import write_provenance
-from shadowft.graft.sources import PathLike, difference_chunks
+from shadowft.graft.sources import PathLike, check_inputs_exist, difference_chunks
+from shadowft.graft.validate import check_same_dtypes
 from shadowft.pair import Structure
 
 
@@ -48,14 +49,15 @@ def extract_delta(
     """
     t0 = time.perf_counter()
     out = Path(out)
-    refuse_out_in_inputs(out, [base, tuned])
-    check_output_dir(out, overwrite)
+    check_inputs_exist(base=base, tuned=tuned)
+    check_out(out, [base, tuned], overwrite)
     store = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype)
     if store is None:
         raise ShadowFTError(f"delta dtype must be float32 or bfloat16, got {dtype!r}")
     with Checkpoint(base, role="base") as cb, Checkpoint(tuned, role="tuned") as ct:
         names = [n for n, t in ct.tensors.items() if t.dtype.is_floating_point]
         missing = [n for n in names if n not in cb.tensors]
+        check_same_dtypes(cb, ct, names)  # else tuned - base holds rounding noise
         bad = [n for n in names if n in cb.tensors and cb.tensors[n].shape != ct.tensors[n].shape]
         if missing or bad:
             detail = [f"{n} missing in base" for n in missing[:4]] + [
@@ -67,7 +69,7 @@ def extract_delta(
             )
         plan = [OutTensor(n, store, ct.tensors[n].shape) for n in names]
         meta = {"shadowft": "delta", "shadowft_version": __version__}
-        with Buffers() as bufs, atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with Buffers() as bufs, publish_out(out, overwrite) as tmp:
             writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size, metadata=meta)
             for i, shard in enumerate(writer.shards):
                 with writer.open_shard(i):

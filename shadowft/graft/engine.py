@@ -3,32 +3,45 @@
 One loop writes the output in the planned shard layout (`checkpoint.ShardedWriter`): a tensor
 without an update is copied by the kernel (`copy_file_range`); a tensor with one is computed
 chunk by chunk: the update source fills a float32 work buffer, the method combines it with the
-Instruct chunk, and the result, rounded to Instruct's dtype in the same pass, is appended to the
-shard. Inputs are read with positioned reads into reused staging buffers, and a reader thread
-fills the next chunk of each stream while the current one is computed, so anonymous memory stays
-at a few chunk buffers whatever the model's size.
+Instruct chunk, and the result is rounded to Instruct's dtype into an output buffer.
+
+Three threads share the work of a chunk, so a 2-core machine is busy on both cores: a reader
+thread fills the next chunk of each input stream (positioned reads into reused staging buffers),
+this thread converts and combines, and a writer thread checks and appends the finished chunks
+(`WriteBehind`). Torch ops and file reads and writes release the GIL. Every operand is converted
+to float32 once, into a preallocated buffer, before the arithmetic: torch's mixed-dtype ops
+(float32 with bfloat16) allocate a float32 temporary per call, whose fresh pages cost more than
+the arithmetic. Anonymous memory stays at a few chunk buffers whatever the model's size.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from shadowft.checkpoint import Checkpoint, ShardedWriter
 from shadowft.errors import ShadowFTError
+from shadowft.graft.validate import check_result_finite
 
 if TYPE_CHECKING:
     from shadowft.graft.methods.base import GraftMethod
 
-# float32 elements per work buffer: 1 MB stays in the CPU's L2 cache, so each chunk's passes
-# (convert, subtract, add, store) touch main memory only to read the inputs and write the output.
-CHUNK = 1 << 18
+# float32 elements per work buffer (2 MB): a chunk's operands stay in the CPU's caches between the
+# passes of convert, subtract, add and round, and the per-chunk Python work (~100 us) is a small
+# share. On the benchmark's 1.3B trio, 2-core machine: 2.2-2.6 s in-process against 2.7-3.1 s at 1 MB.
+CHUNK = 1 << 19
+# Output buffers a chunk can wait in for the writer thread: enough to ride out a slow write.
+WRITE_DEPTH = 4
+# dtypes whose values float32 holds exactly: converted once, then combined in float32 alone
+EXACT_IN_FLOAT32 = (torch.float32, torch.bfloat16, torch.float16)
 Progress = Callable[[str, int], None]  # (tensor name, bytes done for it)
 Emit = Callable[[torch.Tensor], None]
 
@@ -37,35 +50,69 @@ class DivergedError(ShadowFTError):
     """The update holds NaN or Inf: the tuned model diverged."""
 
 
+@contextmanager
+def one_compute_thread() -> Iterator[None]:
+    """Run torch's arithmetic on the calling thread only, restoring the setting after.
+
+    A chunk is ~1 MB, too small for torch's intra-op threads to pay off, and on a busy or small
+    machine their spinning workers compete with the reader and writer threads for cores: on 2 CPUs
+    the default made a 1.3B graft take 2-8x longer, and the graft's sampled pair check 0.4-11 s
+    instead of 0.1 s. The setting is process-wide, hence restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class Buffers:
     """Preallocated work buffers, reused for every tensor: one float32 accumulator, two staging
-    buffers per input stream (double buffering), and one reader thread that fills the next chunk
-    of each stream while the current one is computed (positioned reads release the GIL).
-    Used as a context manager, it also runs the arithmetic on one thread (see `__enter__`)."""
+    buffers per input stream (double buffering) and one float32 copy of each, and one reader
+    thread that fills the next chunk of each stream while the current one is computed (positioned
+    reads release the GIL). Used as a context manager, it also runs the arithmetic on one thread
+    per role (see `one_compute_thread`)."""
 
     def __init__(self, chunk: int = CHUNK, prefetch: bool = True) -> None:
         self.chunk = chunk
         self.work = torch.empty(chunk, dtype=torch.float32)
         self._staging: dict[str, torch.Tensor] = {}
+        self._views: dict[tuple[str, int, torch.dtype], torch.Tensor] = {}  # a view costs ~10 us: made once
         self.pending: dict[str, tuple[int, int, int, Future]] = {}
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="shadowft-read") if prefetch else None
+        self._threads: Any = None
 
     def get(self, n: int) -> torch.Tensor:
         return self.work[:n]
 
     def result(self, work: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Where to put `inst + alpha * work` (shaped like `work`): the float32 sum is rounded to
-        the output dtype in the same pass (torch computes in float32 and casts on store)."""
+        """Where to put `inst + alpha * work` (shaped like `work`) when it is computed from Instruct
+        in its own dtype: torch computes in float32 and rounds to the output dtype on store."""
         if dtype == torch.float32:
             return work
         return self.stage("out", work.numel(), dtype).view(work.shape)
 
     def stage(self, slot: str, n: int, dtype: torch.dtype) -> torch.Tensor:
-        nbytes = n * torch.empty((), dtype=dtype).element_size()
+        view = self._views.get((slot, n, dtype))
+        if view is not None:
+            return view
+        nbytes = n * dtype.itemsize
         buf = self._staging.get(slot)
         if buf is None or buf.numel() < nbytes:
             buf = self._staging[slot] = torch.empty(max(nbytes, self.chunk * 4), dtype=torch.uint8)
-        return buf[:nbytes].view(dtype)
+            self._views = {k: v for k, v in self._views.items() if k[0] != slot}
+        view = self._views[(slot, n, dtype)] = buf[:nbytes].view(dtype)
+        return view
+
+    def as_float(self, slot: str, t: torch.Tensor) -> torch.Tensor:
+        """`t` in float32 (converted into `slot`'s float32 buffer), when that is exact; else `t`.
+
+        An op of a float32 tensor with a bfloat16 one computes in float32 as this does, but
+        through a temporary it allocates per call."""
+        if t.dtype == torch.float32 or t.dtype not in EXACT_IN_FLOAT32:
+            return t
+        out = self.stage(slot + ":f32", t.numel(), torch.float32)
+        return out.copy_(t) if t.dim() == 1 else out.view(t.shape).copy_(t)
 
     def settle(self, slot: str) -> None:
         """Finish (and drop) a prefetch still in flight for `slot`, so its buffers can be reused."""
@@ -83,19 +130,15 @@ class Buffers:
             self.pool.shutdown(wait=True)
 
     def __enter__(self) -> Buffers:
-        # One compute thread (this one) beside the reader thread. A chunk is ~1 MB, too small for
-        # torch's intra-op threads to pay off, and on a busy or small machine their spinning
-        # workers compete with the reader for cores: on 2 CPUs the default made a 1.3B graft take
-        # 2-8x longer, and vary as much. Restored on exit (the setting is process-wide).
-        self._threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        self._threads = one_compute_thread()
+        self._threads.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
             self.close()  # no read-ahead may still use a file the caller closes next
         finally:
-            torch.set_num_threads(self._threads)
+            self._threads.__exit__(None, None, None)
 
 
 class Stream:
@@ -106,14 +149,16 @@ class Stream:
         self.info = ckpt.tensors[name]
         bufs.settle(slot)  # a read-ahead left by the previous tensor of this role
         self._next = 0
+        self._slots = (slot + "0", slot + "1")
 
     def numel(self) -> int:
         return self.info.numel
 
     def _buf(self, which: int, n: int) -> torch.Tensor:
-        return self.bufs.stage(f"{self.slot}{which}", n, self.info.dtype)
+        return self.bufs.stage(self._slots[which], n, self.info.dtype)
 
     def chunk(self, s: int, e: int) -> torch.Tensor:
+        """Elements [s, e) in the tensor's dtype (valid until the next call)."""
         pend = self.bufs.pending.pop(self.slot, None)
         if pend is not None and pend[:2] == (s, e):
             pend[3].result()
@@ -130,6 +175,79 @@ class Stream:
             fut = self.bufs.pool.submit(self.ckpt.read_into, self.name, e, self._buf(self._next, ne - e))
             self.bufs.pending[self.slot] = (e, ne, self._next, fut)
         return out
+
+    def float_chunk(self, s: int, e: int) -> torch.Tensor:
+        """Elements [s, e) in float32 when that holds them exactly (16- and 32-bit floats), else in
+        the tensor's dtype: ready for float32 arithmetic without a temporary per op."""
+        return self.bufs.as_float(self.slot, self.chunk(s, e))
+
+
+class WriteBehind:
+    """Appends finished chunks to the output on a writer thread, in order, while this thread
+    computes the next ones. A chunk waits in one of `depth` reused output buffers (`buffer`); when
+    all are queued, `buffer` waits for the writer, which keeps memory bounded.
+
+    Used as a context manager inside the open shard: on exit every queued write is done (or, when
+    the body raised, the rest is dropped) before the shard is checked and closed. An error of the
+    writer thread (a full disk, a non-finite result) is raised here, at the next `submit` or exit.
+    """
+
+    def __init__(self, nbytes: int, depth: int = WRITE_DEPTH) -> None:
+        # each buffer with the views made of it (a view costs ~10 us, a chunk's arithmetic ~100)
+        self._free: queue.SimpleQueue[tuple[torch.Tensor, dict]] = queue.SimpleQueue()
+        for _ in range(depth):
+            self._free.put((torch.empty(nbytes, dtype=torch.uint8), {}))
+        self._jobs: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._cancel = False
+        self._lent: tuple[torch.Tensor, dict] | None = None
+        self._thread = threading.Thread(target=self._run, name="shadowft-write", daemon=True)
+
+    def buffer(self, n: int, dtype: torch.dtype) -> torch.Tensor:
+        """A free output buffer for `n` elements of `dtype` (waits while every buffer is queued)."""
+        self._raise()
+        raw, views = self._lent = self._free.get()
+        view = views.get((n, dtype))
+        if view is None:
+            nbytes = n * dtype.itemsize
+            if raw.numel() < nbytes:  # a chunk larger than planned (e.g. one very long LoRA row)
+                raw, views = self._lent = (torch.empty(nbytes, dtype=torch.uint8), {})
+            view = views[(n, dtype)] = raw[:nbytes].view(dtype)
+        return view
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the writer thread after every earlier job; the buffer last taken
+        with `buffer` (which the job writes) is free again once it has run."""
+        self._raise()
+        self._jobs.put((fn, args, self._lent))
+        self._lent = None
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, buf = job
+            try:
+                if self._error is None and not self._cancel:
+                    fn(*args)
+            except BaseException as exc:  # raised on the computing thread
+                self._error = exc
+            finally:
+                if buf is not None:
+                    self._free.put(buf)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> WriteBehind:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._cancel = exc_type is not None
+        self._jobs.put(None)
+        self._thread.join()
+        if exc_type is None:
+            self._raise()
 
 
 def check_finite(w: torch.Tensor, name: str, what: str) -> None:
@@ -171,26 +289,49 @@ def write_model(
     bytes_read = 0
     with Buffers() as bufs:
         for i, shard in enumerate(writer.shards):
-            with writer.open_shard(i):
+            with writer.open_shard(i), WriteBehind(bufs.chunk * 4) as out:
                 for t in shard:
                     upd = updates[t.name]
                     bytes_read += instruct.tensors[t.name].nbytes
                     if upd is None:
-                        writer.copy_range(t.name, *instruct.byte_range(t.name))
+                        out.submit(writer.copy_range, t.name, *instruct.byte_range(t.name))
                     else:
-                        _combine_tensor(partial(writer.write, t.name), instruct, t.name, upd, method, bufs)
+                        _combine_tensor(out, writer, instruct, t.name, upd, method, bufs)
                         bytes_read += upd.bytes_read
                     if progress:
                         progress(t.name, t.nbytes)
     return bytes_read
 
 
+def _write_checked(writer: ShardedWriter, name: str, out: torch.Tensor) -> None:
+    writer.write(name, check_result_finite(out, name))  # Inf from rounding to Instruct's dtype (e.g. float16)
+
+
 def _combine_tensor(
-    emit: Emit, instruct: Checkpoint, name: str, upd: TensorUpdate, method: GraftMethod, bufs: Buffers
+    out: WriteBehind,
+    writer: ShardedWriter,
+    instruct: Checkpoint,
+    name: str,
+    upd: TensorUpdate,
+    method: GraftMethod,
+    bufs: Buffers,
 ) -> None:
+    """Instruct (+) update, chunk by chunk: for 16- and 32-bit float models the Instruct chunk goes
+    to the method in float32 and the method combines in place into the update's buffer (what it
+    would compute into an output of Instruct's dtype, which torch also does in float32); the result
+    is rounded into an output buffer and written behind. Other dtypes keep Instruct's own."""
     inst = Stream(instruct, name, bufs, "instruct")
     dtype = inst.info.dtype
+    exact = dtype in EXACT_IN_FLOAT32
     for s, e, w in upd.chunks(bufs):
-        emit(method.combine(name, inst.chunk(s, e).view(w.shape), w, upd.scale, bufs.result(w, dtype)))
+        x = inst.float_chunk(s, e) if exact else inst.chunk(s, e)
+        x = x if w.dim() == 1 else x.view(w.shape)
+        res = method.combine(name, x, w, upd.scale, w if exact else bufs.result(w, dtype))
+        o = out.buffer(w.numel(), dtype)
+        o.copy_(res if res.dim() == 1 else res.reshape(-1))  # rounds to Instruct's dtype
+        out.submit(_write_checked, writer, name, o)
     for s in range(upd.n, inst.numel(), bufs.chunk):
-        emit(inst.chunk(s, min(inst.numel(), s + bufs.chunk)))
+        e = min(inst.numel(), s + bufs.chunk)
+        o = out.buffer(e - s, dtype)
+        o.copy_(inst.chunk(s, e))
+        out.submit(writer.write, name, o)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from shadowft.checkpoint import Checkpoint
+from shadowft.checkpoint import Checkpoint, check_inside, read_json_object
 from shadowft.errors import CheckpointError, PairError
 
 
@@ -37,7 +36,8 @@ class LoraAdapter:
                 f"{self.path} is not a PEFT adapter (no adapter_config.json)",
                 hint="pass the directory written by PEFT's save_pretrained",
             )
-        self.config = json.loads(cfg_file.read_text())
+        self.config = read_json_object(cfg_file, "adapter config")
+        self._check_config()
         ptype = self.config.get("peft_type", "LORA")
         if ptype != "LORA":
             raise CheckpointError(f"adapter {self.path} is a {ptype} adapter; only LoRA adapters can be grafted")
@@ -52,8 +52,53 @@ class LoraAdapter:
                 f"adapter {self.path} has no adapter_model.safetensors",
                 hint="pickled adapter_model.bin is refused; re-save the adapter with safe_serialization=True",
             )
+        check_inside(self.path, weights)
         self.ckpt = Checkpoint(weights, role="adapter")
-        self.modules = self._modules()
+        try:
+            self.modules = self._modules()
+        except BaseException:
+            self.ckpt.close()
+            raise
+
+    def _bad_config(self, problem: str) -> CheckpointError:
+        return CheckpointError(
+            f"adapter {self.path}: adapter_config.json {problem}",
+            hint="the adapter config is corrupt or hand-edited; use the one PEFT's save_pretrained wrote",
+        )
+
+    def _check_config(self) -> None:
+        """The fields the graft computes with, of the types and ranges PEFT writes (a zero rank or
+        a string alpha would otherwise fail deep in the arithmetic)."""
+        cfg = self.config
+        r = cfg.get("r", 8)
+        if not _is_int(r) or r <= 0:
+            raise self._bad_config(f"has r = {r!r}; the LoRA rank must be a positive integer")
+        alpha = cfg.get("lora_alpha", r)
+        if not _is_number(alpha) or not math.isfinite(alpha):
+            raise self._bad_config(f"has lora_alpha = {alpha!r}; it must be a number")
+        if not isinstance(cfg.get("peft_type", "LORA"), str):
+            raise self._bad_config(f"has peft_type = {cfg.get('peft_type')!r}; it must be a string")
+        for key, check, what in (
+            ("rank_pattern", lambda v: _is_int(v) and v > 0, "a positive integer rank"),
+            ("alpha_pattern", lambda v: _is_number(v) and math.isfinite(v), "a number"),
+        ):
+            patterns = cfg.get(key) or {}
+            if not isinstance(patterns, dict):
+                raise self._bad_config(f"has {key} = {patterns!r}; it must map module regexes to values")
+            for regex, val in patterns.items():
+                try:
+                    re.compile(rf"(.*\.)?({regex})$")
+                except re.error as exc:
+                    raise self._bad_config(f"{key} key {regex!r} is not a valid regular expression ({exc})") from None
+                if not check(val):
+                    raise self._bad_config(f"{key}[{regex!r}] = {val!r}; it must be {what}")
+
+    def _rank(self, module: str) -> int:
+        """The rank PEFT gives `module`: its `rank_pattern` entry, else `r`."""
+        for key, val in (self.config.get("rank_pattern") or {}).items():
+            if re.match(rf"(.*\.)?({key})$", module):
+                return val
+        return self.config.get("r", 8)
 
     def _scale(self, module: str) -> float:
         r = self.config.get("r", 8)
@@ -90,6 +135,7 @@ class LoraAdapter:
         for module, parts in groups.items():
             if "lora_A.weight" not in parts or "lora_B.weight" not in parts:
                 raise CheckpointError(f"adapter {self.path}: module {module} lacks its lora_A or lora_B weight")
+            self._check_shapes(module, parts)
             lm = LoraModule(
                 target=f"{module}.weight",
                 a=parts["lora_A.weight"],
@@ -100,6 +146,33 @@ class LoraAdapter:
             )
             modules[lm.target] = lm
         return modules
+
+    def _check_shapes(self, module: str, parts: dict[str, str]) -> None:
+        """lora_A [r, in] and lora_B [out, r] of one rank, the configured one; a bias [out]."""
+        info = {k: self.ckpt.tensors[v] for k, v in parts.items()}
+        a, b = info["lora_A.weight"], info["lora_B.weight"]
+
+        def bad(problem: str) -> CheckpointError:
+            return CheckpointError(
+                f"adapter {self.path}: module {module} {problem}",
+                hint="the adapter file is corrupt or not written by PEFT; re-save the adapter",
+            )
+
+        for part, t in info.items():
+            if not t.dtype.is_floating_point:
+                raise bad(f"has a {part} of dtype {t.dtype}; LoRA weights are floating point")
+        if len(a.shape) != 2 or len(b.shape) != 2:
+            raise bad(f"has lora_A of shape {list(a.shape)} and lora_B of {list(b.shape)}; both must be matrices")
+        rank = self._rank(module)
+        if a.shape[0] != b.shape[1] or a.shape[0] != rank:
+            raise bad(
+                f"has lora_A {list(a.shape)} and lora_B {list(b.shape)}: their rank must be the configured r = {rank}"
+            )
+        bias = info.get("lora_B.bias")
+        if bias is not None and tuple(bias.shape) != (b.shape[0],):
+            raise bad(f"has a lora_B bias of shape {list(bias.shape)}, not [{b.shape[0]}]")
+        if "lora_A.bias" in info:
+            raise bad("has a lora_A bias, which PEFT never trains")
 
     def delta_shape(self, m: LoraModule) -> tuple[int, int]:
         out_f = self.ckpt.tensors[m.b].shape[0]
@@ -128,3 +201,11 @@ class LoraAdapter:
 
     def close(self) -> None:
         self.ckpt.close()
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -8,7 +8,8 @@ is the graft method's job, so every source works with every method.
 
 from __future__ import annotations
 
-import json
+import errno
+import os
 import re
 from abc import ABC, abstractmethod
 from functools import partial
@@ -17,14 +18,20 @@ from typing import ClassVar
 
 import torch
 
-from shadowft.checkpoint import Checkpoint, TensorInfo
-from shadowft.errors import PairError, ShadowFTError
+from shadowft.checkpoint import Checkpoint, TensorInfo, read_json_object
+from shadowft.errors import CheckpointError, PairError, ShadowFTError
 from shadowft.fingerprint import fingerprint_path
 from shadowft.graft.engine import Buffers, Stream, TensorUpdate, UpdateChunks, check_finite
 from shadowft.graft.guard import PairCheck, check_base, check_structure, local_model_dir
 from shadowft.graft.lora import LoraAdapter, LoraModule
 from shadowft.graft.provenance import PROVENANCE_NAME
-from shadowft.graft.validate import VocabPolicy, check_full_update, check_pair_shapes, covered_elements
+from shadowft.graft.validate import (
+    VocabPolicy,
+    check_full_update,
+    check_pair_shapes,
+    check_same_dtypes,
+    covered_elements,
+)
 from shadowft.pair import PairOptions, Structure
 
 PathLike = str | Path
@@ -55,6 +62,10 @@ class UpdateSource(ABC):
         """The update of in-scope Instruct tensor `name` (None: copy it); only after `validate`."""
 
     @abstractmethod
+    def has_update(self, name: str) -> bool:
+        """Whether the update changes Instruct tensor `name` (what `update_for` gives an update for)."""
+
+    @abstractmethod
     def check_pair(
         self, instruct: Checkpoint, scope: str, options: PairOptions | None, policy: VocabPolicy = "error"
     ) -> PairCheck:
@@ -75,7 +86,7 @@ def difference_chunks(name: str, n: int, tuned: Stream, base: Stream | None, wha
         w = bufs.get(e - s)
         w.copy_(tuned.chunk(s, e))
         if base is not None:
-            w.sub_(base.chunk(s, e))
+            w.sub_(base.float_chunk(s, e))  # float32 operands: no temporary per chunk
         check_finite(w, name, what)
         yield s, e, w
 
@@ -108,6 +119,10 @@ class PairSource(UpdateSource):
     def validate(self, instruct: Checkpoint, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
         check_pair_shapes(self.base, self.tuned, instruct, pattern)
         check_full_update(instruct, self.tuned, pattern, policy)
+        check_same_dtypes(self.base, self.tuned, [n for n in instruct.tensors if pattern.search(n)])
+
+    def has_update(self, name: str) -> bool:
+        return name in self.tuned.tensors
 
     def update_for(self, name: str, info: TensorInfo, policy: VocabPolicy, warnings: list[str]) -> TensorUpdate | None:
         if name not in self.tuned.tensors:
@@ -139,8 +154,12 @@ class DeltaSource(UpdateSource):
         self.record: dict = {}
         prov = self.path / PROVENANCE_NAME
         if prov.is_file():
-            self.record = json.loads(prov.read_text())
-            self.delta.config = self.record.get("base_config", {})
+            try:
+                self.record = _checked_record(read_json_object(prov, "delta provenance"), prov)
+            except BaseException:
+                self.delta.close()
+                raise
+            self.delta.config = self.record.get("base_config") or {}
 
     def checkpoints(self) -> list[Checkpoint]:
         return [self.delta]
@@ -187,6 +206,9 @@ class DeltaSource(UpdateSource):
 
     def validate(self, instruct: Checkpoint, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
         check_full_update(instruct, self.delta, pattern, policy)
+
+    def has_update(self, name: str) -> bool:
+        return name in self.delta.tensors
 
     def update_for(self, name: str, info: TensorInfo, policy: VocabPolicy, warnings: list[str]) -> TensorUpdate | None:
         if name not in self.delta.tensors:
@@ -247,6 +269,9 @@ class LoraSource(UpdateSource):
         if missing_bias:
             raise PairError(f"adapter trains biases that instruct lacks: {', '.join(missing_bias[:3])}")
 
+    def has_update(self, name: str) -> bool:
+        return name in self.adapter.modules or name in self.biases
+
     def plan_warnings(self, pattern: re.Pattern[str], scope: str) -> list[str]:
         skipped = [t for t in self.adapter.modules if not pattern.search(t)]
         return [f"{len(skipped)} adapter module(s) are outside scope {scope!r} and were not applied"] if skipped else []
@@ -291,6 +316,46 @@ class LoraSource(UpdateSource):
         self.adapter.close()
 
 
+def _checked_record(record: dict, path: Path) -> dict:
+    """A delta's provenance record, with the fields the graft reads of the types it reads them as."""
+    kinds = {"base_config": dict, "base_structure": dict, "inputs": dict}
+    bad = [k for k, t in kinds.items() if record.get(k) is not None and not isinstance(record[k], t)]
+    structure = record.get("base_structure") or {}
+    if not bad and structure:
+        config, tensors = structure.get("config", {}), structure.get("tensors", {})
+        if not isinstance(config, dict) or not isinstance(tensors, dict):
+            bad.append("base_structure")
+        elif not all(isinstance(s, list) and all(isinstance(d, int) for d in s) for s in tensors.values()):
+            bad.append("base_structure.tensors")
+    base = None if bad else (record.get("inputs") or {}).get("base")
+    if base is not None and not isinstance(base, dict):
+        bad.append("inputs.base")
+    if bad:
+        raise CheckpointError(
+            f"the delta's provenance {path} is malformed (field {bad[0]} has the wrong type)",
+            hint="the delta dir was edited or is corrupt; extract the delta again with `shadowft delta`",
+        )
+    return record
+
+
+def check_inputs_exist(**paths: PathLike | None) -> None:
+    """Refuse an input path that is missing or a symlink loop, naming its role (before any path
+    is resolved: resolving a loop raises a bare RuntimeError)."""
+    for role, p in paths.items():
+        if p is None:
+            continue
+        try:
+            os.stat(p)
+        except OSError as exc:
+            what = "is a symlink loop" if exc.errno == errno.ELOOP else "does not exist"
+            if exc.errno not in (errno.ELOOP, errno.ENOENT):
+                what = f"cannot be read ({exc.strerror})"
+            raise CheckpointError(
+                f"{role} {p} {what}",
+                hint="pass a local model directory (hub ids must be downloaded first, e.g. `huggingface-cli download`)",
+            ) from None
+
+
 def check_one_source(
     *, delta: PathLike | None, base: PathLike | None, tuned: PathLike | None, adapter: PathLike | None
 ) -> None:
@@ -301,6 +366,7 @@ def check_one_source(
             "give exactly one update: --delta DIR (with --base DIR to check sigma), or --base DIR with --tuned DIR, "
             "or --adapter DIR"
         )
+    check_inputs_exist(delta=delta, base=base, tuned=tuned, adapter=adapter)
 
 
 def open_source(

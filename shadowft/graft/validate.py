@@ -10,9 +10,12 @@ import math
 import re
 from typing import TYPE_CHECKING, Literal
 
+import torch
+
 from shadowft.checkpoint import Checkpoint, TensorInfo
-from shadowft.errors import PairError
+from shadowft.errors import PairError, ShadowFTError
 from shadowft.pair import config_differences
+from shadowft.scope import scope_name
 
 if TYPE_CHECKING:
     from shadowft.graft.sources import UpdateSource
@@ -21,9 +24,85 @@ VocabPolicy = Literal["error", "overlap"]
 
 
 def validate_graft(instruct: Checkpoint, source: UpdateSource, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
-    """Refuse an update from another architecture, or one that does not fit Instruct's tensors."""
+    """Refuse an update from another architecture, one that does not fit Instruct's tensors, or a
+    scope under which nothing would be grafted."""
     check_same_architecture(instruct, source.checkpoints())
     source.validate(instruct, pattern, policy)
+    check_scope_selects(instruct, source, pattern)
+
+
+def check_scope_selects(instruct: Checkpoint, source: UpdateSource, pattern: re.Pattern[str]) -> None:
+    """Refuse a graft that would change nothing: a scope that selects no floating-point tensor of
+    Instruct (a typo in `--scope` otherwise writes a copy of Instruct with exit 0), or one whose
+    selected tensors the update does not touch."""
+    scope = scope_name(pattern)
+    selected = [n for n, i in instruct.tensors.items() if pattern.search(n) and i.dtype.is_floating_point]
+    if not selected:
+        raise PairError(
+            f"the graft scope {scope!r} selects no tensor of instruct {instruct.path}, so nothing would be grafted",
+            hint="check --scope against the tensor names (e.g. `projections`, `all`, or a regex like 'mlp\\.'); "
+            f"instruct's tensors are named like {', '.join(list(instruct.tensors)[:2])}",
+        )
+    if not any(source.has_update(n) for n in selected):
+        raise PairError(
+            f"the update ({source.kind}) changes none of the {len(selected)} tensor(s) that scope {scope!r} selects, "
+            "so nothing would be grafted",
+            hint="widen --scope to the tensors the update changes (for a LoRA adapter, its target modules)",
+        )
+
+
+#: (base dtype, tuned dtype) pairs where tuned holds every base value exactly: a full fine-tune of a
+#: bfloat16 Base saved in float32 (the pipeline's default `full_save_dtype: fp32`) keeps tuned - base exact.
+EXACT_WIDENINGS = {
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32),
+    (torch.bfloat16, torch.float64),
+    (torch.float16, torch.float64),
+    (torch.float32, torch.float64),
+}
+
+
+def check_same_dtypes(base: Checkpoint, tuned: Checkpoint, names: list[str]) -> None:
+    """Refuse tuned - base over tensors whose tuned dtype cannot hold the base's values: a float32
+    Base and the same weights re-saved in bfloat16 differ by rounding noise, which would be grafted
+    as an update. The same dtype, or an exact widening (`EXACT_WIDENINGS`), is accepted."""
+    bad = []
+    for n in names:
+        if n in base.tensors and n in tuned.tensors:
+            db, dt = base.tensors[n].dtype, tuned.tensors[n].dtype
+            if db != dt and (db, dt) not in EXACT_WIDENINGS:
+                bad.append(f"{n}: base {str(db).removeprefix('torch.')}, tuned {str(dt).removeprefix('torch.')}")
+    if bad:
+        raise PairError(
+            f"{len(bad)} tensor(s) have another dtype in base than in tuned, e.g. {bad[0]}: "
+            "tuned cannot hold base's values exactly, so their difference would hold rounding noise, "
+            "grafted as if it were an update",
+            hint="pass the Base in the dtype training started from (e.g. re-save it with torch_dtype=bfloat16), "
+            "so both sides of the update have the same dtype",
+        )
+
+
+class ResultOverflowError(ShadowFTError):
+    """A grafted tensor does not fit its dtype: Inf or NaN in the result."""
+
+
+def check_result_finite(out: torch.Tensor, name: str) -> torch.Tensor:
+    """Refuse a grafted chunk holding Inf or NaN (returned unchanged otherwise), e.g. a large alpha
+    onto a float16 Instruct overflows float16's range at the store. Called by the engine on every
+    combined chunk: one reduction in the chunk's own dtype over a chunk still in cache (~50 us per
+    256K elements); a non-finite sum, which finite float16 values can also give, is confirmed by
+    the exact min/max."""
+    if math.isfinite(out.sum().item()):
+        return out
+    lo, hi = torch.aminmax(out)
+    if math.isfinite(lo.item()) and math.isfinite(hi.item()):
+        return out
+    dtype = str(out.dtype).removeprefix("torch.")
+    raise ResultOverflowError(
+        f"the grafted tensor {name} holds Inf or NaN: instruct + alpha * update does not fit {dtype}",
+        hint="lower --alpha (or the module's alpha), or graft onto a copy of instruct in a wider dtype "
+        "(bfloat16 or float32); nothing was written",
+    )
 
 
 def check_same_architecture(instruct: Checkpoint, others: list[Checkpoint]) -> None:

@@ -24,11 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shadowft.checkpoint import atomic_output_dir
 from shadowft.config import TrainConfig
 from shadowft.data import load_prepared
 from shadowft.errors import CheckpointError, OutputExistsError, ShadowFTError
-from shadowft.files import write_json_atomic
+from shadowft.files import atomic_output_dir, write_json_atomic
 from shadowft.train.checkpoints import checkpoint_step, claim_work_dir
 from shadowft.train.job import FitOutcome, TrainJob
 from shadowft.train.launchers import get_launcher

@@ -263,7 +263,7 @@ def _cached_rows(cache_dir: Path) -> int:
         return 0
     try:
         with sqlite3.connect(f"file:{dbs[0]}?mode=ro", uri=True, timeout=1) as con:
-            return int(con.execute("SELECT COUNT(*) FROM unnamed").fetchone()[0])
+            return int(con.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
     except sqlite3.Error:
         return 0
 
@@ -318,6 +318,61 @@ def test_killed_evaluation_resumes_from_the_request_cache(zoo_family, tmp_path, 
     assert resumed.suites["toy-math"].tasks == full.suites["toy-math"].tasks
     rows = lambda d: [json.loads(x)["filtered_resps"] for x in (d / "samples_toy_math.jsonl").read_text().splitlines()]  # noqa: E731
     assert rows(tmp_path / "resumed") == rows(tmp_path / "full")
+
+
+class _Payload:
+    """Unpickling this runs code: it writes the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def test_a_pickle_planted_in_the_request_cache_never_runs(llama_trio, tmp_path, monkeypatch):
+    """Issue 22 item 7: a cache file on shared storage is writable by others. Answers are JSON rows;
+    a pickle carrying code, planted for every key in our table and in lm-eval's own `requests-*.db`
+    (a sqlitedict), is never unpickled: each such row is a miss, answered by the model again."""
+    import pickle
+
+    model = llama_trio["instruct"]
+    clean = tmp_path / "clean"
+    first = evaluate_model(model, ["toy-math"], tmp_path / "a", limit=3, cache_dir=clean)
+    (db,) = clean.glob("*.db")
+    with sqlite3.connect(db) as con:
+        keys = [k for (k,) in con.execute("SELECT key FROM answers")]
+        assert len(keys) == 3 and all(
+            isinstance(json.loads(v), str) for (v,) in con.execute("SELECT value FROM answers")
+        )
+
+    marker = tmp_path / "marker"
+    poison = pickle.dumps(_Payload(marker))
+    cache = tmp_path / "poisoned"
+    cache.mkdir()
+    for name, table in ((db.name, "answers"), ("requests-0_rank0.db", "unnamed")):  # ours, and lm-eval's
+        with sqlite3.connect(cache / name) as con:
+            con.execute(f"CREATE TABLE {table} (key TEXT PRIMARY KEY, value BLOB)")
+            con.executemany(f"INSERT INTO {table} VALUES (?, ?)", [(k, poison) for k in keys])
+    with sqlite3.connect(cache / db.name) as con:  # also as text, and as JSON of the wrong shape
+        con.execute("UPDATE answers SET value = ? WHERE key = ?", (poison.decode("latin-1"), keys[1]))
+        con.execute("UPDATE answers SET value = ? WHERE key = ?", ('{"py/object": "os.system"}', keys[2]))
+    pickle.loads(poison)  # the payload works: unpickled, it writes the marker
+    assert marker.read_text() == "pwned"
+    marker.unlink()
+
+    counter = _Counter(monkeypatch)
+    resumed = evaluate_model(model, ["toy-math"], tmp_path / "b", limit=3, cache_dir=cache)
+    assert not marker.exists()
+    assert counter.calls == {"generate_until": 3}  # no planted row answered a request
+    assert resumed.suites["toy-math"].tasks == first.suites["toy-math"].tasks
+    with sqlite3.connect(cache / db.name) as con:  # the planted rows were replaced by the answers
+        assert all(isinstance(json.loads(v), str) for (v,) in con.execute("SELECT value FROM answers"))
+
+    again = _Counter(monkeypatch)
+    evaluate_model(model, ["toy-math"], tmp_path / "c", limit=3, cache_dir=cache)
+    assert again.calls == {}  # and they now answer a re-run
+    assert not marker.exists()
 
 
 def test_report_says_when_backends_are_mixed(llama_trio, tmp_path):

@@ -81,13 +81,72 @@ def test_output_is_a_loadable_hf_model_with_instruct_files(qwen3_tied_sharded_tr
 
 def test_existing_output_is_refused_unless_overwrite(llama_trio, tmp_path):
     out = tmp_path / "o"
+    graft(llama_trio["instruct"], out, base=llama_trio["base"], tuned=llama_trio["tuned"])
+    (out / "note.txt").write_text("from the first graft")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        graft(llama_trio["instruct"], out, base=llama_trio["base"], tuned=llama_trio["tuned"], alpha=0.5)
+    assert (out / "note.txt").exists()
+    # an earlier output (it holds the provenance record) is what --overwrite replaces
+    graft(llama_trio["instruct"], out, base=llama_trio["base"], tuned=llama_trio["tuned"], alpha=0.5, overwrite=True)
+    assert not (out / "note.txt").exists() and (out / "model.safetensors").exists()
+    assert json.loads((out / PROVENANCE_NAME).read_text())["alpha"] == 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]  # no temp or trash dir left beside it
+
+
+def test_overwrite_never_replaces_a_folder_shadowft_did_not_write(llama_trio, tmp_path):
+    out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    with pytest.raises(OutputExistsError, match="--overwrite"):
-        graft(llama_trio["instruct"], out, base=llama_trio["base"], tuned=llama_trio["tuned"])
-    assert (out / "keep.txt").read_text() == "user data"
-    graft(llama_trio["instruct"], out, base=llama_trio["base"], tuned=llama_trio["tuned"], overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    with pytest.raises(OutputExistsError, match="not written by shadowft") as ei:
+        graft(llama_trio["instruct"], out, base=llama_trio["base"], tuned=llama_trio["tuned"], overwrite=True)
+    assert "remove that directory yourself" in (ei.value.hint or "")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and len(list(tmp_path.iterdir())) == 1
+
+
+def _inputs_inside(trio, root):
+    import shutil
+
+    for role in ("instruct", "base", "tuned"):
+        shutil.copytree(trio[role], root / role)
+    (root / "notes.txt").write_text("mine")
+    return {role: root / role for role in ("instruct", "base", "tuned")}
+
+
+@pytest.mark.parametrize("via_symlink", [False, True])
+def test_output_that_contains_the_inputs_is_refused(llama_trio, tmp_path, via_symlink):
+    """`--out v --overwrite` with the inputs in v/ used to replace v/ by the graft: every input gone."""
+    from shadowft.graft import extract_delta
+
+    v = tmp_path / "v"
+    ins = _inputs_inside(llama_trio, v)
+    (v / PROVENANCE_NAME).write_text("{}")  # even a dir that looks like an earlier output
+    out = v
+    if via_symlink:
+        out = tmp_path / "link"
+        out.symlink_to(v)
+    with pytest.raises(ShadowFTError, match="contains the input"):
+        graft(ins["instruct"], out, base=ins["base"], tuned=ins["tuned"], overwrite=True)
+    with pytest.raises(ShadowFTError, match="contains the input"):
+        extract_delta(ins["base"], ins["tuned"], out, overwrite=True)
+    assert sorted(p.name for p in v.iterdir()) == ["base", "instruct", "notes.txt", PROVENANCE_NAME, "tuned"]
+    assert Checkpoint(ins["instruct"]).tensors
+
+
+def test_a_graft_never_publishes_over_one_that_appeared_meanwhile(llama_trio, tmp_path):
+    """Two grafts to one --out without --overwrite: the second to finish fails, the first's output stays
+    (before, both exited 0 and the later one silently replaced the other)."""
+    out = tmp_path / "o"
+    trio = llama_trio
+    other: list = []
+
+    def meanwhile(_name, _nbytes):  # while this graft writes, another one publishes the same --out
+        if not other:
+            other.append(graft(trio["instruct"], out, base=trio["base"], tuned=trio["tuned"], alpha=0.5))
+
+    with pytest.raises(OutputExistsError, match="appeared while"):
+        graft(trio["instruct"], out, base=trio["base"], tuned=trio["tuned"], alpha=1.0, progress=meanwhile)
+    assert json.loads((out / PROVENANCE_NAME).read_text())["alpha"] == 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]  # the loser's temp dir is gone
 
 
 def test_output_inside_an_input_is_refused(llama_trio):

@@ -50,10 +50,12 @@ class GraftMethod(ABC):
     ) -> torch.Tensor:
         """Write the grafted chunk of tensor `name` into `out` and return it.
 
-        `inst` is the Instruct chunk in its own dtype; `update` is the float32 update (a scratch
+        `inst` is the Instruct chunk: in float32 (converted exactly) when Instruct is stored in a 16-
+        or 32-bit float dtype, else in its own dtype; `update` is the float32 update (a scratch
         buffer the method may modify); `scale` is the source's own factor (1, or LoRA's alpha / r);
-        `out` has `update`'s shape in the output dtype (or is `update` itself for float32 models).
-        Compute in float32: torch rounds to `out`'s dtype on store.
+        `out` has `update`'s shape: `update` itself when `inst` is float32 (the engine rounds the
+        result to Instruct's dtype), else a buffer of the output dtype (torch rounds on store).
+        Compute in float32.
         """
 
     def check(self, grafted: list[str]) -> list[str]:
