@@ -33,7 +33,6 @@ def test_launch_plan_from_the_train_section():
     "fields,match",
     [
         (dict(distributed="none", num_processes=2), "distributed=none with 2 processes"),
-        (dict(num_nodes=2, node_rank=2), "node_rank=2 but train.num_nodes=2"),
         (dict(distributed="fsdp"), "needs CUDA GPUs"),
         (dict(launcher="inprocess", num_processes=2), "inprocess cannot run 2"),
     ],
@@ -42,6 +41,13 @@ def test_launch_settings_that_cannot_run_are_refused(fields, match):
     with pytest.raises(ShadowFTError, match=match) as err:
         resolve_launch(TrainConfig(**fields), gpus=0)
     assert err.value.hint
+
+
+def test_node_rank_beyond_num_nodes_is_refused_by_the_config_before_any_launch():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"node_rank[\s\S]*must be less than train.num_nodes \(2\)"):
+        TrainConfig(num_nodes=2, node_rank=2)
 
 
 def test_new_train_fields_are_documented_and_rendezvous_is_not_in_the_key():
