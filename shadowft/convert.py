@@ -12,7 +12,8 @@ import torch
 
 from shadowft.checkpoint import OutTensor, ShardedWriter, copy_model_side_files
 from shadowft.errors import CheckpointError
-from shadowft.files import atomic_output_dir, check_output_dir, refuse_overlap, write_json_atomic
+from shadowft.files import write_json_atomic
+from shadowft.graft.api import check_out, publish_out
 from shadowft.graft.provenance import PROVENANCE_NAME
 
 
@@ -24,8 +25,7 @@ def convert_pickled_to_safetensors(
     files = sorted(src.glob("*.bin")) if src.is_dir() else [src]
     if not files or not all(f.is_file() for f in files):
         raise CheckpointError(f"no pickled .bin weights found in {src}")
-    refuse_overlap(out, [src])
-    check_output_dir(out, overwrite, marker=PROVENANCE_NAME)  # --overwrite replaces only an earlier output
+    check_out(out, [src], overwrite)  # --overwrite replaces only an earlier output, never an input
     state: dict[str, torch.Tensor] = {}
     for f in files:
         try:
@@ -37,7 +37,7 @@ def convert_pickled_to_safetensors(
             ) from None
         state.update({k: v for k, v in part.items() if isinstance(v, torch.Tensor)})
     plan = [OutTensor(k, v.dtype, tuple(v.shape)) for k, v in state.items()]
-    with atomic_output_dir(out, overwrite=overwrite, marker=PROVENANCE_NAME) as tmp:
+    with publish_out(out, overwrite) as tmp:
         writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size)
         for i, shard in enumerate(writer.shards):
             with writer.open_shard(i):

@@ -50,15 +50,10 @@ class GraftReport:
         return asdict(self)
 
 
-def refuse_out_in_inputs(out: Path, inputs: list[PathLike | None]) -> None:
-    """Refuse an `out` that is, lies inside or contains an input (resolved paths, symlinks followed)."""
-    refuse_overlap(out, inputs)
-
-
 def check_out(out: Path, inputs: list[PathLike | None], overwrite: bool) -> None:
     """The checks on a weight-surgery `--out`, before any expensive work: no input overlaps it, and a
     non-empty one is replaced only with `overwrite` and only when it holds a provenance record (an
-    earlier output of graft, delta or adapter), never an arbitrary folder."""
+    earlier output of graft, delta, adapter or convert), never an arbitrary folder."""
     refuse_overlap(out, inputs)
     check_output_dir(out, overwrite, marker=PROVENANCE_NAME)
 
