@@ -30,6 +30,7 @@ import torch
 from shadowft.checkpoint import Checkpoint, ShardedWriter
 from shadowft.errors import ShadowFTError
 from shadowft.graft.validate import check_result_finite
+from shadowft.threads import thread_limit
 
 if TYPE_CHECKING:
     from shadowft.graft.methods.base import GraftMethod
@@ -57,13 +58,9 @@ def one_compute_thread() -> Iterator[None]:
     A chunk is ~1 MB, too small for torch's intra-op threads to pay off, and on a busy or small
     machine their spinning workers compete with the reader and writer threads for cores: on 2 CPUs
     the default made a 1.3B graft take 2-8x longer, and the graft's sampled pair check 0.4-11 s
-    instead of 0.1 s. The setting is process-wide, hence restored."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    instead of 0.1 s. `shadowft.threads.thread_limit` sets it and restores it after."""
+    with thread_limit(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class Buffers:
