@@ -37,11 +37,13 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
     check_pair(run.pair, base, instruct, run.graft.scope, store)
     data = prepare_data(run.data, instruct, store, run.train.objective)
 
-    evals: dict[str, dict[str, Artifact]] = {"instruct": {"-": evaluate(run.eval, instruct, "instruct", store)}}
+    evals: dict[str, dict[str, Artifact]] = {
+        "instruct": {"-": evaluate(run.eval, instruct, "instruct", store, data=data)}
+    }
     info: dict[str, dict[str, Any]] = {"instruct": {"kind": "reference", "chat_template": True}}
     if config.include_base:
         no_template = run.eval.model_copy(update={"apply_chat_template": False})
-        evals["base"] = {"-": evaluate(no_template, base, "base", store)}
+        evals["base"] = {"-": evaluate(no_template, base, "base", store, data=data)}
         info["base"] = {"kind": "reference", "chat_template": False}
     distances: dict[str, dict[str, dict[str, Artifact]]] = {}
     variants = config.variants()
@@ -81,7 +83,7 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
                     trained = (moved_base, base)
                 else:
                     model, trained = graft(v.graft, instruct, update, label, store), (moved_base, base)
-                evals[v.name][str(seed)] = evaluate(run.eval, model, label, store)
+                evals[v.name][str(seed)] = evaluate(run.eval, model, label, store, data=data)
                 if config.distances:
                     distances[v.name][str(seed)] = {
                         "trained": distance(*trained, f"trained-{label}", store),

@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.futures import PrefectFuture
 
+from flows.params import with_overrides
 from shadowft.config import EvalConfig, GraftConfig, RunConfig
 from shadowft.stages import chosen_alpha, preflight, resolve_model, zoo_placeholders
 from shadowft.store import Artifact
@@ -98,8 +99,16 @@ def resolve_run(config: RunConfig) -> tuple[RunConfig, Path, Path, str]:
 
 
 @flow(name="shadow-ft")
-def shadow_ft(config: RunConfig = RunConfig()) -> dict:
+def shadow_ft(config: RunConfig = RunConfig(), overrides: list[str] | None = None) -> dict:
+    """Shadow-FT on a Base / Instruct pair, with the conventional baselines, evaluated and reported.
+
+    Args:
+        config: The run config (examples/toy.yaml lists every key); a deployment's defaults unless given.
+        overrides: `key=value` changes applied on top of `config`, as `shadowft run --set` does
+            (e.g. `train.seed=7`, `eval.suites=[toy-math,toy-coding]`): they change only what they name.
+    """
     started = time.time()
+    config = with_overrides(config, overrides)  # the first log line says where the config came from
     config, base, instruct, store = resolve_run(config)
 
     pair = check_pair(config.pair, base, instruct, config.graft.scope, store)
@@ -115,7 +124,7 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     evals: dict[str, PrefectFuture[Artifact]] = {}
     if "instruct" in config.baselines:  # after the trainings, which are the longer path, have their slots
         evals["instruct"] = evaluate.submit(
-            config.eval, instruct, "instruct", store, res, wait_for=trainings, return_state=False
+            config.eval, instruct, "instruct", store, res, data, wait_for=trainings, return_state=False
         )
 
     update = update_of(config.train.method, base, tuned_base.result(), store)
@@ -125,10 +134,10 @@ def shadow_ft(config: RunConfig = RunConfig()) -> dict:
     else:
         shadow, selection = graft(config.graft, instruct, update, "shadow-ft", store), None
     models["shadow-ft"] = shadow
-    evals["shadow-ft"] = evaluate.submit(config.eval, shadow, "shadow-ft", store, res)
+    evals["shadow-ft"] = evaluate.submit(config.eval, shadow, "shadow-ft", store, res, data)
     if "direct" in config.baselines:
         models["direct"] = as_model(config.train.method, instruct, tuned_instruct.result(), "direct", store)
-        evals["direct"] = evaluate.submit(config.eval, models["direct"], "direct", store, res)
+        evals["direct"] = evaluate.submit(config.eval, models["direct"], "direct", store, res, data)
 
     order: list[str] = [n for n in ("instruct", "direct", "shadow-ft") if n in evals]  # the report's row order
     results = {n: evals[n].result() for n in order}

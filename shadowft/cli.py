@@ -14,7 +14,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from shadowft import __version__, cli_eval, cli_flows, cli_plan, cli_store, cli_weights, cli_zoo
+from shadowft import __version__, chat, cli_eval, cli_flows, cli_plan, cli_store, cli_weights, cli_zoo
 from shadowft.console import console, err_console, set_verbose
 from shadowft.errors import ShadowFTError
 
@@ -27,6 +27,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "convert": cli_weights.convert,
     "eval": cli_eval.eval_,
     "suites": cli_eval.suites,
+    "chat": chat.chat,
     "run": cli_flows.run,
     "demo": cli_flows.demo,
     "compare": cli_flows.compare,

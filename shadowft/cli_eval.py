@@ -93,6 +93,8 @@ def eval_(
 
 def suites() -> None:
     """List the named evaluation suites."""
+    from rich.markup import escape
+
     from shadowft.evaluate import list_suites
     from shadowft.tables import pct
 
@@ -109,6 +111,6 @@ def suites() -> None:
             pct(s.chance),
             "yes" if s.offline else "no",
             "yes" if s.code_execution else "no",
-            s.description,
+            escape(s.description),  # "[bracketed]" is text, not markup
         )
     console.print(table)

@@ -10,6 +10,9 @@ import json
 import logging
 import os
 import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -17,7 +20,7 @@ import typer
 from rich.table import Table
 
 from shadowft import console as ui
-from shadowft import lifeline
+from shadowft import interrupt, lifeline
 from shadowft.console import console, quiet_prefect
 from shadowft.errors import ShadowFTError
 
@@ -41,6 +44,8 @@ class _UserErrorShownOnce(logging.Filter):
     API (the UI's run logs) still gets every line: this filter sits on the console handler only."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if interrupt.interrupted() and not ui.VERBOSE:
+            return False  # after Ctrl-C: its one line says it all (Prefect's crash report goes to the API)
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, ShadowFTError):
             if not ui.VERBOSE:
@@ -70,23 +75,121 @@ def _quiet_user_error_tracebacks() -> None:
             handler.addFilter(_UserErrorShownOnce())
 
 
+@contextmanager
+def _flow_command() -> Iterator[None]:
+    """What `run`, `demo` and `compare` share once their config is valid: nothing they start outlives
+    them (lifeline), Ctrl-C stops them in seconds with one line (`shadowft.interrupt`), and the flow
+    talks to the user's Prefect API or to a temporary server of our own, out of Ctrl-C's reach."""
+    lifeline.start()  # the temporary server (and any launcher) dies with this command, even on SIGKILL
+    _quiet_prefect_defaults()
+    interrupt.install(current_run=_current_flow_run, cancel_run=_cancel_flow_run)
+    try:
+        _flow_api()
+        yield
+    except KeyboardInterrupt:
+        interrupt.exit_interrupted()
+
+
+@contextmanager
+def _suites_checked(overrides: list[str]) -> Iterator[None]:
+    """`--set eval.suites=gsm8kk` (no brackets) fails as "must be a list"; before the user retries, the
+    name itself is checked too, so that both problems show at once."""
+    try:
+        yield
+    except ShadowFTError as exc:
+        names = [
+            v.strip()
+            for o in overrides
+            for k, _, v in [o.partition("=")]
+            if k.strip().endswith("eval.suites") and v.strip() and not v.strip().startswith("[")
+        ]
+        if names and "must be a list" in exc.message:
+            from shadowft.evaluate import resolve_suites
+
+            try:
+                resolve_suites(names)
+            except ShadowFTError as bad:
+                exc.hint = f"{bad.message}: {bad.hint}"
+        raise
+
+
+def _current_flow_run() -> Any:
+    """The id of the flow run this thread executes, or None (cheap: read in the SIGINT handler)."""
+    if "prefect.context" not in sys.modules:
+        return None
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx.flow_run.id if ctx is not None and ctx.flow_run is not None else None
+
+
+def _cancel_flow_run(flow_run_id: Any) -> None:
+    """Record an interrupted flow run, and its task runs still running, as Cancelled on the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    why = "Cancelled with Ctrl-C in the terminal"
+    with get_client(sync_client=True, httpx_settings={"timeout": 3.0}) as client:
+        running = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            task_run_filter=TaskRunFilter(
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
+            ),
+        )
+        for task_run in running:
+            client.set_task_run_state(task_run.id, Cancelled(message=why), force=True)
+        client.set_flow_run_state(flow_run_id, Cancelled(message=why), force=True)
+
+
+def _flow_api() -> None:
+    """Point Prefect at the configured API (PREFECT_API_URL, a profile) or, when there is none, at a
+    temporary server started here in its own session (Prefect's own would die with Ctrl-C)."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return
+    server = interrupt.TemporaryServer.start(
+        env=settings.to_environment_variables(exclude_unset=True),
+        timeout=max(120.0, float(settings.server.ephemeral.startup_timeout_seconds)),
+        verbose=ui.VERBOSE,
+    )
+    os.environ["PREFECT_API_URL"] = server.api_url  # also for what this command starts
+    refresh_global_settings_context()  # Prefect read its settings at import: read them again
+    if ui.VERBOSE:
+        console.print(f"Prefect API: temporary server at {server.api_url}", highlight=False, style="dim")
+
+
 def _scores_table(title: str, columns: list[str], rows: list[dict[str, str]]) -> Table:
-    """A rich table of formatted score rows (`shadowft.report.table_rows` / `shadowft.compare.table_rows`)."""
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c, justify="left" if c == "model" else "right", no_wrap=c == "model")
-    for row in rows:
-        table.add_row(*(row.get(c, "") for c in columns))
-    return table
+    """A rich table of formatted score rows (`shadowft.report.table_rows` / `shadowft.compare.table_rows`),
+    shown transposed on a terminal too narrow for it (`shadowft.tables.score_table`)."""
+    from shadowft.tables import score_table
+
+    return score_table(title, columns, rows)
 
 
 def _print_summary(result: dict[str, Any]) -> None:
     from shadowft.report import chance_row, table_rows
+    from shadowft.tables import pct
 
     summary = json.loads((Path(result.get("folder") or result["report"]) / "summary.json").read_text())
     columns = ["model", *summary["suites"], "mean"]
     rows = [*table_rows(summary), {"model": "[dim]chance[/]", **chance_row(summary, style="dim")}]
     console.print(_scores_table("Scores in % (change vs Instruct)", columns, rows))
+    if summary.get("own_data"):  # the held-out split of the user's data: the softer score beside it
+        chrf = ", ".join(f"{m} {pct(v.get('chrf'))}" for m, v in summary["own_data"].items())
+        console.print(
+            f"own-data (your held-out data, exact match above, not in the mean): chrF {chrf}; replies: samples.md"
+        )
     if "folder" in result:
         console.print(f"report, charts, summary and config: {result['folder']}", soft_wrap=True, highlight=False)
     else:
@@ -103,16 +206,16 @@ def run(
     from shadowft.config import load_config
     from shadowft.stages import preflight
 
-    cfg = load_config(config, set_ or [])  # config errors stop here, before Prefect starts
+    with _suites_checked(set_ or []):
+        cfg = load_config(config, set_ or [])  # config errors stop here, before Prefect starts
     preflight(cfg)  # missing inputs, unknown suites, code suites without opt-in: also before Prefect starts
-    lifeline.start()  # Prefect's temporary server (and any launcher) dies with this command, even on SIGKILL
-    _quiet_prefect_defaults()
-    from flows.shadow_ft import shadow_ft
+    with _flow_command():
+        from flows.shadow_ft import shadow_ft
 
-    _quiet_user_error_tracebacks()
-    # A ShadowFTError raised in a task fails the task and the flow, and Prefect re-raises it here:
-    # `main` prints its message and hint and exits 2.
-    _print_summary(shadow_ft(config=cfg))
+        _quiet_user_error_tracebacks()
+        # A ShadowFTError raised in a task fails the task and the flow, and Prefect re-raises it here:
+        # `main` prints its message and hint and exits 2.
+        _print_summary(shadow_ft(config=cfg))
 
 
 def demo(
@@ -134,33 +237,35 @@ def compare(
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (default: torch's choice).")] = None,
 ) -> None:
     """Shadow-FT vs conventional tuning (LoRA and full) over seeds, on CONFIG's pair and data."""
-    from shadowft.compare import load_compare_config, table_rows
+    from shadowft.compare import load_compare_config, notes, table_rows
     from shadowft.stages import preflight
 
-    cfg = load_compare_config(config, set_ or [])
+    with _suites_checked(set_ or []):
+        cfg = load_compare_config(config, set_ or [])
     cfg.check()  # alphas auto without a validation split: before Prefect starts
     preflight(cfg.run)
-    lifeline.start()
-    if threads:
-        import torch
+    with _flow_command():
+        if threads:
+            import torch
 
-        torch.set_num_threads(threads)
-    _quiet_prefect_defaults()
-    _quiet_user_error_tracebacks()
-    from flows.compare import compare as compare_flow
+            torch.set_num_threads(threads)
+        from flows.compare import compare as compare_flow
 
-    result = compare_flow(config=cfg)
-    folder = Path(result["comparison"])
-    summary = json.loads((folder / "summary.json").read_text())
-    columns = ["model", "seeds", *summary["suites"], "mean"]
-    title = f"{summary['title']}: mean ± std over seeds in % (change vs Instruct)"
-    console.print(_scores_table(title, columns, table_rows(summary)))
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("table.md", "chart.png", "summary.json"):
-            shutil.copyfile(folder / name, out / name)
-        console.print(f"copied to {out}")
-    console.print(f"table, chart and summary: {folder}")
+        _quiet_user_error_tracebacks()  # after Prefect's logging setup (at its import), as `run` does
+        result = compare_flow(config=cfg)
+        folder = Path(result["comparison"])
+        summary = json.loads((folder / "summary.json").read_text())
+        columns = ["model", "seeds", *summary["suites"], "mean"]
+        title = f"{summary['title']}: mean ± std over seeds in % (change vs Instruct)"
+        console.print(_scores_table(title, columns, table_rows(summary)))
+        for note in notes(summary):
+            console.print(f"[dim]{note}[/]", highlight=False)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            for name in ("table.md", "chart.png", "summary.json"):
+                shutil.copyfile(folder / name, out / name)
+            console.print(f"copied to {out}")
+        console.print(f"table, chart and summary: {folder}")
 
 
 def serve(

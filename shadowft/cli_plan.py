@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from shadowft.console import console
+from shadowft.errors import ShadowFTError
 
 
 def plan(
@@ -43,8 +44,27 @@ def plan(
         highlight=False,
         soft_wrap=True,
     )
-    if launch.accelerate_config:
-        console.print(f"config     {launch.accelerate_config}", highlight=False, soft_wrap=True)
+    for key, value in launch.settings.items():  # the launcher's own, resolved (accelerate: its config file)
+        if value is not None:
+            console.print(f"{key:<10} {value}", highlight=False, soft_wrap=True)
     console.print(planning.format_estimate(est), highlight=False, soft_wrap=True)
     if not est.fits:
-        planning.check_fit(est)
+        try:
+            planning.check_fit(est)
+        except ShadowFTError as exc:
+            if gpus is None:  # planned for the devices this machine has: say so, and how to plan for others
+                fits = (exc.hint or "").split(". `shadowft plan", 1)[0]  # this command is that command
+                exc.hint = f"{fits}. {_planned_here(launch.device, launch.num_processes, est.device_bytes, config)}"
+            raise
+
+
+def _planned_here(device: str, count: int, device_bytes: float, config: Path | None) -> str:
+    """Which devices the plan was made for, and the options that plan for GPUs this machine lacks."""
+    gib = device_bytes / 2**30
+    here = (
+        f"{count} visible GPU(s) of {gib:.1f} GiB" if device == "cuda" else f"{device}, {gib:.1f} GiB, no GPU visible"
+    )
+    return (
+        f"This plan is for this machine ({here}); to plan for GPUs, give their number per node and GiB each: "
+        f"shadowft plan {config or ''} --gpus 8 --gpu-memory 80".replace("  ", " ")
+    )

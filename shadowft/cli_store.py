@@ -64,7 +64,8 @@ def verify(
         raise typer.Exit(1)
     report = store.verify(remove=remove)
     removed = set(report["removed"])
-    garbage = [p for k in ("incomplete", "stale_work") for p in report[k] if p not in removed]
+    building = set(report["building"])  # a running build's: kept, not garbage
+    garbage = [p for k in ("incomplete", "stale_work") for p in report[k] if p not in removed | building]
     if as_json:
         print(json.dumps({"root": str(store.root), **report, "remaining_garbage": garbage}, indent=2))
     else:
@@ -73,7 +74,14 @@ def verify(
             if report[kind]:
                 console.print(f"{len(report[kind])} {what}:")
                 for p in report[kind]:
-                    console.print(f"  {p}" + ("  [green]removed[/]" if p in removed else ""), soft_wrap=True)
+                    mark = (
+                        "  [green]removed[/]"
+                        if p in removed
+                        else "  [cyan]kept: a running build holds it[/]"
+                        if p in building
+                        else ""
+                    )
+                    console.print(f"  {p}{mark}", soft_wrap=True)
         if garbage:
             console.print(f"[yellow]{len(garbage)} item(s) can be removed:[/] shadowft store verify --remove")
         else:

@@ -134,6 +134,26 @@ def delta(
     )
 
 
+def parse_params(texts: list[str]) -> dict[str, object]:
+    """A graft method's settings from ``--param KEY=VALUE`` (split at the first ``=``, VALUE read as
+    YAML: ``density=0.5``, ``seed=3``, ``alpha_by_module={mlp: 0.5}``); checked by the method."""
+    import yaml
+
+    from shadowft.errors import ShadowFTError
+
+    out: dict[str, object] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ShadowFTError(f"cannot read --param {text!r}", hint="write KEY=VALUE, e.g. --param density=0.5")
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            raise ShadowFTError(f"--param {key}: cannot read the value {value!r} ({exc.__class__.__name__})") from None
+    return out
+
+
 def graft(
     instruct: Annotated[Path, typer.Option(help="Instruct model dir to graft onto.")],
     out: Annotated[Path, typer.Option(help="Output model dir (written atomically).")],
@@ -150,15 +170,25 @@ def graft(
     method: Annotated[
         Optional[str],
         typer.Option(
-            help="Graft method: linear | per_module (default: per_module with --alpha-by-module, else linear)."
+            help="Graft method by name (default linear; per_module with --alpha-by-module); an unknown name "
+            "lists the registered ones (linear, per_module, dare, ties, ...)."
+        ),
+    ] = None,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="A setting of the --method, KEY=VALUE (VALUE read as YAML), repeatable; e.g. --method dare "
+            "--param density=0.5 --param seed=1. The settings of each method: README, 'Graft methods'.",
         ),
     ] = None,
     alpha_by_module: Annotated[
         Optional[list[str]],
         typer.Option(
             metavar="REGEX=ALPHA",
-            help="Per-module alpha, REGEX=ALPHA, repeatable; the first regex found in a tensor name gives its alpha, "
-            "others use --alpha. E.g. --alpha-by-module 'q_proj|k_proj|v_proj|o_proj=0.5' --alpha-by-module 'mlp=1.0'.",
+            help="Per-module alpha, REGEX=ALPHA, repeatable (short for --method per_module --param "
+            "alpha_by_module=...): the first regex found in a tensor name gives its alpha, others use --alpha. "
+            "E.g. --alpha-by-module 'q_proj|k_proj|v_proj|o_proj=0.5' --alpha-by-module 'mlp=1.0'.",
         ),
     ] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB.")] = "5GB",
@@ -187,15 +217,25 @@ def graft(
     from shadowft.errors import ShadowFTError
     from shadowft.graft import graft as run_graft
     from shadowft.graft import retarget_adapter
-    from shadowft.graft.methods.per_module import parse_alpha_rules
+    from shadowft.graft.methods.per_module import PerModule, parse_alpha_rules
+    from shadowft.graft.registry import resolve_method_name
     from shadowft.pair import PairOptions
 
-    rules = parse_alpha_rules(alpha_by_module) if alpha_by_module else None
+    settings = parse_params(param or [])
+    if param and method is None:
+        raise ShadowFTError(
+            "--param sets a graft method's settings: name the method", hint="e.g. --method dare --param density=0.5"
+        )
+    if alpha_by_module:
+        if "alpha_by_module" in settings:
+            raise ShadowFTError("give the per-module alphas once: --alpha-by-module or --param alpha_by_module=...")
+        settings["alpha_by_module"] = parse_alpha_rules(alpha_by_module)
+    method = resolve_method_name(method, [PerModule.name] if alpha_by_module else [])
     if as_adapter:
-        if rules or method not in (None, "linear"):
+        if settings or method != "linear":
             raise ShadowFTError(
                 "--as-adapter scales the whole adapter by --alpha",
-                hint="drop --method / --alpha-by-module, or merge instead",
+                hint="drop --method / --param / --alpha-by-module, or merge instead",
             )
         if adapter is None:
             raise ShadowFTError("--as-adapter needs --adapter", hint="pass the LoRA adapter trained on Base")
@@ -215,7 +255,7 @@ def graft(
             alpha=alpha,
             scope=scope,
             method=method,
-            alpha_by_module=rules,
+            settings=settings,
             max_shard_size=max_shard_size,
             vocab_mismatch=vocab_mismatch.value,
             overwrite=overwrite,

@@ -102,7 +102,9 @@ class CompareConfig(BaseModel):
                 hint="set run.data.validation_ratio (e.g. 0.1) or run.data.validation_sources, or remove auto "
                 "from alphas",
             )
-        if self.run.train.objective != "sft":
+        from shadowft.train.objectives import get_objective
+
+        if not get_objective(self.run.train.objective).selects_alpha:
             raise ShadowFTError(
                 f"alphas has auto, which measures the SFT loss, but run.train.objective is {self.run.train.objective}",
                 hint="use auto with run.train.objective sft, or list the alphas to compare",
@@ -133,11 +135,11 @@ class CompareConfig(BaseModel):
         """Tuned models, in table order: per method the direct baseline, then Shadow-FT (alpha 1 or the
         first alpha, first scope), then the other alphas, then the other scopes."""
         main_alpha = 1.0 if 1.0 in self.alphas else self.alphas[0]
-        # the run's graft method, per-module alphas and (for auto) alpha grid apply to every Shadow-FT variant
+        # the run's graft method and its settings, and (for auto) alpha grid apply to every Shadow-FT variant
         g = self.run.graft
         how: dict[str, Any] = {
-            "graft_method": g.method,
-            "alpha_by_module": dict(g.alpha_by_module),
+            "graft_method": g.effective_method,
+            "method_settings": g.method_settings,
             "alpha_grid": list(g.alpha_grid),
             "retention": dict(g.retention),
         }
@@ -174,7 +176,7 @@ class Variant(BaseModel):
     alpha: float | Literal["auto"] = 1.0
     scope: str = "projections"
     graft_method: str | None = None
-    alpha_by_module: dict[str, float] = {}
+    method_settings: dict[str, Any] = {}  # the graft method's own (its graft.<method> sub-section)
     alpha_grid: list[float] = Field(default_factory=lambda: GraftConfig().alpha_grid)  # for alpha auto
     retention: dict[str, float] = {}
 
@@ -184,7 +186,7 @@ class Variant(BaseModel):
             alpha=self.alpha,
             scope=self.scope,
             method=self.graft_method,
-            alpha_by_module=self.alpha_by_module,
+            **({self.graft_method: self.method_settings} if self.graft_method and self.method_settings else {}),
             alpha_grid=self.alpha_grid,
             retention=self.retention,
         )
@@ -393,6 +395,18 @@ def table_rows(summary: dict[str, Any], scores: dict[str, Any] | None = None) ->
     return rows
 
 
+def notes(summary: dict[str, Any]) -> list[str]:
+    """Footnotes of the score table: why a reference row reads as it does (a Base row near 0 everywhere
+    looked like a bug)."""
+    return [
+        f"{name}: scored without a chat template (a Base model is prompted as plain text), so on suites that "
+        "read the answer from a chat reply it rarely answers in the expected form: scores near 0 are expected. "
+        "A reference point, not a baseline."
+        for name, m in summary["models"].items()
+        if m.get("kind") == "reference" and m.get("chat_template") is False
+    ]
+
+
 def _score_tables(summary: dict[str, Any], scores: dict[str, Any], heading: str) -> list[str]:
     """The model table and the paired-difference table of one way of scoring (`scores`)."""
     cols = [*summary["suites"], "mean"]
@@ -435,6 +449,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
         ),
         "",
         *_score_tables(summary, summary, "##"),
+        *(f"*{note}*\n" for note in notes(summary)),
     ]
     chosen = {n: m["chosen_alpha"] for n, m in summary["models"].items() if m.get("chosen_alpha")}
     if chosen:

@@ -31,38 +31,19 @@ from pydantic import (
 )
 
 from shadowft.errors import ShadowFTError
+from shadowft.evaluate.backends import BACKENDS
+from shadowft.graft.registry import METHODS as GRAFT_METHODS
+from shadowft.graft.registry import make_method, resolve_method_name
+from shadowft.registry import registered_name, settings_for, with_settings_sections
+from shadowft.train.launchers import LAUNCHERS
+from shadowft.train.objectives import OBJECTIVES, get_objective
 
 ZOO_PREFIX = "zoo:"
 
 #: The paper's LoRA targets: every linear layer except lm_head (Llama/Qwen/Mistral/Gemma naming).
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-DEFAULT_LR = {"lora": 2e-4, "full": 1e-5}
-#: DPO learning rates where the paper is silent: LoRA 5e-6 as in LLaMA-Factory's LoRA DPO example
-#: (examples/train_lora/llama3_lora_dpo.yaml); full 5e-7 as in the alignment-handbook's full DPO
-#: recipe (zephyr-7b-beta), between TRL's DPOConfig default (1e-6) and smaller published values.
-DEFAULT_DPO_LR = {"lora": 5e-6, "full": 5e-7}
-#: TRL's DPO loss types (DPOConfig.loss_type).
-DPOLoss = Literal[
-    "sigmoid",
-    "hinge",
-    "ipo",
-    "exo_pair",
-    "nca_pair",
-    "robust",
-    "bco_pair",
-    "sppo_hard",
-    "aot",
-    "aot_unpaired",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sft",
-    "sigmoid_norm",
-]
 
 Method = Literal["lora", "full"]
-Objective = Literal["sft", "dpo"]
-EvalBackendName = Literal["hf", "vllm"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal[
     "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "polynomial", "inverse_sqrt"
@@ -70,7 +51,6 @@ Scheduler = Literal[
 DataFormat = Literal["auto", "messages", "sharegpt", "alpaca"]
 Baseline = Literal["instruct", "direct"]
 Distributed = Literal["auto", "none", "ddp", "fsdp", "deepspeed"]
-LauncherName = Literal["auto", "inprocess", "torchrun", "accelerate"]
 ReportTo = Literal["none", "tensorboard", "wandb", "mlflow"]
 AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 
@@ -155,7 +135,8 @@ class DataConfig(_Section):
         default_factory=lambda: ["zoo:train"],
         min_length=1,
         description="Local .jsonl / .json / .parquet files, or `datasets` names (offline: only cached ones); "
-        "'zoo:train' is the embedded toy data.",
+        "a LLaMA-Factory data set as PATH/dataset_info.json#NAME; 'zoo:train' is the embedded toy data "
+        "('zoo:tools' its tool-calling set).",
     )
     format: DataFormat = Field(
         default="auto",
@@ -227,21 +208,32 @@ class DataConfig(_Section):
         return [s.strip() for s in v]
 
 
+#: Keys of the train section that moved into an objective's sub-section (refused with the new spelling).
+_MOVED_TRAIN_KEYS = {
+    "dpo_beta": "train.dpo.beta",
+    "dpo_loss": "train.dpo.loss",
+    "accelerate_config": "train.accelerate.config",
+}
+
+
+@with_settings_sections(LAUNCHERS, selector="train.launcher")
+@with_settings_sections(OBJECTIVES, selector="train.objective")
 class TrainConfig(_Section):
     """Fine-tuning of the Base model (and of the Instruct model for the `direct` baseline)."""
 
-    objective: Objective = Field(
+    objective: registered_name(OBJECTIVES, "objective") = Field(  # type: ignore[valid-type]
         default="sft",
-        description="The training loss: sft (next-token cross-entropy on the assistant replies) or dpo "
-        "(direct preference optimisation with TRL on prompt/chosen/rejected data; Shadow-DPO).",
+        description="The training loss: sft (next-token cross-entropy on the assistant replies), dpo "
+        "(direct preference optimisation with TRL on prompt/chosen/rejected data; Shadow-DPO) or kto "
+        "(TRL's KTO on desirable / undesirable completions; Shadow-KTO). Its settings, if any, are the "
+        "sub-section of the same name (train.dpo, train.kto).",
     )
     method: Method = Field(default="lora", description="lora (train a low-rank adapter) or full (all weights).")
     lr: float | None = Field(
         default=None,
         gt=0,
         description="Peak learning rate; empty = the default for the method and objective (SFT: LoRA 2e-4, "
-        "full 1e-5, the paper's; DPO: LoRA 5e-6 as LLaMA-Factory's DPO example, full 5e-7 as the "
-        "alignment-handbook's).",
+        "full 1e-5, the paper's; DPO and KTO: LoRA 5e-6 as LLaMA-Factory's examples, full 5e-7).",
     )
     epochs: float = Field(default=1.0, gt=0, description="Passes over the data (ignored when max_steps is set).")
     max_steps: int | None = Field(
@@ -293,15 +285,6 @@ class TrainConfig(_Section):
     logging_steps: int = Field(
         default=1, ge=1, le=MAX_COUNT, description="Record loss and learning rate every this many steps."
     )
-    dpo_beta: float = Field(
-        default=0.1,
-        gt=0,
-        description="DPO only: strength of the pull towards the reference model (TRL's and LLaMA-Factory's "
-        "default 0.1; higher stays closer to the starting model).",
-    )
-    dpo_loss: DPOLoss = Field(
-        default="sigmoid", description="DPO only: TRL's loss type; sigmoid is the original DPO loss (TRL's default)."
-    )
     # -- how and where the training runs (launched jobs: shadowft.train.launchers) --
     distributed: Distributed = Field(
         default="auto",
@@ -322,15 +305,10 @@ class TrainConfig(_Section):
         default="127.0.0.1", description="Rendezvous address: the main node's host name or IP (torchrun --master_addr)."
     )
     main_port: int = Field(default=29500, ge=1, le=65535, description="Rendezvous port on the main node.")
-    launcher: LauncherName = Field(
+    launcher: registered_name(LAUNCHERS, "launcher", extra=("auto",)) = Field(  # type: ignore[valid-type]
         default="auto",
         description="How the processes start: auto (in-process for one, torchrun for ddp, accelerate launch "
-        "for fsdp / deepspeed or with accelerate_config), inprocess, torchrun or accelerate.",
-    )
-    accelerate_config: str | None = Field(
-        default=None,
-        description="An `accelerate launch` config file (yours, or the project's configs/accelerate/*.yaml); "
-        "empty = the shipped one for the strategy.",
+        "for fsdp / deepspeed or with train.accelerate.config) or a launcher by name.",
     )
     threads: int | None = Field(
         default=None,
@@ -350,6 +328,22 @@ class TrainConfig(_Section):
         description="Experiment tracker: none, tensorboard (offline event files in the run's work dir), wandb or "
         "mlflow (credentials only from their environment variables).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """Settings that moved into an objective's sub-section fail with their new spelling."""
+        if isinstance(data, dict):
+            for old, new in _MOVED_TRAIN_KEYS.items():
+                if old in data:
+                    raise ValueError(f"train.{old} is now {new}")
+        return data
+
+    @model_validator(mode="after")
+    def _objective_accepts(self) -> TrainConfig:
+        """What the objective's trainer would refuse only once it starts (e.g. KTO's batch of one)."""
+        get_objective(self.objective).check_train(self)
+        return self
 
     @field_validator("node_rank")
     @classmethod
@@ -373,7 +367,31 @@ class TrainConfig(_Section):
         """The learning rate used: `lr`, or the method's published default."""
         if self.lr is not None:
             return self.lr
-        return (DEFAULT_DPO_LR if self.objective == "dpo" else DEFAULT_LR)[self.method]
+        return get_objective(self.objective).default_lr[self.method]
+
+    @property
+    def objective_settings(self) -> Any:
+        """The chosen objective's settings (its sub-section, e.g. train.dpo)."""
+        return get_objective(self.objective).settings(self)
+
+    def cache_view(self, exclude: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+        """The train stage's settings for its key: defaults resolved (`lr: null` and the default lr give
+        the same key), the other methods' fields and the other objectives' sub-sections left out (so an
+        SFT key does not move when an objective is added), settings that change how the stage runs
+        but not what it produces (`_NOT_IN_KEY`, plus `exclude`) left out. The launcher is not keyed
+        (the machine picks it, every launcher trains the same model); what its settings change is
+        (`Launcher.cache_key`, e.g. accelerate's config file), for every registered launcher."""
+        other_methods = set().union(*(f for m, f in METHOD_FIELDS.items() if m != self.method))
+        other_objectives = {n for n in OBJECTIVES if n != self.objective and n in type(self).model_fields}
+        launchers = {n for n in LAUNCHERS if n in type(self).model_fields}
+        left_out = set(exclude) | _NOT_IN_KEY["train"] | other_methods | other_objectives | launchers
+        view = self.model_dump(mode="json", exclude=left_out)
+        for name, launcher in LAUNCHERS.items():
+            view.update(launcher.cache_key(settings_for(self, LAUNCHERS, name)))  # type: ignore[arg-type]
+        view["lr"] = self.effective_lr
+        if self.method == "lora":
+            view["lora_alpha"] = self.effective_lora_alpha
+        return view
 
     @property
     def effective_lora_alpha(self) -> float:
@@ -381,6 +399,17 @@ class TrainConfig(_Section):
         return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
 
 
+def _differs_from_defaults(section: Any, model: type[BaseModel]) -> bool:
+    """Whether a method's sub-section, as given, holds settings other than its defaults."""
+    if isinstance(section, BaseModel):
+        section = section.model_dump(mode="json")
+    try:
+        return model.model_validate(section).model_dump(mode="json") != model().model_dump(mode="json")
+    except (ValidationError, ValueError, TypeError):
+        return True
+
+
+@with_settings_sections(GRAFT_METHODS, selector="graft.method")
 class GraftConfig(_Section):
     """Grafting the Base update onto Instruct: W_new = W_instruct + alpha * (W_base_tuned - W_base)."""
 
@@ -410,16 +439,58 @@ class GraftConfig(_Section):
         description="Which tensors get the update: projections (q/k/v/o/gate/up/down proj, as published), "
         "all, or a regular expression matched against tensor names.",
     )
-    method: str | None = Field(
+    method: registered_name(GRAFT_METHODS, "graft method") | None = Field(  # type: ignore[valid-type]
         default=None,
-        description="How the update is combined with Instruct: linear (W_I + alpha * update) or per_module "
-        "(alpha per module from alpha_by_module); empty = per_module when alpha_by_module is set, else linear.",
+        description="How the update is combined with Instruct: linear (W_I + alpha * update), per_module "
+        "(an alpha per module), dare (random drop and rescale) or ties (top magnitudes); its settings are the "
+        "sub-section of the same name (graft.per_module, graft.dare, graft.ties). Empty = the method whose "
+        "sub-section is set to other than its defaults, else linear.",
     )
-    alpha_by_module: dict[str, float] = Field(
-        default_factory=dict,
-        description="Per-module alpha, {regex: alpha}: the first regex found in a tensor's name gives its alpha, "
-        "tensors matching none use alpha; e.g. {'q_proj|k_proj|v_proj|o_proj': 0.5, 'mlp': 1.0}.",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_method(cls, data: Any) -> Any:
+        """Old spellings of a method's settings at the top of the section (graft.alpha_by_module)
+        keep working: moved into the method's sub-section (graft.per_module.alpha_by_module). An
+        empty method is resolved here, from the sub-sections given (so a dumped config names its
+        method), and another method's sub-section with settings of its own is an error, not ignored."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, method in GRAFT_METHODS.items():
+            moved = {k: data.pop(k) for k in method.legacy_keys if k in data}
+            moved = {k: v for k, v in moved.items() if v}  # `alpha_by_module: {}` of older examples: not given
+            if not moved:
+                continue
+            section = data.get(name)
+            section = section.model_dump(exclude_unset=True) if isinstance(section, BaseModel) else dict(section or {})
+            both = sorted(k for k in set(moved) & set(section) if section[k])  # an empty `{}`: not given
+            if both:
+                raise ValueError(
+                    f"graft.{both[0]} is the old spelling of graft.{name}.{both[0]}: give only the new one"
+                )
+            data[name] = {**section, **moved}
+        # a sub-section that holds only its defaults (as examples/toy.yaml lists them) names no method
+        given = [
+            n
+            for n in GRAFT_METHODS
+            if data.get(n) is not None
+            and n in cls.model_fields
+            and _differs_from_defaults(data[n], GRAFT_METHODS[n].Params)
+        ]
+        try:
+            chosen = resolve_method_name(data.get("method"), given)
+        except ShadowFTError as exc:
+            raise ValueError(f"{exc.message}; {exc.hint}") from None
+        if chosen not in GRAFT_METHODS:
+            return data  # the name field's own validation says which names there are
+        data["method"] = chosen
+        for name in given:
+            if name != chosen:
+                raise ValueError(
+                    f"graft.{name} is set but graft.method is {chosen}: set graft.method: {name}, or drop graft.{name}"
+                )
+        return data
 
     @field_validator("scope")
     @classmethod
@@ -483,71 +554,46 @@ class GraftConfig(_Section):
             **self.candidate(1.0).cache_view(),
         }
 
-    @field_validator("alpha_by_module")
-    @classmethod
-    def _rules_valid(cls, v: dict[str, float]) -> dict[str, float]:
-        if not v:
-            return v
-        from shadowft.graft.methods.per_module import check_alpha_rules
-
-        return check_alpha_rules(v)
-
     @model_validator(mode="after")
     def _method_takes_settings(self) -> GraftConfig:
-        """An unknown method, or a setting the method does not take, fails with the config, not
-        after training."""
-        if self.method is None and not self.alpha_by_module:
-            return self
-        from shadowft.graft.registry import make_method
-
+        """An unknown method, settings of several methods without a name, or settings the method
+        refuses (per_module without rules) fail with the config, not after training."""
         try:
-            make_method(self.effective_method, alpha=self.numeric_alpha, alpha_by_module=self.alpha_by_module or None)
+            make_method(self.effective_method, self.numeric_alpha, self.method_settings)
         except ShadowFTError as exc:
             raise ValueError(str(exc)) from None
         return self
 
     @property
     def effective_method(self) -> str:
-        """The method the graft runs (as `shadowft.graft.registry.resolve_method_name` picks it)."""
-        return self.method or ("per_module" if self.alpha_by_module else "linear")
+        """The method the graft runs (`shadowft.graft.registry.resolve_method_name`: as named, else
+        the one whose sub-section is given, else linear)."""
+        return resolve_method_name(self.method)  # resolved when validated (`_resolve_method`)
+
+    @property
+    def method_settings(self) -> dict[str, Any]:
+        """The chosen method's own settings (its sub-section; defaults when it has none)."""
+        held = getattr(self, self.effective_method, None) if self.effective_method in type(self).model_fields else None
+        return held.model_dump(mode="json") if isinstance(held, BaseModel) else {}
 
     def cache_view(self) -> dict[str, Any]:
         """The settings that change the grafted weights, as JSON data for cache keys.
 
         The method is resolved (unset and `linear` give one key) and left out, with its settings,
-        when it is the default `linear`, so artifacts made before methods existed keep their keys.
-        The per-module rules are a list of pairs: their order decides which rule wins.
+        when it is the default `linear`, so artifacts made before methods existed keep their keys;
+        otherwise its name and its `cache_settings` (only the chosen method's sub-section).
         """
-        view = self.model_dump(mode="json", exclude={"method", "alpha_by_module", "alpha_grid", "retention"})
-        if self.effective_method != "linear" or self.alpha_by_module:
-            view["method"] = self.effective_method
-            view["alpha_by_module"] = [[rx, a] for rx, a in self.alpha_by_module.items()]
+        sections = {n for n in GRAFT_METHODS if n in type(self).model_fields}
+        view = self.model_dump(mode="json", exclude={"method", "alpha_grid", "retention"} | sections)
+        name = self.effective_method
+        if name != "linear":
+            method = GRAFT_METHODS[name]
+            view["method"] = name
+            view.update(method.cache_settings(method.Params.model_validate(self.method_settings)))
         return view
 
 
-class VLLMConfig(_Section):
-    """lm-eval's `vllm` model arguments (passed as they are; see lm-eval's VLLM class)."""
-
-    tensor_parallel_size: int = Field(
-        default=1, ge=1, le=MAX_PROCS, description="GPUs one model replica is split over."
-    )
-    data_parallel_size: int = Field(default=1, ge=1, le=MAX_PROCS, description="Model replicas, each on its own GPUs.")
-    gpu_memory_utilization: float = Field(
-        default=0.9, gt=0, le=1, description="Fraction of each GPU's memory vLLM may take."
-    )
-    max_model_len: int | None = Field(
-        default=None, ge=16, le=1 << 24, description="Context length vLLM allocates for; empty = the model's own."
-    )
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
-        default="auto", description="Weights dtype in vLLM; auto = as stored."
-    )
-
-    @property
-    def devices(self) -> int:
-        """GPUs one evaluation with these settings occupies."""
-        return self.tensor_parallel_size * self.data_parallel_size
-
-
+@with_settings_sections(BACKENDS, selector="eval.backend")
 class EvalConfig(_Section):
     """Evaluation with lm-eval: suites are groups of tasks (coding, math, reasoning)."""
 
@@ -565,12 +611,11 @@ class EvalConfig(_Section):
         description="Wrap prompts in the model's chat template; empty = yes for Instruct and grafted models "
         "(as in the paper).",
     )
-    backend: EvalBackendName = Field(
+    backend: registered_name(BACKENDS, "evaluation backend") = Field(  # type: ignore[valid-type]
         default="hf",
         description="How the model runs under lm-eval: hf (transformers, one device) or vllm (lm-eval's vLLM "
         "model: needs the `vllm` extra and a GPU).",
     )
-    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine settings (used with backend: vllm).")
     fewshot_as_multiturn: bool = Field(
         default=True,
         description="With the chat template, give few-shot examples as earlier user/assistant turns (lm-eval's "
@@ -593,6 +638,24 @@ class EvalConfig(_Section):
         "evaluation re-run answers the finished requests from it (lm-eval's request keys; answers stored as "
         "JSON, never as pickles).",
     )
+    own_data: bool = Field(
+        default=True,
+        description="Also evaluate every model on the held-out split of your own data (suite `own-data`: the "
+        "greedy reply to each held-out prompt against its reference, exact match and chrF), when the data has "
+        "a validation split (data.validation_ratio or data.validation_sources); off = the suites only.",
+    )
+
+    @property
+    def backend_settings(self) -> BaseModel | None:
+        """The chosen backend's settings (its sub-section, e.g. eval.vllm); None when it has none."""
+        return settings_for(self, BACKENDS, self.backend)
+
+    def cache_view(self) -> dict[str, Any]:
+        """The eval stage's settings for its key: settings that do not change the results
+        (`_NOT_IN_KEY`) and the other backends' sub-sections left out (engine settings count only
+        for the engine that reads them)."""
+        others = {n for n in BACKENDS if n != self.backend and n in type(self).model_fields}
+        return self.model_dump(mode="json", exclude=_NOT_IN_KEY["eval"] | others)
 
 
 class ResourcesConfig(_Section):
@@ -667,23 +730,21 @@ class OutputConfig(_Section):
         return v
 
 
-#: The stages of a run, in order; `RunConfig.stage_view` knows the config each one depends on.
+#: The stages of a run, in order; each one's spec in `shadowft.stages` owns its cache key.
 #: (The `direct` baseline is the train stage applied to Instruct, not a stage of its own.)
 STAGES = ("pair", "data", "train", "delta", "graft", "eval", "report")
 
-# Fields that change how a stage runs but not what it produces (left out of cache keys).
+# Fields that change how a stage runs but not what it produces (left out of the sections' cache_view).
+# (pair.force is keyed: a forced pair check records its "(forced)" warning in pair.json.)
 _NOT_IN_KEY = {
     "train": {"save_steps", "save_total_limit", "node_rank", "main_address", "main_port", "report_to", "launcher"},
-    "pair": {"force"},
-    "eval": {"batch_size", "request_cache", "threads"},
+    "eval": {"batch_size", "request_cache", "threads", "own_data"},  # own_data: the eval's data input instead
 }
 #: TrainConfig fields that only one training method reads (the others' are left out of its key).
 METHOD_FIELDS: dict[str, set[str]] = {
     "lora": {"lora_rank", "lora_alpha", "lora_dropout", "lora_targets"},
     "full": {"full_save_dtype"},
 }
-#: TrainConfig fields that only one objective reads (left out of the other objectives' keys).
-OBJECTIVE_FIELDS: dict[str, set[str]] = {"sft": set(), "dpo": {"dpo_beta", "dpo_loss"}}
 
 
 class RunConfig(BaseModel):
@@ -727,62 +788,27 @@ class RunConfig(BaseModel):
                     "graft.alpha auto needs a validation split: set data.validation_ratio (e.g. 0.1) "
                     "or data.validation_sources"
                 )
-            if self.train.objective != "sft":
-                raise ValueError("graft.alpha auto measures the SFT loss: use it with train.objective sft")
+            if not get_objective(self.train.objective).selects_alpha:
+                raise ValueError(
+                    f"graft.alpha auto measures the SFT loss on the validation split, which train.objective "
+                    f"{self.train.objective} does not train: use it with train.objective sft"
+                )
         return self
 
     @model_validator(mode="after")
-    def _vllm_fits_a_slot(self) -> RunConfig:
-        need = self.eval.vllm.devices
-        if self.eval.backend == "vllm" and need > self.resources.devices_per_stage:
+    def _backend_fits_a_slot(self) -> RunConfig:
+        """An evaluation needing more GPUs than a stage's slot holds would fail only once it starts."""
+        backend, settings = self.eval.backend, self.eval.backend_settings
+        need = BACKENDS[backend].devices(settings) if settings is not None else 0
+        if need > self.resources.devices_per_stage:
             raise ValueError(
-                f"eval.vllm needs {need} GPUs per evaluation (tensor_parallel_size x data_parallel_size) but "
+                f"eval.backend {backend} with its settings (eval.{backend}) needs {need} GPUs per evaluation but "
                 f"resources.devices_per_stage is {self.resources.devices_per_stage}: raise it to {need}"
             )
         return self
 
     # -- views for the orchestration layer -------------------------------------------------------
-
-    def stage_view(self, stage: str) -> dict[str, Any]:
-        """The part of the config that affects `stage`'s output, as plain JSON data (for cache keys).
-
-        Inputs (model dirs, data files, upstream artifacts) are not included: the caller adds their
-        fingerprints. Method defaults are resolved (``lr: null`` and ``lr: 2e-4`` give the same view) and
-        settings that do not change the output (checkpoint cadence, `force`, eval batch size) are left out.
-
-        - pair: the pair section (model ids, revisions, threshold)
-        - data: the data section (+ the Instruct tokenizer, an input)
-        - train: the train section, objective included (+ prepared data and the model dir, inputs);
-          the `direct` baseline is this stage on the Instruct model
-        - delta: nothing of its own (base and tuned base are inputs)
-        - graft: the graft section (+ Instruct and the delta or adapter, inputs)
-        - eval: the eval section, the vllm settings only with backend vllm (+ the model dir, an input)
-        - report: eval suites and baselines
-        """
-        if stage == "pair":
-            return _dump(self.pair, exclude=_NOT_IN_KEY["pair"])
-        if stage == "data":
-            return _dump(self.data)
-        if stage == "train":
-            other_methods = set().union(*(f for m, f in METHOD_FIELDS.items() if m != self.train.method))
-            other_objectives = set().union(*(f for o, f in OBJECTIVE_FIELDS.items() if o != self.train.objective))
-            view = _dump(self.train, exclude=_NOT_IN_KEY["train"] | other_methods | other_objectives)
-            view["lr"] = self.train.effective_lr
-            if self.train.method == "lora":
-                view["lora_alpha"] = self.train.effective_lora_alpha
-            return view
-        if stage == "delta":
-            return {}
-        if stage == "graft":
-            return self.graft.cache_view()
-        if stage == "eval":
-            view = _dump(self.eval, exclude=_NOT_IN_KEY["eval"])
-            if self.eval.backend != "vllm":  # the engine settings count only for the engine that reads them
-                view.pop("vllm")
-            return view
-        if stage == "report":
-            return {"suites": list(self.eval.suites), "baselines": list(self.baselines)}
-        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    # (cache keys: each stage spec in shadowft.stages owns its key, from its section's `cache_view`)
 
     def placeholders(self) -> list[str]:
         """The ``zoo:NAME`` placeholders this config uses (model and data sources), in order."""
@@ -813,10 +839,6 @@ class RunConfig(BaseModel):
     def to_yaml(self) -> str:
         """The config as YAML (every key, defaults included), loadable with `load_config`."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-
-def _dump(section: BaseModel, exclude: set[str] | None = None) -> dict[str, Any]:
-    return section.model_dump(mode="json", exclude=exclude or set())
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -976,7 +998,23 @@ def load_model(
             sections = ", ".join(list(model.model_fields)[:3])
             raise ShadowFTError(f"{p}: a {what} must be a mapping of sections ({sections}, ...)")
         data = loaded
+    return _with_overrides(model, data, overrides, where=where, what=what, example=example)
 
+
+def apply_overrides(
+    config: M, overrides: list[str] | tuple[str, ...], *, what: str = "config", example: str = "examples/toy.yaml"
+) -> M:
+    """`config` with ``key.sub=value`` overrides applied, exactly as the CLI's `--set` applies them to a
+    file (a deployment run's `overrides` parameter), and validated again."""
+    if not overrides:
+        return config
+    data = config.model_dump(mode="json")
+    return _with_overrides(type(config), data, overrides, where="overrides", what=what, example=example)
+
+
+def _with_overrides(
+    model: type[M], data: dict[str, Any], overrides: list[str] | tuple[str, ...], *, where: str, what: str, example: str
+) -> M:
     overridden: dict[str, str] = {}
     for text in overrides:
         keys, value = parse_override(text)
@@ -1009,7 +1047,8 @@ def _describe(err: dict[str, Any], overridden: dict[str, str], root: type[BaseMo
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
         allowed = _allowed_keys(root, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        alias = next((k for k in KNOWN_ALIASES.get(loc[-1], ()) if k in allowed), None)
+        close = [alias] if alias else difflib.get_close_matches(loc[-1], allowed, n=1)
         msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
         if allowed:
             msg += f"; allowed: {', '.join(allowed)}"
@@ -1031,6 +1070,10 @@ def _describe(err: dict[str, Any], overridden: dict[str, str], root: type[BaseMo
         msg = "must be a finite number"
     elif kind == "value_error":
         msg = str(ctx.get("error", err.get("msg", "")))
+    elif kind == "list_type" and isinstance(err.get("input"), str | int | float) and loc:
+        example = {"suites": "[gsm8k,arc_easy]", "sources": "[data/a.jsonl,data/b.jsonl]"}.get(loc[-1], "[a,b]")
+        got = err["input"]
+        msg = f"must be a list in brackets, e.g. {key}=[{got}] or {key}={example}"
     else:
         msg = err.get("msg", "invalid value")
         msg = msg[:1].lower() + msg[1:]
@@ -1041,6 +1084,38 @@ def _describe(err: dict[str, Any], overridden: dict[str, str], root: type[BaseMo
     if src:
         msg += f" [from override {src!r}]"
     return f"{key}: {msg}"
+
+
+#: Keys people bring from transformers / TRL / other trainers -> ours (in the section where they are
+#: unknown): `train.learning_rate` gets "did you mean 'lr'?", which difflib does not find.
+KNOWN_ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("lr",),
+    "num_train_epochs": ("epochs",),
+    "num_epochs": ("epochs",),
+    "per_device_train_batch_size": ("batch_size",),
+    "per_device_eval_batch_size": ("batch_size",),
+    "train_batch_size": ("batch_size",),
+    "gradient_accumulation_steps": ("grad_accum",),
+    "lr_scheduler_type": ("scheduler",),
+    "warmup_steps": ("warmup_ratio",),
+    "r": ("lora_rank",),
+    "lora_r": ("lora_rank",),
+    "target_modules": ("lora_targets",),
+    "bf16": ("precision",),
+    "fp16": ("precision",),
+    "torch_dtype": ("precision",),
+    "dtype": ("precision",),
+    "max_seq_length": ("max_length",),
+    "max_seq_len": ("max_length",),
+    "cutoff_len": ("max_length",),
+    "seq_length": ("max_length",),
+    "dataset": ("sources",),
+    "datasets": ("sources",),
+    "data_files": ("sources",),
+    "tasks": ("suites",),
+    "model_name_or_path": ("base",),
+    "output_dir": ("root",),
+}
 
 
 def _override_for(loc: list[str], overridden: dict[str, str]) -> str | None:

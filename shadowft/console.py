@@ -20,13 +20,20 @@ class LineConsole(Console):
     path in "wrote ..." or an error would then reach a file, a log collector or `grep` split in two,
     and a table's cells would be cut short. Off a terminal, a message made only of text is printed on
     one line (`soft_wrap`), and a table at its natural width (wider than `COLUMNS` when it must be).
-    On a terminal, rich wraps as usual.
+    On a terminal, rich wraps text as usual, and a table wider than the terminal is shown in a layout
+    that fits (`shadowft.tables.fit_table`: less chrome, transposed scores, or a list of blocks)
+    instead of cells cut to a few characters.
     """
 
     _width_lock = threading.Lock()
 
     def print(self, *objects: Any, soft_wrap: bool | None = None, **kwargs: Any) -> None:
         if self.is_terminal:
+            from rich.table import Table
+
+            from shadowft.tables import fit_table
+
+            objects = tuple(fit_table(o, self) if isinstance(o, Table) else o for o in objects)
             super().print(*objects, soft_wrap=soft_wrap, **kwargs)
             return
         if soft_wrap is None and all(isinstance(o, str) for o in objects):

@@ -36,6 +36,22 @@ from typing import Any
 from shadowft.config import ZOO_PREFIX, DataConfig
 from shadowft.errors import OutputExistsError, ShadowFTError
 from shadowft.files import atomic_output_dir
+from shadowft.formats import (
+    TOOLS_HINT,
+    RowRefused,
+    canonical_row,
+    check_rendered_tools,
+    check_sft_row,
+    info_data_path,
+    read_dataset_info,
+    split_info_source,
+    text_content,
+    tool_call,
+    tool_calls_from_text,
+    tool_definitions,
+    tool_support_problem,
+    uses_tools,
+)
 
 IGNORE_INDEX = -100
 MAX_REPORTED = 8
@@ -51,8 +67,10 @@ SHAREGPT_ROLES = {
     "bard": "assistant",
     "model": "assistant",
     "system": "system",
+    "function_call": "assistant",  # LLaMA-Factory: the assistant calls a tool (the call as JSON)
+    "observation": "tool",  # LLaMA-Factory: the tool's result
 }
-MESSAGE_ROLES = {"system", "user", "assistant"}
+MESSAGE_ROLES = {"system", "user", "assistant", "tool"}
 LOCAL_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 
 
@@ -109,23 +127,38 @@ class _Problems:
     def __init__(self, what: str = "training data", formats_hint: str | None = None) -> None:
         self.items: list[str] = []
         self.count = 0
+        self.refused = 0  # rows that are well formed but cannot be trained on (each kind with its hint)
+        self.hints: dict[str, None] = {}
         self.what = what
         self.formats_hint = formats_hint or (
             "accepted formats: messages (role/content), sharegpt (from/value), alpaca (instruction/input/output)"
         )
 
-    def add(self, where: str, problem: str) -> None:
+    def add(self, where: str, problem: str, hint: str | None = None) -> None:
         self.count += 1
+        if hint is not None:
+            self.refused += 1
+            self.hints.setdefault(hint)
         if len(self.items) < MAX_REPORTED:
             self.items.append(f"{where}: {problem}")
+
+    def add_error(self, where: str, exc: ValueError) -> None:
+        """A record's ValueError (a `RowRefused` carries its own hint)."""
+        self.add(where, str(exc), exc.hint if isinstance(exc, RowRefused) else None)
 
     def raise_if_any(self) -> None:
         if not self.count:
             return
         more = f"\n  ... and {self.count - len(self.items)} more" if self.count > len(self.items) else ""
+        malformed = self.count - self.refused
+        head = " and ".join(
+            ([f"{malformed} malformed record(s)"] if malformed else [])
+            + ([f"{self.refused} record(s) it cannot train on"] if self.refused else [])
+        )
+        hints = list(self.hints) + (["fix or remove these records; " + self.formats_hint] if malformed else [])
         raise ShadowFTError(
-            f"{self.count} malformed record(s) in the {self.what}:\n  " + "\n  ".join(self.items) + more,
-            hint="fix or remove these records; " + self.formats_hint,
+            f"{head} in the {self.what}:\n  " + "\n  ".join(self.items) + more,
+            hint="; ".join(hints),
         )
 
 
@@ -277,11 +310,11 @@ def _read_parquet(path: Path, problems: _Problems) -> Iterator[_Record]:
         yield _Record(f"{path} row {i + 1}", row)
 
 
-def _read_hub(name: str, split: str, problems: _Problems) -> Iterator[_Record]:
+def _read_hub(name: str, split: str, problems: _Problems, subset: str | None = None) -> Iterator[_Record]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(name, split=split)
+        ds = datasets.load_dataset(name, subset, split=split)
     except Exception as exc:  # noqa: BLE001 - network, missing split, missing dataset
         raise ShadowFTError(
             f"cannot load data source {name!r} (split {split!r}): {type(exc).__name__}: {exc}",
@@ -294,6 +327,8 @@ def _read_hub(name: str, split: str, problems: _Problems) -> Iterator[_Record]:
 
 def looks_local(ref: str) -> bool:
     """A path the user meant as a local file or dir (not a hub id like `org/name`, not `zoo:`)."""
+    if split_info_source(ref) is not None:
+        return True  # PATH/dataset_info.json#NAME
     return not ref.startswith(ZOO_PREFIX) and (
         ref.startswith((".", "/", "~")) or ref.count("/") > 1 or Path(ref).suffix.lower() in LOCAL_SUFFIXES
     )
@@ -302,6 +337,15 @@ def looks_local(ref: str) -> bool:
 def check_sources_exist(sources: list[str]) -> None:
     """Fail in milliseconds on a local data file that is not there (before any model is loaded)."""
     for source in sources:
+        if split_info_source(source) is not None:
+            attr = read_dataset_info(source)  # the file and the name exist, the entry is one shadowft reads
+            data = info_data_path(attr)
+            if data is not None and not data.exists():
+                raise ShadowFTError(
+                    f"data source {source!r}: its file_name {attr.file_name!r} does not exist ({data})",
+                    hint=f"file_name is read relative to {attr.info_file.parent}",
+                )
+            continue
         if looks_local(source) and not Path(source).expanduser().exists():
             raise ShadowFTError(
                 f"data source {source!r} does not exist",
@@ -318,6 +362,8 @@ def _read_source(
             f"data source {source!r} is a placeholder",
             hint="resolve placeholders with RunConfig.resolve(...) before preparing data",
         )
+    if split_info_source(source) is not None:
+        return _read_info_source(source, split, problems, max_bytes)
     path = Path(source).expanduser()
     kind = LOCAL_SUFFIXES.get(path.suffix.lower())
     if path.is_dir():  # a dataset repo snapshot or a folder of data files: `datasets` reads it
@@ -334,6 +380,43 @@ def _read_source(
     if kind is not None or source.startswith((".", "/", "~")):
         raise ShadowFTError(f"data file {source} does not exist", hint="check data.sources in the config")
     return source, _read_hub(source, split, problems)
+
+
+def _read_info_source(source: str, split: str, problems: _Problems, max_bytes: int) -> tuple[str, Iterator[_Record]]:
+    """A data set of a LLaMA-Factory ``dataset_info.json``: its rows, as canonical rows (`canonical_row`)."""
+    attr = read_dataset_info(source)
+    data = info_data_path(attr)
+    if data is None:
+        records = _read_hub(str(attr.hf_hub_url), attr.split, problems, attr.subset)
+    else:
+        if not data.exists():
+            raise ShadowFTError(f"data source {source!r}: {data} does not exist", hint="check file_name")
+        files = sorted(f for f in data.iterdir() if f.is_file()) if data.is_dir() else [data]
+        bad = [f.name for f in files if f.suffix.lower() not in LOCAL_SUFFIXES]
+        if bad or not files:
+            raise ShadowFTError(
+                f"data source {source!r}: {data} holds {', '.join(bad[:3]) or 'no files'}",
+                hint="shadowft reads .json, .jsonl and .parquet data files",
+            )
+        records = _chain(_read_source(str(f), split, problems, max_bytes)[1] for f in files)
+
+    def canonical() -> Iterator[_Record]:
+        n = 0
+        for rec in records:
+            if attr.num_samples is not None and n >= attr.num_samples:
+                return
+            n += 1
+            try:
+                yield _Record(rec.where, canonical_row(rec.data, attr))
+            except ValueError as exc:
+                problems.add_error(rec.where, exc)
+
+    return f"{source}", canonical()
+
+
+def _chain(parts: Iterator[Iterator[_Record]]) -> Iterator[_Record]:
+    for part in parts:
+        yield from part
 
 
 # -- formats -------------------------------------------------------------------------------------
@@ -355,44 +438,83 @@ def detect_format(record: Any) -> str | None:
     return None
 
 
-def to_messages(record: Any, fmt: str) -> list[dict[str, str]]:
+def to_messages(record: Any, fmt: str) -> list[dict[str, Any]]:
     """Convert one record to [{'role', 'content'}] in `fmt`; raises ValueError naming the problem."""
+    return to_conversation(record, fmt)[0]
+
+
+def to_conversation(record: Any, fmt: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The messages of one record in `fmt` and its tool definitions (None without); raises ValueError
+    naming the problem (`RowRefused` for a row that cannot be trained on, with its hint)."""
     if not isinstance(record, dict):
         raise ValueError(f"a record must be a JSON object, got {type(record).__name__}")  # noqa: TRY004 (caught as a record problem)
+    tools = tool_definitions(record.get("tools"))
+    if tools:
+        _check_text(json.dumps(tools, ensure_ascii=False), "field 'tools'")
     if fmt == "alpaca":
-        return _alpaca(record)
+        return _alpaca(record), tools
     key = next((k for k in ("messages", "conversations", "conversation") if k in record), None)
     if key is None:
         raise ValueError(f"missing field 'messages' or 'conversations' ({fmt} format)")
     turns = record[key]
     if not isinstance(turns, list) or not turns:
         raise ValueError(f"field {key!r} must be a non-empty list of turns")
-    msgs: list[dict[str, str]] = []
+    msgs: list[dict[str, Any]] = []
     system = record.get("system")
     if isinstance(system, str) and system.strip():
         msgs.append({"role": "system", "content": system})
+    msgs += parse_turns(turns, key, fmt)
+    if isinstance(system, str):
+        _check_text(system, "field 'system'")
+    return msgs, tools
+
+
+def parse_turns(turns: list[Any], key: str, fmt: str) -> list[dict[str, Any]]:
+    """Messages of a list of turns in the messages (role/content) or sharegpt (from/value) format, with
+    tool calls (``tool_calls``; sharegpt's ``function_call`` turns), tool results (the ``tool`` role;
+    sharegpt's ``observation``) and text content parts."""
+    msgs: list[dict[str, Any]] = []
     for i, turn in enumerate(turns):
+        what = f"{key}[{i}]"
         if not isinstance(turn, dict):
-            raise ValueError(f"{key}[{i}] is not an object")  # noqa: TRY004
+            raise ValueError(f"{what} is not an object")  # noqa: TRY004
+        calls = None
         if fmt == "sharegpt":
             if "from" not in turn or "value" not in turn:
-                raise ValueError(f"{key}[{i}] missing field 'from' or 'value' (sharegpt format)")
+                raise ValueError(f"{what} missing field 'from' or 'value' (sharegpt format)")
             raw_role, content = turn["from"], turn["value"]
             role = SHAREGPT_ROLES.get(raw_role.lower()) if isinstance(raw_role, str) else None
+            if role == "assistant" and raw_role.lower() == "function_call":
+                if not isinstance(content, str):
+                    raise ValueError(f"{what} (function_call) must hold the call as JSON text")
+                calls, content = tool_calls_from_text(content, f"{what} (function_call)"), ""
         else:
-            if "role" not in turn or "content" not in turn:
-                raise ValueError(f"{key}[{i}] missing field 'role' or 'content' (messages format)")
-            raw_role, content = turn["role"], turn["content"]
+            if "role" not in turn or ("content" not in turn and not turn.get("tool_calls")):
+                raise ValueError(f"{what} missing field 'role' or 'content' (messages format)")
+            raw_role, content = turn["role"], turn.get("content")
             role = raw_role if isinstance(raw_role, str) and raw_role in MESSAGE_ROLES else None
         if role is None:
             allowed = sorted(SHAREGPT_ROLES) if fmt == "sharegpt" else sorted(MESSAGE_ROLES)
-            raise ValueError(f"{key}[{i}] has unknown role {_brief(raw_role)} (allowed: {', '.join(allowed)})")
-        if not isinstance(content, str) or not content.strip():
-            raise ValueError(f"{key}[{i}] ({role}) has empty or non-text content")
-        _check_text(content, f"{key}[{i}] ({role}) content")
-        msgs.append({"role": role, "content": content})
-    if isinstance(system, str):
-        _check_text(system, "field 'system'")
+            raise ValueError(f"{what} has unknown role {_brief(raw_role)} (allowed: {', '.join(allowed)})")
+        if turn.get("tool_calls"):
+            if role != "assistant":
+                raise ValueError(f"{what} ({role}) has tool_calls: only assistant turns call tools")
+            value = turn["tool_calls"]
+            if not isinstance(value, list):
+                raise ValueError(f"{what} tool_calls must be a list of calls")
+            calls = [tool_call(c, f"{what} tool_calls[{k}]") for k, c in enumerate(value)]
+        if calls and content is None:
+            content = ""
+        content = text_content(content, f"{what} ({role})")
+        if not calls and not content.strip():
+            raise ValueError(f"{what} ({role}) has empty or non-text content")
+        _check_text(content, f"{what} ({role}) content")
+        msg: dict[str, Any] = {"role": role, "content": content}
+        if calls:
+            for c in calls:
+                _check_text(json.dumps(c, ensure_ascii=False), f"{what} ({role}) tool call")
+            msg["tool_calls"] = calls
+        msgs.append(msg)
     return msgs
 
 
@@ -435,11 +557,16 @@ def _alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
     return msgs
 
 
-def check_conversation(msgs: list[dict[str, str]]) -> None:
-    """Structural checks: system only first, a user turn before the first answer, ends with an answer."""
+def check_conversation(msgs: list[dict[str, Any]]) -> None:
+    """Structural checks: system only first, a user turn before the first answer, a tool result only
+    after a tool call (or another result), ends with an answer (a reply or a call)."""
     for i, m in enumerate(msgs):
         if m["role"] == "system" and i != 0:
             raise ValueError(f"turn {i}: a system message may only come first")
+        if m["role"] == "tool":
+            prev = msgs[i - 1] if i else None
+            if prev is None or not (prev["role"] == "tool" or prev.get("tool_calls")):
+                raise ValueError(f"turn {i}: a tool result (observation) must follow a tool call (function_call)")
     roles = [m["role"] for m in msgs if m["role"] != "system"]
     if "assistant" not in roles:
         raise ValueError("no assistant turn (nothing to learn)")
@@ -452,8 +579,13 @@ def check_conversation(msgs: list[dict[str, str]]) -> None:
 # -- tokenization --------------------------------------------------------------------------------
 
 
-def _render(tokenizer, msgs: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _render(
+    tokenizer, msgs: list[dict[str, Any]], add_generation_prompt: bool = False, tools: list[dict] | None = None
+) -> str:
+    """The template's rendering; `tools` only when there are some (a conversation without them renders
+    exactly as it did before tools were supported)."""
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
 
 
 #: Conversations of more messages than this find their spans from windows of a few messages.
@@ -463,10 +595,16 @@ WINDOW_REACH = 16
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use characters around each message's placeholder
 
 
-def assistant_char_spans(tokenizer, msgs: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of every assistant answer (content plus the
-    template's end-of-turn marker, e.g. ``<|im_end|>``) by prefix rendering."""
-    full = _render(tokenizer, msgs)
+def assistant_char_spans(
+    tokenizer, msgs: list[dict[str, Any]], tools: list[dict] | None = None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of every assistant answer (content or tool
+    calls, plus the template's end-of-turn marker, e.g. ``<|im_end|>``) by prefix rendering. Tool
+    results and tool definitions are outside every span (they are in the prompts)."""
+    full = _render(tokenizer, msgs, tools=tools)
+    if uses_tools(msgs, tools):
+        check_rendered_tools(full, msgs, tools)
+        return full, _exact_spans(tokenizer, msgs, full, tools)
     if len(msgs) > EXACT_SPANS_UPTO:
         spans = _windowed_spans(tokenizer, msgs, full)
         if spans is not None:
@@ -488,16 +626,20 @@ def _trim_after_eos(full: str, start: int, end: int, eos: str) -> int:
     return end
 
 
-def _exact_spans(tokenizer, msgs: list[dict[str, str]], full: str) -> list[tuple[int, int]]:
+def _exact_spans(
+    tokenizer, msgs: list[dict[str, Any]], full: str, tools: list[dict] | None = None
+) -> list[tuple[int, int]]:
     """Spans from the renderings of every prefix (quadratic in turns: used for short conversations)."""
     eos = tokenizer.eos_token or ""
-    return [_exact_span(tokenizer, msgs, full, i, eos) for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    return [_exact_span(tokenizer, msgs, full, i, eos, tools) for i, m in enumerate(msgs) if m["role"] == "assistant"]
 
 
-def _exact_span(tokenizer, msgs: list[dict[str, str]], full: str, i: int, eos: str) -> tuple[int, int]:
+def _exact_span(
+    tokenizer, msgs: list[dict[str, Any]], full: str, i: int, eos: str, tools: list[dict] | None = None
+) -> tuple[int, int]:
     """The span of assistant turn i, from the renderings of ``messages[:i]`` and ``messages[:i+1]``."""
     m = msgs[i]
-    prompt = _render(tokenizer, msgs[:i], add_generation_prompt=True)
+    prompt = _render(tokenizer, msgs[:i], add_generation_prompt=True, tools=tools)
     if not full.startswith(prompt):
         raise ShadowFTError(
             "the chat template renders a conversation prefix differently from the full conversation; "
@@ -506,13 +648,13 @@ def _exact_span(tokenizer, msgs: list[dict[str, str]], full: str, i: int, eos: s
             "prefix of the full conversation",
         )
     start = len(prompt)
-    upto = _render(tokenizer, msgs[: i + 1])
+    upto = _render(tokenizer, msgs[: i + 1], tools=tools)
     if full.startswith(upto) and len(upto) > start:
         end = len(upto)
     else:
         # Earlier turns rendered differently when they are not last (e.g. Qwen3 drops think blocks):
         # find the content after the prompt and extend over the end-of-turn token.
-        at = full.find(m["content"], start)
+        at = full.find(m["content"], start) if m["content"] else -1
         if at < 0:
             raise ShadowFTError(
                 f"cannot find assistant turn {i} in the rendered conversation",
@@ -614,7 +756,7 @@ CUT_MARGIN_TOKENS = 64
 
 
 def tokenize_conversation(
-    tokenizer, msgs: list[dict[str, str]], max_length: int | None = None
+    tokenizer, msgs: list[dict[str, Any]], max_length: int | None = None, tools: list[dict] | None = None
 ) -> tuple[list[int], list[int]]:
     """input_ids and labels (-100 outside assistant answers) for one conversation.
 
@@ -623,7 +765,7 @@ def tokenize_conversation(
     tokens, the cut cannot reach the tokens kept, and the first max_length + 1 are returned (the caller
     sees the sample is overlong). Otherwise the whole rendering is tokenized.
     """
-    full, spans = assistant_char_spans(tokenizer, msgs)
+    full, spans = assistant_char_spans(tokenizer, msgs, tools)
     enc = None
     if max_length is not None and len(full) > CUT_CHARS_PER_TOKEN * max_length:
         budget = CUT_CHARS_PER_TOKEN * max_length
@@ -672,12 +814,32 @@ def record_limit(spec: DataConfig) -> int:
     return int(getattr(spec, "max_record_mb", DEFAULT_MAX_RECORD_BYTES / 1e6) * 1_000_000)
 
 
-def check_size(msgs: list[dict[str, str]], max_bytes: int) -> None:
+def check_size(msgs: list[dict[str, Any]], max_bytes: int, tools: list[dict] | None = None) -> None:
     """ValueError when a record's text is over the limit (rows of parquet files and `datasets`, whose
     size is not known before they are read)."""
-    chars = sum(len(m["content"]) for m in msgs)
+    chars = sum(len(m["content"]) + (len(json.dumps(m["tool_calls"])) if m.get("tool_calls") else 0) for m in msgs)
+    chars += len(json.dumps(tools)) if tools else 0
     if chars > max_bytes:
         raise ValueError(_too_big(chars, max_bytes).replace("bytes,", "characters of text,", 1))
+
+
+def check_tool_support(tok: Any, convs: list[tuple[str, list[dict[str, Any]], list[dict] | None]]) -> None:
+    """Refuse tool conversations (naming the first few records) when the chat template cannot render
+    them: before anything is tokenized or trained."""
+    tooled = [(where, tools) for where, msgs, tools in convs if uses_tools(msgs, tools)]
+    if not tooled:
+        return
+    problem = tool_support_problem(tok, need_definitions=any(t for _, t in tooled))
+    if problem is None:
+        return
+    shown = "\n  ".join(where for where, _ in tooled[:MAX_REPORTED])
+    more = f"\n  ... and {len(tooled) - MAX_REPORTED} more" if len(tooled) > MAX_REPORTED else ""
+    raise ShadowFTError(
+        f"{len(tooled)} record(s) use tools, but {problem} (it would train on them without their calls):\n  "
+        + shown
+        + more,
+        hint=TOOLS_HINT,
+    )
 
 
 def rendered(where: str, work: Any) -> Any:
@@ -757,7 +919,8 @@ def tokenized_samples(spec: DataConfig, tok: Any) -> tuple[list[list[int]], list
     `prepare_dataset` does before it writes (the data loader's fuzz target, tests/test_fuzz_data.py).
     Raises `ShadowFTError` for malformed records, an empty dataset, or when every sample is too long."""
     problems = _Problems()
-    conversations: list[tuple[int, str, list[dict[str, str]]]] = []  # (source index, where, messages)
+    # (source index, where, messages, tools)
+    conversations: list[tuple[int, str, list[dict[str, Any]], list[dict[str, Any]] | None]] = []
     per_source: list[SourceStats] = []
     budget = spec.max_samples
     max_bytes = record_limit(spec)
@@ -765,11 +928,17 @@ def tokenized_samples(spec: DataConfig, tok: Any) -> tuple[list[list[int]], list
         name, records = _read_source(source, spec.split, problems, max_bytes)
         st = SourceStats(source=name, format=spec.format)
         per_source.append(st)
-        fmt: str | None = None if spec.format == "auto" else spec.format
+        # a dataset_info.json#NAME source's rows are canonical rows of the format its entry gives
+        fmt: str | None = None if spec.format == "auto" or split_info_source(source) else spec.format
         for rec in records:
             if budget is not None and len(conversations) >= budget:
                 break
             st.rows += 1
+            try:
+                check_sft_row(rec.data)
+            except RowRefused as exc:
+                problems.add_error(rec.where, exc)
+                continue
             if fmt is None:
                 fmt = detect_format(rec.data)
                 if fmt is None:
@@ -781,15 +950,15 @@ def tokenized_samples(spec: DataConfig, tok: Any) -> tuple[list[list[int]], list
                     continue
                 st.format = fmt
             try:
-                msgs = to_messages(rec.data, fmt)
+                msgs, tools = to_conversation(rec.data, fmt)
                 if spec.system_prompt and msgs[0]["role"] != "system":
                     msgs.insert(0, {"role": "system", "content": spec.system_prompt})
                 check_conversation(msgs)
-                check_size(msgs, max_bytes)
+                check_size(msgs, max_bytes, tools)
             except ValueError as exc:
-                problems.add(rec.where, str(exc))
+                problems.add_error(rec.where, exc)
                 continue
-            conversations.append((si, rec.where, msgs))
+            conversations.append((si, rec.where, msgs, tools))
         if hasattr(records, "close"):
             records.close()
     problems.raise_if_any()
@@ -799,11 +968,12 @@ def tokenized_samples(spec: DataConfig, tok: Any) -> tuple[list[list[int]], list
             hint="add records to the data files or check data.sources",
         )
 
+    check_tool_support(tok, [(where, msgs, tools) for _, where, msgs, tools in conversations])
     input_ids: list[list[int]] = []
     labels: list[list[int]] = []
-    for si, where, msgs in conversations:
+    for si, where, msgs, tools in conversations:
         st = per_source[si]
-        ids, lab = rendered(where, lambda m=msgs: tokenize_conversation(tok, m, spec.max_length))
+        ids, lab = rendered(where, lambda m=msgs, t=tools: tokenize_conversation(tok, m, spec.max_length, t))
         if len(ids) > spec.max_length:
             if spec.overlong == "drop":
                 st.dropped += 1

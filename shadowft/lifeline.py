@@ -110,11 +110,15 @@ def watch(parent: int, poll: float = POLL_S, grace: float = GRACE_S) -> int:
     return len(left)
 
 
+#: the watchers this process started (`start`): `stop_descendants` leaves them alone
+_WATCHERS: set[int] = set()
+
+
 def start() -> subprocess.Popen | None:
     """Start the watcher for this process (Linux); it ends by itself once this process has ended."""
     if not Path("/proc/self/stat").exists():
         return None
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "shadowft.lifeline", str(os.getpid())],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -122,6 +126,30 @@ def start() -> subprocess.Popen | None:
         start_new_session=True,  # Ctrl-C in the terminal reaches the command, not the watcher
         close_fds=True,
     )
+    _WATCHERS.add(proc.pid)
+    return proc
+
+
+def stop_descendants(grace: float = GRACE_S) -> int:
+    """Stop every process this one started, and what those started (in any session), as the watcher
+    would after this process ended: SIGTERM, then SIGKILL to those left after `grace` seconds (at
+    once for 0). The watchers are spared: they end by themselves. -> how many there were (Linux;
+    elsewhere 0)."""
+    if not Path("/proc/self/stat").exists():
+        return 0
+    me = os.getpid()
+    left = _descendants({me}, _table())
+    for pid in _WATCHERS:
+        left.pop(pid, None)
+    if not left:
+        return 0
+    if grace > 0:
+        _signal(left, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _alive(left):  # an exited child is a zombie: not alive
+            time.sleep(0.05)
+    _signal(left, signal.SIGKILL)
+    return len(left)
 
 
 if __name__ == "__main__":

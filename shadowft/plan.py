@@ -251,12 +251,15 @@ def estimate_for(
 def estimate_for_job(
     model_dir: Path, data_dir: Path, spec: TrainConfig, plan: LaunchPlan, *, trust_remote_code: bool = False
 ) -> MemoryEstimate:
-    """The estimate for a prepared dataset: its longest sample sets the sequence length (a DPO pair
-    runs its chosen and rejected replies side by side: twice the sequences)."""
+    """The estimate for a prepared dataset: its longest sample sets the sequence length, and the
+    objective the sequences per sample (`Objective.sequences_per_sample`: a DPO pair runs its chosen
+    and rejected replies side by side, a KTO row its completion and the KL one: twice the sequences)."""
+    from shadowft.train.objectives import get_objective
+
     stats = json.loads((Path(data_dir) / "stats.json").read_text())
     packing = bool(stats.get("packing", False))
     seq = int(stats["longest"]) * (spec.batch_size if packing else 1)
-    batch = 1 if packing else spec.batch_size * (2 if stats.get("kind") == "preference" else 1)
+    batch = 1 if packing else spec.batch_size * get_objective(spec.objective).sequences_per_sample
     est = estimate_for(model_dir, spec.model_copy(update={"batch_size": batch}), plan, seq)
     return est
 

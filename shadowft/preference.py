@@ -23,6 +23,7 @@ Layout of a prepared directory (same as SFT's, with other columns)::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,6 @@ from typing import Any
 from shadowft.config import DataConfig
 from shadowft.data import (
     CUT_CHARS_PER_TOKEN,
-    MESSAGE_ROLES,
     SHAREGPT_ROLES,
     _brief,
     _check_text,
@@ -39,12 +39,15 @@ from shadowft.data import (
     _render,
     check_conversation,
     check_size,
+    check_tool_support,
     load_tokenizer,
+    parse_turns,
     record_limit,
     rendered,
 )
 from shadowft.errors import OutputExistsError, ShadowFTError
 from shadowft.files import atomic_output_dir
+from shadowft.formats import RowRefused, check_preference_row, tool_definitions
 
 PREFERENCE_FORMATS = ("text", "messages", "sharegpt")
 FORMATS_HINT = (
@@ -112,23 +115,12 @@ def detect_preference_format(record: Any) -> str | None:
 def _message_list(value: Any, what: str) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise ValueError(f"field {what!r} must be a non-empty list of messages (messages format)")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"{what}[{i}] must be an object with 'role' and 'content'")
-        if not isinstance(m["role"], str) or m["role"] not in MESSAGE_ROLES:
-            raise ValueError(
-                f"{what}[{i}] has unknown role {_brief(m['role'])} (allowed: {', '.join(sorted(MESSAGE_ROLES))})"
-            )
-        if not isinstance(m["content"], str) or not m["content"].strip():
-            raise ValueError(f"{what}[{i}] ({m['role']}) has empty or non-text content")
-        _check_text(m["content"], f"{what}[{i}] ({m['role']}) content")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+    return parse_turns(value, what, "messages")  # tool calls, tool results and text parts too
 
 
-def _reply(value: Any, what: str, fmt: str) -> str:
-    """The assistant text of a chosen / rejected field in `fmt`."""
+def _reply(value: Any, what: str, fmt: str) -> Any:
+    """The assistant text of a chosen / rejected field in `fmt` (the whole assistant message when the
+    reply calls tools)."""
     if fmt == "text":
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"field {what!r} is empty or not text")
@@ -138,10 +130,12 @@ def _reply(value: Any, what: str, fmt: str) -> str:
         msgs = _message_list(value, what)
         if len(msgs) != 1 or msgs[0]["role"] != "assistant":
             raise ValueError(f"field {what!r} must hold exactly one assistant message")
-        return msgs[0]["content"]
+        return msgs[0] if msgs[0].get("tool_calls") else msgs[0]["content"]
     if not isinstance(value, dict) or "value" not in value:
         raise ValueError(f"field {what!r} must be an object with 'from' and 'value' (sharegpt format)")
     sender = value.get("from", "gpt")
+    if isinstance(sender, str) and sender.lower() == "function_call":  # LLaMA-Factory: the reply calls a tool
+        return parse_turns([value], what, "sharegpt")[0]
     role = SHAREGPT_ROLES.get(sender.lower()) if isinstance(sender, str) else None
     if role != "assistant":
         raise ValueError(f"field {what!r} must be an assistant reply (from: gpt), got {_brief(sender)}")
@@ -164,17 +158,7 @@ def _prompt(record: dict[str, Any], fmt: str) -> list[dict[str, str]]:
         turns = record["conversations"]
         if not turns:
             raise ValueError("field 'conversations' must be a non-empty list of turns")
-        msgs = []
-        for i, turn in enumerate(turns):
-            if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-                raise ValueError(f"conversations[{i}] missing field 'from' or 'value' (sharegpt format)")
-            role = SHAREGPT_ROLES.get(turn["from"].lower()) if isinstance(turn["from"], str) else None
-            if role is None:
-                raise ValueError(f"conversations[{i}] has unknown role {_brief(turn['from'])}")
-            if not isinstance(turn["value"], str) or not turn["value"].strip():
-                raise ValueError(f"conversations[{i}] ({role}) has empty or non-text value")
-            _check_text(turn["value"], f"conversations[{i}] ({role}) value")
-            msgs.append({"role": role, "content": turn["value"]})
+        msgs = parse_turns(turns, "conversations", "sharegpt")  # function_call / observation turns too
     system = record.get("system")
     if isinstance(system, str) and system.strip() and msgs and msgs[0]["role"] != "system":
         _check_text(system, "field 'system'")
@@ -191,13 +175,24 @@ def to_preference(record: Any, fmt: str) -> tuple[list[dict[str, str]], str, str
             raise ValueError(f"missing field {key!r}")
     prompt = _prompt(record, fmt)
     chosen, rejected = _reply(record["chosen"], "chosen", fmt), _reply(record["rejected"], "rejected", fmt)
-    if chosen.strip() == rejected.strip():
+    if _same_reply(chosen, rejected):
         raise ValueError("chosen and rejected are the same reply (nothing to prefer)")
     roles = [m["role"] for m in prompt if m["role"] != "system"]
-    if not roles or roles[-1] != "user":
-        raise ValueError("the prompt must end with a user turn")
-    check_conversation([*prompt, {"role": "assistant", "content": chosen}])
+    if not roles or roles[-1] not in ("user", "tool"):
+        raise ValueError("the prompt must end with a user turn (or a tool result)")
+    check_conversation([*prompt, _as_message(chosen)])
     return prompt, chosen, rejected
+
+
+def _as_message(reply: Any) -> dict[str, Any]:
+    """A reply as an assistant message: its text, or the message itself when it calls tools."""
+    return reply if isinstance(reply, dict) else {"role": "assistant", "content": reply}
+
+
+def _same_reply(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.strip() == b.strip()
+    return json.dumps(_as_message(a), sort_keys=True) == json.dumps(_as_message(b), sort_keys=True)
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -205,11 +200,20 @@ def to_preference(record: Any, fmt: str) -> tuple[list[dict[str, str]], str, str
 
 def render_pair(tokenizer: Any, prompt: list[dict[str, str]], chosen: str, rejected: str) -> tuple[str, str, str]:
     """Prompt text (with the generation prompt) and each reply's text up to the end-of-turn token."""
-    prompt_text = _render(tokenizer, prompt, add_generation_prompt=True)
+    prompt_text, (chosen_text, rejected_text) = render_replies(tokenizer, prompt, (chosen, rejected))
+    return prompt_text, chosen_text, rejected_text
+
+
+def render_replies(
+    tokenizer: Any, prompt: list[dict[str, Any]], replies_in: Sequence[Any], tools: list[dict] | None = None
+) -> tuple[str, list[str]]:
+    """Prompt text (with the generation prompt) and the text of each assistant reply to it, up to the
+    end-of-turn token: the prompt / completion split TRL's preference trainers read (DPO, KTO)."""
+    prompt_text = _render(tokenizer, prompt, add_generation_prompt=True, tools=tools)
     eos = tokenizer.eos_token or ""
     replies = []
-    for reply in (chosen, rejected):
-        full = _render(tokenizer, [*prompt, {"role": "assistant", "content": reply}])
+    for reply in replies_in:  # a text, or an assistant message that calls tools
+        full = _render(tokenizer, [*prompt, _as_message(reply)], tools=tools)
         if not full.startswith(prompt_text):
             raise ShadowFTError(
                 "the chat template renders the prompt differently when a reply follows; cannot split prompt and reply",
@@ -221,7 +225,7 @@ def render_pair(tokenizer: Any, prompt: list[dict[str, str]], chosen: str, rejec
         if eos and eos in text:
             text = text[: text.rindex(eos) + len(eos)]
         replies.append(text)
-    return prompt_text, replies[0], replies[1]
+    return prompt_text, replies
 
 
 # -- the stage -----------------------------------------------------------------------------------
@@ -264,7 +268,7 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
         raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
     tok = load_tokenizer(tokenizer_dir)
     problems = _Problems(what="preference data", formats_hint=FORMATS_HINT)
-    rows: list[tuple[int, str, list[dict[str, str]], str, str]] = []
+    rows: list[tuple[int, str, list[dict[str, Any]], Any, Any, list[dict] | None]] = []
     per_source: list[PreferenceSourceStats] = []
     budget = spec.max_samples
     max_bytes = record_limit(spec)
@@ -277,6 +281,11 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
             if budget is not None and len(rows) >= budget:
                 break
             st.rows += 1
+            try:
+                check_preference_row(rec.data)  # images, KTO labels: refused with their own hint
+            except RowRefused as exc:
+                problems.add_error(rec.where, exc)
+                continue
             if fmt is None:
                 fmt = detect_preference_format(rec.data)
                 if fmt is None:
@@ -285,13 +294,14 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
                 st.format = fmt
             try:
                 prompt, chosen, rejected = to_preference(rec.data, fmt)
+                tools = tool_definitions(rec.data.get("tools"))
                 if spec.system_prompt and prompt[0]["role"] != "system":
                     prompt.insert(0, {"role": "system", "content": spec.system_prompt})
-                check_size([*prompt, {"role": "assistant", "content": chosen + rejected}], max_bytes)
+                check_size([*prompt, _as_message(chosen), _as_message(rejected)], max_bytes, tools)
             except ValueError as exc:
-                problems.add(rec.where, str(exc))
+                problems.add_error(rec.where, exc)
                 continue
-            rows.append((si, rec.where, prompt, chosen, rejected))
+            rows.append((si, rec.where, prompt, chosen, rejected, tools))
         if hasattr(records, "close"):
             records.close()
     problems.raise_if_any()
@@ -304,10 +314,11 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
     columns: dict[str, list[str]] = {"prompt": [], "chosen": [], "rejected": []}
     counts = {"prompt": 0, "chosen": 0, "rejected": 0}
     longest = 0
-    for si, where, prompt, chosen, rejected in rows:
+    check_tool_support(tok, [(where, [*p, _as_message(c)], t) for _, where, p, c, _, t in rows])
+    for si, where, prompt, chosen, rejected, tools in rows:
         st = per_source[si]
-        pair = rendered(where, lambda p=prompt, c=chosen, r=rejected: render_pair(tok, p, c, r))
-        texts = dict(zip(("prompt", "chosen", "rejected"), pair, strict=True))
+        pair = rendered(where, lambda p=prompt, c=chosen, r=rejected, t=tools: render_replies(tok, p, (c, r), t))
+        texts = dict(zip(("prompt", "chosen", "rejected"), (pair[0], *pair[1]), strict=True))
         n = {k: count_tokens(tok, v, spec.max_length) for k, v in texts.items()}
         length = n["prompt"] + max(n["chosen"], n["rejected"])
         if length > spec.max_length:

@@ -12,9 +12,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from shadowft.evaluate.results import filtered_score
 from shadowft.tables import chance_cells, markdown_row, markdown_table, pct, with_change
 
 REFERENCE_MODEL = "instruct"
+#: The suite of the user's own held-out data (`shadowft.evaluate.own_data`) and its filter.
+OWN_DATA = "own-data"
+OWN_DATA_FILTER = "strip"
 #: Decimal places of every fraction written to a summary (0.1 % is 0.001; 6 places hide float noise
 #: such as -0.020000000000000018 without losing anything a table shows).
 DIGITS = 6
@@ -51,10 +55,12 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     chance = {
         s: next((r["suites"][s].get("chance") for r in results.values() if s in r["suites"]), None) for s in suites
     }
+    if OWN_DATA in suites:  # last, and apart from the mean: the user's data, not a benchmark
+        suites = [s for s in suites if s != OWN_DATA] + [OWN_DATA]
     rows: dict[str, dict[str, float | None]] = {}
     for model, r in results.items():
         scores = {s: (r["suites"][s]["score"] if s in r["suites"] else None) for s in suites}
-        vals = [v for v in scores.values() if v is not None]
+        vals = [v for s, v in scores.items() if v is not None and s != OWN_DATA]
         scores["mean"] = sum(vals) / len(vals) if vals else None
         rows[model] = scores
     ref = rows.get(REFERENCE_MODEL)
@@ -80,7 +86,36 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "change_vs_instruct": change,
             "reference": REFERENCE_MODEL,
             "backends": {model: r.get("backend", "hf") for model, r in results.items()},
+            **({"own_data": own_data_scores(results)} if OWN_DATA in suites else {}),
         }
+    )
+
+
+def own_data_scores(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per model, the own-data suite's exact match (its score) and chrF (the softer text overlap)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for model, r in results.items():
+        suite = (r.get("suites") or {}).get(OWN_DATA)
+        if suite is None:
+            continue
+        out[model] = {
+            "exact_match": suite.get("score"),
+            "chrf": filtered_score(suite, OWN_DATA_FILTER, "chrf"),
+            "n": suite.get("n"),
+        }
+    return out
+
+
+def own_data_note(summary: dict[str, Any]) -> str | None:
+    """The own-data line under a score table: what the column is, and each model's chrF beside it."""
+    own = summary.get("own_data")
+    if not own:
+        return None
+    chrf = ", ".join(f"{m} {pct(v.get('chrf'))}" for m, v in own.items())
+    return (
+        f"**{OWN_DATA}**: your data's held-out split, the greedy reply against the reference; exact match in the "
+        f"table (not in the mean), chrF (text overlap, %): {chrf}. Replies side by side: `samples.md` in the run "
+        "folder."
     )
 
 
@@ -126,9 +161,9 @@ def to_markdown(summary: dict[str, Any], title: str = "Shadow-FT results") -> st
         markdown_row(["*chance*", *chance_cells(summary, summary["suites"]), ""]),
         markdown_row(["*items*", *(str(summary["n"].get(s) or "-") for s in summary["suites"]), ""]),
     ]
-    note = backend_note(summary)
-    if note:
-        lines += ["", note]
+    for note in (own_data_note(summary), backend_note(summary)):
+        if note:
+            lines += ["", note]
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ Each run gets `<output.root>/<name>/<YYYYmmdd-HHMMSS>/` (and `<name>/latest` poi
     loss.png       the training loss curves
     config.yaml    the run's resolved config (re-run it with `shadowft run config.yaml`)
     artifacts.json the store artifacts the run used or built (stage, key, path)
+    samples.md     with a validation split: each model's replies to held-out prompts beside the reference
 
 The artifacts stay in the content-addressed store; the folder only points at them.
 
@@ -31,7 +32,7 @@ from typing import Any
 
 from shadowft.errors import ShadowFTError
 from shadowft.files import umask
-from shadowft.report import DIGITS, REFERENCE_MODEL, rounded, suite_stderr
+from shadowft.report import DIGITS, REFERENCE_MODEL, own_data_note, rounded, suite_stderr
 from shadowft.tables import markdown_table, pct
 
 PROMOTED_MODEL = "shadow-ft"
@@ -160,6 +161,7 @@ def score_rows(summary: dict[str, Any]) -> list[list[str]]:
 def report_markdown(title: str, summary: dict[str, Any], run: dict[str, Any]) -> str:
     """The run folder's report.md: what produced the scores, the scores, the stage times."""
     p, d, g, e = run["pair"], run["data"], run["graft"], run["eval"]
+    note = own_data_note(summary)
     lines = [
         f"# {title}",
         "",
@@ -172,6 +174,7 @@ def report_markdown(title: str, summary: dict[str, Any], run: dict[str, Any]) ->
         "",
         *markdown_table(["model", *summary["suites"], "mean"], score_rows(summary)),
         "",
+        *([note.replace("`samples.md` in the run folder", "[samples.md](samples.md)"), ""] if note else []),
         "![scores](chart.png) ![loss](loss.png)",
         "",
         "## What was run",
@@ -206,6 +209,67 @@ def report_markdown(title: str, summary: dict[str, Any], run: dict[str, Any]) ->
         "",
     ]
     return "\n".join(lines)
+
+
+#: Held-out prompts shown in `samples.md`, and the longest a cell of it gets (characters).
+SAMPLE_ROWS = 8
+SAMPLE_CELL = 160
+
+
+def _cell(text: Any) -> str:
+    """A markdown table cell: one line, pipes escaped, long text cut with an ellipsis."""
+    one = " ".join(str(text).split()).replace("|", "\\|")
+    return one if len(one) <= SAMPLE_CELL else one[: SAMPLE_CELL - 1] + "…"
+
+
+def _own_data_rows(eval_dir: Path) -> dict[int, dict[str, Any]]:
+    from shadowft.evaluate.own_data import OWN_DATA_TASK
+
+    file = eval_dir / f"samples_{OWN_DATA_TASK}.jsonl"
+    rows: dict[int, dict[str, Any]] = {}
+    if file.is_file():
+        for line in file.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                rows[int(row["doc_id"])] = row
+            except (ValueError, KeyError, TypeError):
+                continue
+    return rows
+
+
+def samples_markdown(evals: dict[str, Path], limit: int = SAMPLE_ROWS) -> str | None:
+    """`samples.md`: each model's greedy reply to the first held-out prompts of the user's data (the
+    own-data suite's per-sample logs) beside the reference, a mark for an exact match. None when no
+    evaluation ran own-data."""
+    per_model = {m: _own_data_rows(p) for m, p in evals.items()}
+    per_model = {m: r for m, r in per_model.items() if r}
+    if not per_model:
+        return None
+    ids = sorted(set().union(*(r.keys() for r in per_model.values())))[:limit]
+    first = next(iter(per_model.values()))
+    lines = [
+        "# Sample replies on your held-out data",
+        "",
+        f"The first {len(ids)} held-out prompts of the `own-data` suite, the reference reply and each model's "
+        "greedy reply (✓ = exact match). Every reply is in the evaluations' `samples_own_data.jsonl`.",
+        "",
+    ]
+    rows = []
+    for i in ids:
+        doc = next((r[i]["doc"] for r in per_model.values() if i in r), first.get(i, {}).get("doc", {}))
+        cells = [_cell(doc.get("question", "")), _cell(doc.get("answer", ""))]
+        for rows_of_model in per_model.values():
+            row = rows_of_model.get(i)
+            if row is None:
+                cells.append("-")
+                continue
+            reply = row.get("filtered_resps") or row.get("resps") or [""]
+            while isinstance(reply, list):
+                reply = reply[0] if reply else ""
+            cells.append(("✓ " if row.get("exact_match") == 1 else "") + (_cell(reply) or "(empty)"))
+        rows.append(cells)
+    lines += markdown_table(["prompt", "reference", *per_model], rows, text_columns=2 + len(per_model))
+    return "\n".join(lines) + "\n"
 
 
 def loss_chart(path: Path, curves: dict[str, list[dict[str, float]]]) -> Path:
@@ -278,6 +342,9 @@ def publish_run(
             if label.startswith("train-")
         }
         loss_chart(tmp / "loss.png", curves)
+        samples = samples_markdown(evals)
+        if samples:
+            (tmp / "samples.md").write_text(samples)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         index = {
             label: {"key": _manifest(p).get("key"), "path": str(p)}

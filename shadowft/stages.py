@@ -127,8 +127,17 @@ def tokenizer_ref(model_dir: str | Path) -> str:
 
 
 def source_ref(source: str) -> str:
+    """A data source's part of the data key: the content of every local file it reads (a
+    `dataset_info.json#NAME` source: the index and the data it names), else its name (a hub id)."""
     p = Path(source)
-    return "fp:" + fingerprint_path(p) if p.exists() else f"name:{source}"
+    if p.exists():
+        return "fp:" + fingerprint_path(p)
+    from shadowft.formats import source_files
+
+    files = source_files(source)
+    if not files:
+        return f"name:{source}"
+    return "fp:" + "+".join(fingerprint_path(f) for f in files) + "#" + source.rpartition("#")[2]
 
 
 def artifact_ref(a: Artifact) -> str:
@@ -174,24 +183,24 @@ def resolve_model(ref: str, revision: str | None = None, role: str = "model", tr
 def preflight(config: RunConfig) -> None:
     """Checks that need neither models nor data, run before any stage so that a typo does not cost a
     training run: the evaluation suites exist, code suites are opted in (HF_ALLOW_CODE_EVAL=1), the
-    training launch can run here (strategy, processes, accelerate config, tracker package) and so
-    can the evaluation backend (vllm: the package and enough GPUs)."""
+    training launch can run here (strategy, processes, the launcher's own preflight, tracker
+    package) and so can the evaluation backend (its own preflight: packages, GPUs)."""
     from shadowft.evaluate import require_code_opt_in, resolve_suites
-    from shadowft.train.preflight import check_accelerate_config, check_tracker
-    from shadowft.train.resources import resolve_launch
+    from shadowft.evaluate.backends import get_backend
+    from shadowft.train.preflight import check_launch
 
     check_local_inputs(config)
     require_code_opt_in(resolve_suites(config.eval.suites))
-    # the launch (processes, nodes, strategy), its engine config and the tracker: before any stage
-    plan = resolve_launch(config.train)
-    check_tracker(config.train.report_to)
-    if plan.launcher == "accelerate":
-        check_accelerate_config(plan)
-    if config.eval.backend != "hf":  # a missing engine or GPU fails now, not after hours of training
-        from shadowft.evaluate.backends import get_backend
+    # the launch (processes, nodes, strategy), the launcher's engine config and the tracker: before any stage
+    check_launch(config.train)
+    # a missing engine or GPU fails now, not after hours of training
+    get_backend(config.eval.backend, **_backend_settings(config.eval)).preflight()
 
-        settings = config.eval.vllm.model_dump() if config.eval.backend == "vllm" else {}
-        get_backend(config.eval.backend, **settings).preflight()
+
+def _backend_settings(eval_cfg: EvalConfig) -> dict[str, Any]:
+    """The chosen backend's settings (its `eval.<name>` sub-section), as its keyword arguments."""
+    settings = eval_cfg.backend_settings
+    return settings.model_dump() if settings is not None else {}
 
 
 def check_local_inputs(config: RunConfig) -> None:
@@ -207,7 +216,30 @@ def check_local_inputs(config: RunConfig) -> None:
                 hint=f"set pair.{role} to a local model dir or a hub id like Qwen/Qwen3-4B"
                 + ("-Base" if role == "base" else ""),
             )
+        if not looks_local(ref) and not ref.startswith("zoo:") and not p.exists():
+            _check_hub_id(ref, role, getattr(config.pair, f"{role}_revision", None))
     check_sources_exist(config.data.sources)
+
+
+def _check_hub_id(ref: str, role: str, revision: str | None) -> None:
+    """`org/name` that is not a local dir: a hub id, unless `org` is a local folder (then it is a path
+    with a typo); offline (HF_HUB_OFFLINE) it must be in the HF cache. Both said in milliseconds,
+    not after a hub request and the Prefect start."""
+    head = ref.split("/", 1)[0]
+    if Path(head).expanduser().is_dir():
+        raise ShadowFTError(
+            f"{role} model {ref!r}: no such directory ({head}/ exists here, {ref} does not)",
+            hint=f"set pair.{role} to an existing model dir (for the hub id {ref}, run from a folder without "
+            f"a {head}/ folder)",
+        )
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(ref, "config.json", revision=revision), str):
+        raise ShadowFTError(
+            f"{role} model {ref!r} is not a local directory, and as a hub id it is not in the HF cache while "
+            "HF_HUB_OFFLINE is set",
+            hint=f"download it first (unset HF_HUB_OFFLINE, or `hf download {ref}`), or give a local model dir",
+        )
 
 
 def zoo_placeholders(family_root: Path) -> dict[str, Path]:
@@ -249,17 +281,14 @@ def pair_spec(pair: PairConfig, base: Path, instruct: Path, scope: str) -> Stage
 
 
 def data_spec(data: DataConfig, instruct: Path, objective: str = "sft") -> StageSpec:
-    """Prepared training data: tokenized conversations (SFT) or rendered preference pairs (DPO)."""
+    """Prepared training data, as the objective prepares it (`Objective.prepare_data`: tokenized
+    conversations for SFT, rendered pairs for DPO, ...); the objective adds its part to the key."""
+    from shadowft.train.objectives import get_objective
+
+    impl = get_objective(objective)
 
     def produce(tmp: Path) -> dict:
-        if objective == "dpo":
-            from shadowft.preference import prepare_preferences
-
-            stats: Any = prepare_preferences(data, instruct, tmp / "data")
-        else:
-            from shadowft.data import prepare_dataset
-
-            stats = prepare_dataset(data, instruct, tmp / "data")
+        stats = impl.prepare_data(data, instruct, tmp / "data")
         from shadowft.data import load_validation
 
         validation = load_validation(tmp / "data")
@@ -274,8 +303,7 @@ def data_spec(data: DataConfig, instruct: Path, objective: str = "sft") -> Stage
     inputs = {"tokenizer": tokenizer_ref(instruct), **{f"source{i}": source_ref(s) for i, s in enumerate(data.sources)}}
     config = data.cache_view()
     inputs.update({f"validation{i}": source_ref(s) for i, s in enumerate(data.validation_sources)})
-    if objective != "sft":  # SFT keys stay as they were; other objectives prepare other data
-        config["objective"] = objective
+    config.update(impl.data_key())  # SFT adds nothing: its keys are those from before objectives existed
     return StageSpec("data", config, inputs, produce)
 
 
@@ -284,7 +312,7 @@ def train_spec(
 ) -> StageSpec:
     from shadowft.train import train_model
 
-    view = RunConfig(train=train).stage_view("train")
+    view = train.cache_view()
     spec = StageSpec("train", view, {"model": model_ref(model), "data": artifact_ref(data)}, lambda tmp: None)
 
     def produce(tmp: Path) -> dict:
@@ -333,8 +361,8 @@ def graft_spec(graft_cfg: GraftConfig, instruct: Path, update: Artifact) -> Stag
             tmp / "model",
             alpha=graft_cfg.numeric_alpha,
             scope=graft_cfg.scope,
-            method=graft_cfg.method,
-            alpha_by_module=graft_cfg.alpha_by_module or None,
+            method=graft_cfg.effective_method,
+            settings=graft_cfg.method_settings,
             pair_options=None,  # the flow's pair stage has checked (base, instruct) with pair.max_sigma
             **kwargs,
         )
@@ -434,27 +462,40 @@ def eval_spec(
     model: Path | Artifact,
     allow_code_execution: bool = False,
     store: ArtifactStore | None = None,
+    data: Artifact | None = None,
+    model_label: str | None = None,
 ) -> StageSpec:
     """With a `store`, answered requests are cached in the stage's work dir (`eval.request_cache`): a
-    killed evaluation re-run answers them from there; the work dir goes once the artifact is published."""
+    killed evaluation re-run answers them from there; the work dir goes once the artifact is published.
+    With the prepared `data` of a run that has a validation split (and `eval.own_data`), the `own-data`
+    suite is added: its lm-eval task is written into the artifact (`own-data/`) and run with the suites.
+    `model_label` names the model on the progress bars (not part of the key)."""
+    from shadowft.data import VALIDATION_DIR
     from shadowft.evaluate import evaluate_model, resolve_suites
 
     resolve_suites(eval_cfg.suites)  # unknown suites fail here, before any stage runs
     model_dir = model.path / "model" if isinstance(model, Artifact) else Path(model)
     ref = artifact_ref(model) if isinstance(model, Artifact) else model_ref(model)
+    own = data if eval_cfg.own_data and data is not None and (data.path / "data" / VALIDATION_DIR).is_dir() else None
 
     def produce(tmp: Path) -> dict:
+        from shadowft.evaluate.own_data import write_own_data_task
+
         cache = store.work_dir("eval", spec.key) if store is not None and eval_cfg.request_cache else None
+        suites = list(eval_cfg.suites)
+        if own is not None and (folder := write_own_data_task(own.path / "data", tmp / "own-data")) is not None:
+            suites.append(str(folder))
         result = evaluate_model(
             model_dir,
-            eval_cfg.suites,
+            suites,
             tmp,
+            label=model_label,
             limit=eval_cfg.limit,
             batch_size=eval_cfg.batch_size,
             apply_chat_template=eval_cfg.apply_chat_template,
             allow_code_execution=allow_code_execution,
             backend=eval_cfg.backend,
-            backend_settings=eval_cfg.vllm.model_dump() if eval_cfg.backend == "vllm" else None,
+            backend_settings=_backend_settings(eval_cfg),
             fewshot_as_multiturn=eval_cfg.fewshot_as_multiturn,
             enable_thinking=eval_cfg.enable_thinking,
             cache_dir=cache,
@@ -462,9 +503,11 @@ def eval_spec(
         )
         return {"scores": {s: r.score for s, r in result.suites.items()}, "backend": result.backend}
 
-    view = RunConfig(eval=eval_cfg).stage_view("eval")
+    view = eval_cfg.cache_view()
     # A suite given as a folder of the user's task YAMLs is an input: its content is fingerprinted.
     folders = {f"suite:{s}": "fp:" + fingerprint_path(s) for s in eval_cfg.suites if Path(s).is_dir()}
+    if own is not None:  # an input, not a setting: evaluations without a validation split keep their keys
+        folders["own_data"] = artifact_ref(own)
     spec = StageSpec("eval", {**view, "code": allow_code_execution}, {"model": ref, **folders}, produce)
     return spec
 

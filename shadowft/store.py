@@ -258,6 +258,8 @@ class ArtifactStore:
           (a crashed or running build; harmless, removed when no build holds the key);
         - foreign: what the store did not write (a key it never locked, a symlink, a stray file),
           e.g. run folders when `output.root` points into the store: reported, never removed;
+        - building: the incomplete / pending / stale entries a running build holds (its lock):
+          listed under their kind too, never removed, not garbage;
         - removed: what `remove` deleted (only what is really gone).
         """
         found: dict[str, list[str]] = {
@@ -267,6 +269,7 @@ class ArtifactStore:
             "resumable": [],
             "pending": [],
             "foreign": [],
+            "building": [],
             "removed": [],
         }
         self._verify_work(found, remove)
@@ -288,7 +291,9 @@ class ArtifactStore:
                     if self.get(stage, key) is not None:
                         continue  # published between our listing and now
                     found["pending"].append(rel)
-                    if remove and not self._in_progress(stage, d):
+                    if self._in_progress(stage, d):
+                        found["building"].append(rel)
+                    elif remove:
                         with self._token_lock(stage, key):
                             d.unlink(missing_ok=True)
                         found["removed"].append(rel)
@@ -300,7 +305,9 @@ class ArtifactStore:
                     found["foreign"].append(rel)  # a name the store never gives
                     continue
                 found["incomplete"].append(rel)
-                if remove and not self._in_progress(stage, d):
+                if self._in_progress(stage, d):
+                    found["building"].append(rel)
+                elif remove:
                     _remove(d, found["removed"], rel)
         return found
 
@@ -318,7 +325,9 @@ class ArtifactStore:
                     found["resumable"].append(rel)
                     continue
                 found["stale_work"].append(rel)
-                if remove and not self._in_progress(stage_dir.name, d):
+                if self._in_progress(stage_dir.name, d):
+                    found["building"].append(rel)
+                elif remove:
                     _remove(d, found["removed"], rel)
 
     def _in_progress(self, stage: str, d: Path) -> bool:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shadowft import interrupt
 from shadowft.stages import StageSpec
 from shadowft.store import Artifact, ArtifactStore
 
@@ -46,7 +47,15 @@ def build_stage(spec_fn: SpecFn, **args: Any) -> tuple[Artifact, bool]:
     from shadowft.stages import run
 
     spec, store = _spec(spec_fn, args)
-    return run(spec, store)
+    with interrupt.stage(_task_run_name(spec.stage)):  # what Ctrl-C says was running
+        return run(spec, store)
+
+
+def _task_run_name(default: str) -> str:
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    return ctx.task_run.name if ctx is not None else default
 
 
 def stage_options(spec_fn: SpecFn, name: str, **extra: Any) -> dict[str, Any]:
@@ -108,7 +117,8 @@ def build_stage_in_slot(spec_fn: SpecFn, resources: Any, label: str, **args: Any
     slots = plan_slots(resources)
     pool = SlotPool(Path(args["store_root"]) / "slots", slots)
     busy = f"{label} waits for a free slot (all {len(slots)} busy)"
-    with pool.acquire(on_wait=lambda: logger.info(busy)) as slot:
+    # interrupt.stage: what Ctrl-C says was running (also while waiting for a slot)
+    with interrupt.stage(label), pool.acquire(on_wait=lambda: logger.info(busy)) as slot:
         if len(slots) == 1 and not slot.devices:
             return build_stage(spec_fn, **args)
         logger.info("%s runs in slot %d (devices: %s)", label, slot.index, slot.devices or "cpu")

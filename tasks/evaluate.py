@@ -21,8 +21,10 @@ def evaluate(
     label: str,
     store_root: str,
     resources: ResourcesConfig | None = None,
+    data: Artifact | None = None,
 ) -> Artifact:
-    """Waits for a free slot of `resources` (not part of the cache key)."""
+    """Waits for a free slot of `resources` (not part of the cache key). With the run's prepared
+    `data`, the held-out split is evaluated as the `own-data` suite (when it has one)."""
     art, _ = build_stage_in_slot(
         eval_spec,
         resources or ResourcesConfig(),
@@ -30,6 +32,8 @@ def evaluate(
         eval_cfg=eval_cfg,
         model=model,
         store_root=store_root,
+        data=data,
+        model_label=label,
     )
     result = json.loads((art.path / "results.json").read_text())
     rows = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -31,6 +32,8 @@ def report(evals: dict[str, Artifact], title: str, store_root: str, selection: A
     chart = art.path / "chart.png"
     md = to_markdown(summary, title) + "\n" + compare_markdown(summary, previous, art.key) + "\n"
     md += inline_chart(chart)
-    md += f"Chart: [`{chart}`](file://{chart})\n\nSummary JSON: `{art.path / 'summary.json'}`\n\nRun history: `{history}`\n"
+    # no code span inside the link text: the Prefect UI showed its backticks literally (issue 26)
+    text = re.sub(r"([\\`*_\[\]<>])", r"\\\1", str(chart))
+    md += f"Chart: [{text}]({chart.as_uri()})\n\nSummary JSON: `{art.path / 'summary.json'}`\n\nRun history: `{history}`\n"
     create_markdown_artifact(md, key="shadow-ft-report", description=title)
     return art

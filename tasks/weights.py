@@ -42,13 +42,11 @@ def graft_chosen(
 
 def publish_graft(art: Artifact, label: str) -> None:
     info = json.loads((art.path / "manifest.json").read_text())["graft"]
-    rules = info.get("method_settings", {}).get("alpha_by_module")
-    alpha = info["alpha"]
-    if rules:  # per_module: the first matching regex gives a tensor's alpha
-        alpha = f"alpha(module) ({', '.join(f'`{rx}` {a}' for rx, a in rules.items())}, else {alpha})"
+    # the method's own description of what is added (grafts made before it: linear)
+    added = info.get("formula") or f"{info['alpha']} x update"
     md = (
         f"## Graft ({label})\n"
-        f"- W = W_instruct + {alpha} x update ({info['method']}, method {info.get('graft_method', 'linear')}), "
+        f"- W = W_instruct + {added} ({info['method']}, method {info.get('graft_method', 'linear')}), "
         f"scope `{info['scope']}`\n"
         f"- {info['grafted']} tensors grafted, {info['copied']} copied from Instruct\n"
         f"- model dir: `{art.path / 'model'}`\n" + "".join(f"- warning: {w}\n" for w in info["warnings"])

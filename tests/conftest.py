@@ -1,11 +1,28 @@
-"""Shared fixtures: tiny real models built once per session, offline environment for every test."""
+"""Shared fixtures: tiny real models built once per session, offline environment for every test.
+
+Prefect is isolated for the whole session: every `PREFECT_*` variable of the calling shell is dropped
+(`PREFECT_API_URL` / `PREFECT_API_KEY` would send the test runs to the developer's server,
+`PREFECT_PROFILES_PATH` / `PREFECT_PROFILE` pick a profile that may name one) and `PREFECT_HOME`, whose
+`profiles.toml` may name one too, is a fresh temporary directory, all before anything imports prefect.
+Set `SHADOWFT_TEST_OWN_PREFECT=1` to keep your own Prefect settings instead (e.g. to watch the test runs
+in your UI).
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("SHADOWFT_TEST_OWN_PREFECT") != "1":
+    for _key in [k for k in os.environ if k.startswith("PREFECT_")]:
+        del os.environ[_key]
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="shadowft-tests-prefect-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 
 # Offline everywhere: no test may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,11 +38,31 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_homes(tmp_path_factory: pytest.TempPathFactory):
-    """Keep HF and Prefect state of the test session out of the user's home."""
+    """Keep HF state of the test session out of the user's home (Prefect's: see the module docstring)."""
     root = tmp_path_factory.mktemp("homes")
     os.environ["HF_HOME"] = str(root / "hf")
-    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
     yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect server (real API, SQLite) for the whole session, as its API URL: starting
+    one costs about 12 s. In-process flow runs reach it through the harness's settings; subprocesses
+    through PREFECT_API_URL. Tests share the server, never a store (see `prefect_env`)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture()
+def prefect_env(prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """In-process flow runs on the session's Prefect server, with this test's own artifact store
+    (`<returned>/store`), so that what a test finds cached never depends on which tests ran before."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("SHADOWFT_HOME", str(home / "store"))
+    return home
 
 
 def _trio(tmp_path_factory, name: str, **kwargs) -> dict[str, Path]:

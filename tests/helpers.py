@@ -76,3 +76,30 @@ def peft_merged_state(instruct: Path, adapter: Path) -> dict[str, torch.Tensor]:
 def assert_nothing_written(out: Path) -> None:
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "temp dir left behind"
+
+
+def score_from_samples(eval_dir: Path, suite: str) -> tuple[float, list[int]]:
+    """A suite's score recomputed from the per-sample logs an evaluation wrote beside its results.json
+    (mean over its tasks of the mean per-sample value of each task's primary `metric,filter`), and the
+    number of samples per task: what code that never ran the model could not produce.
+    -> (score, [samples per task])"""
+    result = json.loads((Path(eval_dir) / "results.json").read_text())
+    task_scores, counts = [], []
+    for task, info in result["suites"][suite]["tasks"].items():
+        metric, _, filt = info["metric"].partition(",")
+        rows = [json.loads(x) for x in (Path(eval_dir) / result["samples"][task]).read_text().splitlines()]
+        rows = [r for r in rows if r.get("filter", filt) == filt]
+        assert rows, f"no per-sample records of {task} under filter {filt}"
+        task_scores.append(sum(float(r[metric]) for r in rows) / len(rows))
+        counts.append(len(rows))
+    return sum(task_scores) / len(task_scores), counts
+
+
+def free_port() -> int:
+    """A TCP port free on localhost right now (bound to 0, read, closed): no fixed port that another
+    run or service on the machine may hold."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import shadowft
@@ -21,6 +22,7 @@ EVERY_COMMAND = {
     "convert",
     "eval",
     "suites",
+    "chat",
     "zoo",
     "store",
     "run",
@@ -117,20 +119,59 @@ def _run_in(tmp: Path, *args: str, timeout: float = 300) -> tuple[subprocess.Com
     return r, time.monotonic() - t0
 
 
-def test_missing_inputs_fail_in_seconds_before_prefect_and_the_family(tmp_path):
-    """A missing Base dir or data file: exit 2 with a hint, no Prefect server, no family installed."""
+def test_missing_inputs_fail_before_prefect_is_imported_or_the_family_installed(tmp_path, monkeypatch):
+    """A missing Base dir or data file: exit 2 with a hint, before Prefect starts and before the family is
+    installed. The command runs with Python's import log on (PYTHONPROFILEIMPORTTIME): no module of Prefect
+    (nor of `flows`) was imported by the process, so no Prefect API could have started. Checking the inputs
+    after `from flows.shadow_ft import shadow_ft`, or in the flow, fails this test."""
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # every import, one `import time:` line on stderr
     toy = str(ROOT / "examples" / "toy.yaml")
     for override, says in (
         ("pair.base=/nonexistent", "base model '/nonexistent' is not a directory"),
         ("data.sources=[./nope.jsonl]", "data source './nope.jsonl' does not exist"),
     ):
-        r, seconds = _run_in(tmp_path, "run", toy, "--set", override)
-        assert r.returncode == 2 and says in r.stderr and "hint:" in r.stderr, r.stderr
-        assert seconds < 5 + 5  # under 5 s on an idle machine; slack for a loaded CI box
-        assert "temporary server" not in r.stderr + r.stdout
+        r, _ = _run_in(tmp_path, "run", toy, "--set", override)
+        assert r.returncode == 2 and says in r.stderr and "hint:" in r.stderr, r.stderr[-3000:]
+        imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+        assert {"shadowft.config", "shadowft.stages"} <= imported  # the log is on: the check's own modules
+        top = {name.split(".")[0] for name in imported}
+        assert "prefect" not in top and "flows" not in top, sorted(n for n in imported if "prefect" in n)[:5]
         assert not (tmp_path / ".shadowft").exists() and not (tmp_path / "runs").exists()
 
 
+def test_a_mistyped_model_path_or_an_uncached_hub_id_offline_fails_in_seconds(tmp_path):
+    """`models/my-base` where ./models exists is a path with a typo, not a hub id; a hub id offline
+    (HF_HUB_OFFLINE) must be in the HF cache. Both are said before the hub or Prefect is asked (issue 26)."""
+    (tmp_path / "models").mkdir()
+    toy = str(ROOT / "examples" / "toy.yaml")
+    r, seconds = _run_in(tmp_path, "run", toy, "--set", "pair.base=models/my-base")
+    assert r.returncode == 2 and "'models/my-base': no such directory" in r.stderr, r.stderr
+    assert seconds < 10 and "hub" not in r.stderr.split("hint:")[0] and "temporary server" not in r.stdout
+    r, seconds = _run_in(tmp_path, "run", toy, "--set", "pair.instruct=no-such-org/no-such-model")
+    assert r.returncode == 2 and "not in the HF cache while HF_HUB_OFFLINE is set" in r.stderr, r.stderr
+    assert seconds < 10 and not (tmp_path / "runs").exists()
+
+
+def test_config_errors_suggest_our_names_for_transformers_keys_and_show_the_list_form():
+    from shadowft.config import load_config
+    from shadowft.errors import ShadowFTError
+
+    for override, says in (
+        ("train.learning_rate=1e-4", "train.learning_rate: unknown key (did you mean 'lr'?)"),
+        ("train.num_train_epochs=2", "(did you mean 'epochs'?)"),
+        ("train.gradient_accumulation_steps=2", "(did you mean 'grad_accum'?)"),
+        ("data.max_seq_length=512", "(did you mean 'max_length'?)"),
+        ("eval.suites=gsm8kk", "eval.suites: must be a list in brackets, e.g. eval.suites=[gsm8kk] or "),
+    ):
+        try:
+            load_config(ROOT / "examples" / "toy.yaml", [override])
+        except ShadowFTError as exc:
+            assert says in exc.message, exc.message
+        else:
+            raise AssertionError(f"{override} was accepted")
+
+
+@pytest.mark.slow
 def test_a_failed_run_prints_its_error_once_and_leaves_no_pending_id(tmp_path):
     """The user error inside a task: one `error:` + `hint:`, none of Prefect's four echo lines, exit 2."""
     (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "user", "content": "x"}\n')
@@ -153,6 +194,7 @@ def test_a_failed_run_prints_its_error_once_and_leaves_no_pending_id(tmp_path):
     assert "Traceback" not in r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_quiet_mode_silences_the_generation_length_warning_and_verbose_keeps_it(zoo_family, tmp_path):
     """The embedded Instruct model's generation config sets max_new_tokens and lm-eval passes max_length:
     transformers warns on every generated batch (114 of a demo's lines). Quiet mode drops it."""
@@ -183,6 +225,7 @@ def test_quiet_mode_silences_the_generation_length_warning_and_verbose_keeps_it(
     assert "seem to have been set" in said["verbose"] and "seem to have been set" not in said["quiet"]
 
 
+@pytest.mark.slow
 def test_a_run_refused_by_the_promotion_gate_exits_3_with_the_table_of_drops(tmp_path):
     import json
 

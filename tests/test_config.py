@@ -1,4 +1,4 @@
-"""The run config: published defaults, YAML + overrides, errors that name the key, stage views."""
+"""The run config: published defaults, YAML + overrides, errors that name the key, cache views."""
 
 from __future__ import annotations
 
@@ -77,9 +77,9 @@ def test_yaml_with_overrides(tmp_path):
         ("data.sources=[]", "data.sources: must not be empty"),
         ("baselines=[instruct, shadow]", "baselines.1: must be one of"),
         ("graft.scope=([", "graft.scope: not 'projections', 'all' or a valid regular expression"),
-        ("graft.alpha_by_module={'(': 0.5}", "graft.alpha_by_module: '(' is not a valid regular expression"),
-        ("graft.alpha_by_module={mlp: .nan}", "graft.alpha_by_module: alpha of 'mlp' must be a finite number"),
-        ("graft.method=ties", "graft: unknown graft method 'ties'"),
+        ("graft.per_module.alpha_by_module={'(': 0.5}", "graft.per_module.alpha_by_module: '(' is not a valid regular expression"),
+        ("graft.per_module.alpha_by_module={mlp: .nan}", "graft.per_module.alpha_by_module: alpha of 'mlp' must be a finite number"),
+        ("graft.method=tie", "graft.method: unknown graft method 'tie' (did you mean 'ties'?)"),
         ("train.lora_targets=[q_proj, lm_head]", "train.lora_targets: lm_head is not adapted"),
         ("train.lrr=1e-4", "train.lrr: unknown key (did you mean 'lr'?)"),
         ("trian.lr=1e-4", "trian: unknown key (did you mean 'train'?)"),
@@ -141,25 +141,37 @@ def test_placeholders_resolve(tmp_path):
         c.resolve({"base": "b", "instruct": "i"})
 
 
-def test_stage_views_for_cache_keys():
+def test_stage_specs_own_the_cache_keys(tmp_path):
+    """One owner per key: each stage spec keys its section's `cache_view` (+ what the spec adds)."""
+    from shadowft.stages import eval_spec, pair_spec, report_spec, train_spec
+    from shadowft.store import Artifact, ArtifactStore
+
     a = RunConfig()
     assert set(STAGES) >= {"pair", "data", "train", "graft", "eval", "report"} and "direct" not in STAGES
-    for stage in STAGES:
-        a.stage_view(stage)  # JSON-able for every stage
+    assert not hasattr(a, "stage_view")  # the second owner, which disagreed with the specs, is gone
     b = load_config(None, ["train.lr=2e-4", "train.lora_alpha=16", "train.save_steps=7", "eval.batch_size=2"])
-    assert a.stage_view("train") == b.stage_view("train") and a.stage_view("train") == b.stage_view("train")
-    assert a.stage_view("eval") == b.stage_view("eval")
+    assert a.train.cache_view() == b.train.cache_view() and a.eval.cache_view() == b.eval.cache_view()
     c = load_config(None, ["train.lr=1e-4"])
-    assert a.stage_view("train") != c.stage_view("train")
-    assert a.stage_view("data") == c.stage_view("data") and a.stage_view("graft") == c.stage_view("graft")
+    assert a.train.cache_view() != c.train.cache_view()
+    assert a.data.cache_view() == c.data.cache_view() and a.graft.cache_view() == c.graft.cache_view()
     d = load_config(None, ["data.max_length=512"])
-    assert a.stage_view("data") != d.stage_view("data") and a.stage_view("train") == d.stage_view("train")
-    full = load_config(None, ["train.method=full"]).stage_view("train")
+    assert a.data.cache_view() != d.data.cache_view() and a.train.cache_view() == d.train.cache_view()
+    full = load_config(None, ["train.method=full"]).train.cache_view()
     assert "lora_rank" not in full and full["lr"] == 1e-5
-    assert load_config(None, ["train.method=full", "train.lora_rank=64"]).stage_view("train") == full
-    assert a.stage_view("delta") == {}
-    with pytest.raises(ValueError):
-        a.stage_view("nope")
+    assert load_config(None, ["train.method=full", "train.lora_rank=64"]).train.cache_view() == full
+    # the specs key exactly those views
+    model, data = tmp_path / "m", Artifact(stage="data", key="k", path=tmp_path, build_id="b")
+    model.mkdir()
+    store = ArtifactStore(tmp_path / "store")
+    assert train_spec(b.train, model, data, store).config == a.train.cache_view()
+    assert eval_spec(b.eval, model).config == {**a.eval.cache_view(), "code": False}
+    # pair.force is keyed (a forced check records "(forced)" in pair.json); report keys its models and title
+    pair = pair_spec(a.pair, model, model, "projections")
+    assert pair.config == {"max_sigma": a.pair.max_sigma, "force": False, "scope": "projections", "trust_remote_code": False}
+    assert pair_spec(a.pair.model_copy(update={"force": True}), model, model, "projections").key != pair.key
+    evals = {"instruct": Artifact(stage="eval", key="e", path=tmp_path, build_id="b")}
+    report = report_spec(evals, title="T")
+    assert report.config == {"models": ["instruct"], "title": "T"} and report_spec(evals, title="U").key != report.key
 
 
 def test_yaml_round_trip(tmp_path):
@@ -184,21 +196,21 @@ def test_graft_method_settings_and_cache_keys(llama_trio):
     from shadowft.store import Artifact
 
     a = RunConfig()
-    assert a.stage_view("graft") == {"alpha": 1.0, "scope": "projections"}  # keys of existing artifacts unchanged
+    assert a.graft.cache_view() == {"alpha": 1.0, "scope": "projections"}  # keys of existing artifacts unchanged
     linear = load_config(None, ["graft.method=linear"])
     attn = "q_proj|k_proj|v_proj|o_proj"
     pm = load_config(None, [f"graft.alpha_by_module={{'{attn}': 0.5, mlp: 1.0}}"])
     swapped = load_config(None, [f"graft.alpha_by_module={{mlp: 1.0, '{attn}': 0.5}}"])
-    assert pm.graft.effective_method == "per_module" and list(pm.graft.alpha_by_module) == [attn, "mlp"]
-    assert pm.stage_view("graft") == {
+    assert pm.graft.effective_method == "per_module" and list(pm.graft.method_settings["alpha_by_module"]) == [attn, "mlp"]
+    assert pm.graft.cache_view() == {
         "alpha": 1.0,
         "scope": "projections",
         "method": "per_module",
         "alpha_by_module": [[attn, 0.5], ["mlp", 1.0]],
     }
-    assert linear.stage_view("graft") == a.stage_view("graft") != pm.stage_view("graft")
-    assert swapped.stage_view("graft") != pm.stage_view("graft")  # the first matching rule wins: order counts
-    with pytest.raises(ShadowFTError, match="alpha_by_module: not a setting of this method"):
+    assert linear.graft.cache_view() == a.graft.cache_view() != pm.graft.cache_view()
+    assert swapped.graft.cache_view() != pm.graft.cache_view()  # the first matching rule wins: order counts
+    with pytest.raises(ShadowFTError, match="graft.per_module is set but graft.method is linear"):
         load_config(None, ["graft.method=linear", "graft.alpha_by_module={mlp: 0.5}"])
     # the pipeline's graft stage keys on the same view
     update = Artifact(stage="delta", key="k", path=llama_trio["base"], build_id="b")
@@ -207,7 +219,7 @@ def test_graft_method_settings_and_cache_keys(llama_trio):
         for name, c in {"default": a, "linear": linear, "per_module": pm, "swapped": swapped}.items()
     }
     assert keys["default"] == keys["linear"] and len(set(keys.values())) == 3
-    assert graft_spec(pm.graft, llama_trio["instruct"], update).config == pm.stage_view("graft")
+    assert graft_spec(pm.graft, llama_trio["instruct"], update).config == pm.graft.cache_view()
 
 
 @pytest.mark.parametrize(

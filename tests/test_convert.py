@@ -24,7 +24,13 @@ def test_pickled_weights_are_refused_and_convertible(llama_trio, tmp_path):
         graft(llama_trio["instruct"], tmp_path / "o", base=llama_trio["base"], tuned=pickled)
     assert_nothing_written(tmp_path / "o")
     convert_pickled_to_safetensors(pickled, tmp_path / "converted")
-    assert load_dir(tmp_path / "converted").keys() == load_dir(llama_trio["tuned"]).keys()
+    # conversion only re-serialises: every tensor must come back bit for bit, in its dtype and shape
+    got, want = load_dir(tmp_path / "converted"), load_dir(llama_trio["tuned"])
+    assert got.keys() == want.keys()
+    for name, w in want.items():
+        g = got[name]
+        assert (g.dtype, g.shape) == (w.dtype, w.shape), name
+        assert torch.equal(g.reshape(-1).view(torch.uint8), w.reshape(-1).view(torch.uint8)), f"{name} changed"
 
 
 def test_pickle_with_code_is_not_executed(tmp_path):

@@ -287,7 +287,7 @@ def test_role_that_is_a_list_is_a_record_error(tmp_path, tok_dir):
         {"instruction": "q", "output": "a", "history": 7},
     ]
     f = write_jsonl(tmp_path / "roles.jsonl", rows[:2])
-    assert f"{f} line 2: messages[0] has unknown role a list (allowed: assistant, system, user)" in _refusal(
+    assert f"{f} line 2: messages[0] has unknown role a list (allowed: assistant, system, tool, user)" in _refusal(
         tmp_path, tok_dir, f
     )
     s = write_jsonl(tmp_path / "s.jsonl", [rows[2]])

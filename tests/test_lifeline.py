@@ -24,6 +24,11 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _state(pid: int) -> str:
+    """The process's state letter in /proc (R, S, T for stopped, Z ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def _wait_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
@@ -52,6 +57,38 @@ def _children(pid: int) -> list[tuple[int, str]]:
     return out
 
 
+def _proc(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:
+        return ""
+
+
+def _sleeps(pid: int) -> int:
+    """How often `pid` has gone to sleep (its voluntary context switches)."""
+    line = next((x for x in _proc(pid, "status").splitlines() if x.startswith("voluntary_ctxt_switches")), "")
+    return int(line.split()[1]) if line else -1
+
+
+def _watcher_scans_from_now(command: int, timeout: float = 120.0) -> None:
+    """Return once the lifeline watcher of `command` has completed a /proc scan that began after this
+    call: it is seen asleep between its polls (time.sleep, at the kernel's nanosleep), then asleep there
+    again after having gone to sleep at least once more. An event, not a guess at how long the watcher
+    takes to start and poll on a busy machine."""
+    deadline = time.monotonic() + timeout
+    watcher, seen = None, None
+    while time.monotonic() < deadline:
+        if watcher is None:
+            watcher = next((p for p, c in _children(command) if "shadowft.lifeline" in c), None)
+        elif "nanosleep" in _proc(watcher, "wchan"):
+            if seen is None:
+                seen = _sleeps(watcher)
+            elif _sleeps(watcher) > seen:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"the watcher of {command} ({watcher}) was not seen between two polls in {timeout} s")
+
+
 def test_children_in_their_own_session_die_with_a_sigkilled_parent(tmp_path):
     """A child in its own session (not reachable by a process-group kill) and its child are stopped."""
     script = (
@@ -64,9 +101,11 @@ def test_children_in_their_own_session_die_with_a_sigkilled_parent(tmp_path):
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=_env(tmp_path))
     child = int(parent.stdout.readline())
-    time.sleep(1.5)  # the watcher has seen the child and its grandchild
-    grandchildren = [pid for pid, _ in _children(child)]
+    deadline = time.monotonic() + 60
+    while not (grandchildren := [pid for pid, _ in _children(child)]) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert grandchildren and _alive(child)
+    _watcher_scans_from_now(parent.pid)  # the watcher has seen the child and its grandchildren
     parent.kill()
     parent.wait()
     assert _wait_dead([child, *grandchildren]) == []
@@ -91,7 +130,7 @@ def test_sigkilled_run_leaves_no_prefect_server(tmp_path):
         server = [pid for pid, c in _children(run.pid) if "uvicorn" in c]
         time.sleep(0.3)
     assert server, "the temporary Prefect server did not start"
-    time.sleep(2)
+    _watcher_scans_from_now(run.pid)  # the watcher has seen the server
     run.kill()
     run.wait()
     assert _wait_dead(server) == []
@@ -111,8 +150,11 @@ def _port_free(port: int) -> bool:
 
 @pytest.mark.slow
 def test_serve_stopped_by_a_supervisor_frees_its_port(tmp_path):
-    """SIGTERM, then SIGKILL 3 s later (what systemd or supervisord does): server and worker are gone and
-    the port is free for the next `shadowft serve`."""
+    """SIGTERM, then SIGKILL (what systemd or supervisord does) before serve's own SIGTERM handler could
+    stop anything: server and worker (their own sessions) are stopped by the watcher (`shadowft.lifeline`)
+    and the port is free for the next `shadowft serve`. The supervisor's SIGTERM reaches serve while it
+    is stopped (SIGSTOP), stays pending, and SIGKILL ends it: serve's handler provably never ran, so this
+    fails without the watcher (the children, in their own sessions, would be re-parented and keep running)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -138,12 +180,19 @@ def test_serve_stopped_by_a_supervisor_frees_its_port(tmp_path):
         if "Prefect UI" in line or time.monotonic() > deadline:
             break
     kids = [pid for pid, c in _children(serve.pid) if "prefect" in c]
-    assert kids and not _port_free(port)
-    serve.send_signal(signal.SIGTERM)
-    time.sleep(3)
+    watcher = [pid for pid, c in _children(serve.pid) if "shadowft.lifeline" in c]
+    assert len(kids) == 2 and watcher and not _port_free(port), _children(serve.pid)  # server, worker
+    serve.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while _state(serve.pid) != "T" and time.monotonic() < deadline:  # the stop takes effect
+        time.sleep(0.05)
+    assert _state(serve.pid) == "T"
+    _watcher_scans_from_now(serve.pid)  # serve starts nothing more; the watcher has seen all it started
+    serve.send_signal(signal.SIGTERM)  # stays pending: a stopped process runs no handler
     serve.kill()
-    serve.wait()
+    assert serve.wait() == -signal.SIGKILL  # killed, not ended by its SIGTERM handler
     assert _wait_dead(kids, timeout=15) == []
+    assert _wait_dead(watcher, timeout=15) == []  # the watcher, its work done, is gone too
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not _port_free(port):
         time.sleep(0.2)

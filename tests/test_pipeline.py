@@ -18,18 +18,6 @@ STAGES_BEFORE_EVAL = ["check_pair", "prepare_data", "train-base", "train-instruc
 EVALS = ["evaluate-instruct", "evaluate-direct", "evaluate-shadow-ft"]
 
 
-@pytest.fixture(scope="module")
-def prefect_env(tmp_path_factory):
-    """A temporary Prefect server for this module's flow runs (real API, real result storage)."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("pipeline")
-    os.environ["SHADOWFT_HOME"] = str(home / "store")
-    with prefect_test_harness(server_startup_timeout=120):
-        yield home
-    os.environ.pop("SHADOWFT_HOME", None)
-
-
 def write_dataset(path: Path, n: int = 32, offset: int = 0) -> Path:
     rows = [
         {
@@ -81,6 +69,7 @@ def run_flow(cfg: RunConfig) -> tuple[str, dict[str, str], dict]:
     return state.name, states, result
 
 
+@pytest.mark.slow
 def test_lora_run_then_identical_rerun_is_all_cached(prefect_env, llama_trio, tmp_path):
     cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"))
     flow_state, states, result = run_flow(cfg)
@@ -98,6 +87,7 @@ def test_lora_run_then_identical_rerun_is_all_cached(prefect_env, llama_trio, tm
     assert states["report"] == "Completed"  # republishes the UI artifacts from the stored report
 
 
+@pytest.mark.slow
 def test_changes_rerun_exactly_the_stages_downstream(prefect_env, llama_trio, tmp_path):
     data = write_dataset(tmp_path / "d.jsonl")
     cfg = make_config(llama_trio, data)
@@ -126,6 +116,7 @@ def test_changes_rerun_exactly_the_stages_downstream(prefect_env, llama_trio, tm
     )
 
 
+@pytest.mark.slow
 def test_deleted_artifact_is_recomputed_not_returned_dangling(prefect_env, llama_trio, tmp_path):
     cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.seed=7")
     _, _, result = run_flow(cfg)
@@ -136,6 +127,7 @@ def test_deleted_artifact_is_recomputed_not_returned_dangling(prefect_env, llama
     assert Path(result2["models"]["shadow-ft"]).is_dir()
 
 
+@pytest.mark.slow
 def test_failed_run_resumes_with_earlier_stages_cached(prefect_env, llama_trio, tmp_path):
     folder = tmp_path / "my_tasks"
     folder.mkdir()
@@ -160,6 +152,7 @@ def test_failed_run_resumes_with_earlier_stages_cached(prefect_env, llama_trio, 
     assert all(states[s] == "Completed" for s in EVALS), states
 
 
+@pytest.mark.slow
 def test_full_method_grafts_a_delta(prefect_env, llama_trio, tmp_path):
     cfg = make_config(
         llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.method=full", "train.lr=1e-4", "baselines=[instruct]"
@@ -171,6 +164,7 @@ def test_full_method_grafts_a_delta(prefect_env, llama_trio, tmp_path):
     assert prov["method"] == "delta"
 
 
+@pytest.mark.slow
 def test_bad_pair_fails_fast_before_training(prefect_env, llama_trio, tmp_path, tmp_path_factory):
     from shadowft.tiny import make_trio
 
@@ -215,6 +209,7 @@ def test_two_runs_at_once_compute_each_stage_once(prefect_env, llama_trio, tmp_p
     assert ArtifactStore(store_root).verify()["incomplete"] == []
 
 
+@pytest.mark.slow
 def test_ui_artifacts_are_published(prefect_env, llama_trio, tmp_path):
     """The training progress artifact ends at 100%, the results table has a row per model."""
     from prefect.client.orchestration import get_client
@@ -235,6 +230,7 @@ def test_ui_artifacts_are_published(prefect_env, llama_trio, tmp_path):
         assert "shadow-ft" in latest("shadow-ft-report").data
 
 
+@pytest.mark.slow
 def test_cli_run_prints_the_results_table(llama_trio, tmp_path):
     cfg = make_config(llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.seed=5", "baselines=[instruct]")
     (tmp_path / "run.yaml").write_text(cfg.to_yaml())
@@ -270,6 +266,7 @@ def _floats(x):
             yield from _floats(v)
 
 
+@pytest.mark.slow
 def test_run_folder_describes_the_run_and_the_promotion_gate_decides(prefect_env, llama_trio, tmp_path):
     """runs/<name>/<time>/ holds a self-describing report; a re-tune is promoted unless a suite regresses
     (then the flow run ends Failed with the table of drops, and `promoted` stays where it was)."""

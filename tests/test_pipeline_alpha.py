@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from shadowft.config import load_config
 from shadowft.graft.select import validation_loss
 from shadowft.pair import similarity
-from tests.test_pipeline import prefect_env, run_flow  # noqa: F401  (module fixture reused)
+from tests.test_pipeline import run_flow
 
 pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "toy.yaml"
@@ -56,7 +56,7 @@ def second_instruct(zoo_family, tmp_path_factory) -> Path:
     return out
 
 
-def test_alpha_auto_chooses_from_measurements_then_is_cached(prefect_env, zoo_family):  # noqa: F811
+def test_alpha_auto_chooses_from_measurements_then_is_cached(prefect_env, zoo_family):
     cfg = family_config(
         zoo_family,
         zoo_family.instruct,
@@ -104,7 +104,7 @@ def test_alpha_auto_chooses_from_measurements_then_is_cached(prefect_env, zoo_fa
     assert all(states[s] == "Cached" for s in cached), states
 
 
-def test_new_instruct_release_reuses_data_and_training(prefect_env, zoo_family, second_instruct):  # noqa: F811
+def test_new_instruct_release_reuses_data_and_training(prefect_env, zoo_family, second_instruct):
     assert similarity(zoo_family.instruct, second_instruct).mean < 0.02
     first = family_config(zoo_family, zoo_family.instruct, "graft.alpha=0.5")
     assert run_flow(first)[0] == "Completed"

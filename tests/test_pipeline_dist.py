@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from shadowft.config import load_config
-from tests.test_pipeline import prefect_env, run_flow  # noqa: F401  (module fixture reused)
+from tests.helpers import free_port
+from tests.test_pipeline import run_flow
 
 pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "toy.yaml"
 
 
-def test_two_process_training_in_the_pipeline_then_all_cached(prefect_env, zoo_family):  # noqa: F811
+def test_two_process_training_in_the_pipeline_then_all_cached(prefect_env, zoo_family):
     fam = zoo_family
     cfg = load_config(
         EXAMPLE,
@@ -27,7 +28,7 @@ def test_two_process_training_in_the_pipeline_then_all_cached(prefect_env, zoo_f
             "train.lr=2e-3",
             "train.num_processes=2",
             "train.distributed=ddp",
-            "train.main_port=29517",
+            f"train.main_port={free_port()}",  # not in the stage key: the re-run below is still cached
             "eval.limit=10",
         ],
     )

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from shadowft.store import ArtifactStore
-from tests.test_reliability import REPO, SHADOWFT, _env, _kill, _popen, _wait_for, prefect_api, states_of_last_flow_run  # noqa: F401
+from tests.helpers import score_from_samples
+from tests.test_reliability import REPO, SHADOWFT, _env, _kill, _popen, _wait_for, states_of_last_flow_run
 
 pytestmark = pytest.mark.slow
 EXAMPLE = REPO / "examples" / "toy-dpo.yaml"
@@ -18,7 +20,7 @@ EXAMPLE = REPO / "examples" / "toy-dpo.yaml"
 OVERRIDES = ["data.max_samples=160", "train.max_steps=20", "train.save_steps=4", "eval.limit=20"]
 
 
-def test_toy_dpo_example_killed_in_training_resumes_then_is_all_cached(prefect_api, tmp_path):  # noqa: F811
+def test_toy_dpo_example_killed_in_training_resumes_then_is_all_cached(prefect_api, tmp_path):
     from shadowft.train import complete_checkpoints
 
     overrides = [*OVERRIDES, f"output.root={tmp_path / 'runs'}"]  # the run folder, not in the checkout
@@ -49,6 +51,11 @@ def test_toy_dpo_example_killed_in_training_resumes_then_is_all_cached(prefect_a
     assert list(summary["scores"]) == ["instruct", "direct", "shadow-ft"]
     assert "toy-format" in summary["suites"] and summary["chance"]["toy-format"] == 0.0
     assert summary["scores"]["instruct"]["toy-format"] == 0.0  # the behaviour is new to Instruct
+    # ... and that 0.0 is Instruct's answers to all eval.limit items, scored one by one, not a default
+    index = json.loads((tmp_path / "runs" / "toy-dpo" / "latest" / "artifacts.json").read_text())["artifacts"]
+    for model in summary["scores"]:
+        score, counts = score_from_samples(Path(index[f"eval-{model}"]["path"]), "toy-format")
+        assert summary["scores"][model]["toy-format"] == pytest.approx(score, abs=1e-6) and counts == [20]
 
     before = {(b["stage"], b["key"]) for b in store.builds()}
     r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from shadowft.config import load_config
-from tests.test_pipeline import prefect_env, run_flow  # noqa: F401  (module fixture reused)
+from tests.helpers import score_from_samples
+from tests.test_pipeline import run_flow
 
 pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "toy.yaml"
 
 
 @pytest.mark.parametrize("method,lr", [("lora", "2e-3"), ("full", "3e-4")])
-def test_demo_config_end_to_end(prefect_env, zoo_family, method, lr):  # noqa: F811
+def test_demo_config_end_to_end(prefect_env, zoo_family, method, lr):
     fam = zoo_family
     cfg = load_config(
         EXAMPLE,
@@ -38,7 +39,12 @@ def test_demo_config_end_to_end(prefect_env, zoo_family, method, lr):  # noqa: F
     assert summary["chance"]["toy-reasoning"] == 0.5
     inst = summary["scores"]["instruct"]
     assert inst["toy-coding"] > 0.2 and inst["toy-math"] > 0.05  # the family's skills are there
-    for model in ("direct", "shadow-ft"):
-        assert all(0.0 <= v <= 1.0 for v in summary["scores"][model].values() if v is not None)
+    # every model's score per suite is the mean of eval.limit per-sample records of its own evaluation
+    assert summary["n"] == {s: 20 for s in summary["suites"]}
+    index = json.loads((Path(result["folder"]) / "artifacts.json").read_text())["artifacts"]
+    for model in ("instruct", "direct", "shadow-ft"):
+        for suite in summary["suites"]:
+            score, counts = score_from_samples(Path(index[f"eval-{model}"]["path"]), suite)
+            assert summary["scores"][model][suite] == pytest.approx(score, abs=1e-6) and set(counts) == {20}
     if method == "full":
         assert states["extract_delta"] == "Completed"

@@ -76,3 +76,15 @@ def test_plan_command_prints_the_estimate_and_refuses_what_cannot_fit():
     assert "deepspeed" in res.exception.hint
     fits = runner.invoke(app, [*big, "--set", "train.distributed=deepspeed"])
     assert fits.exit_code == 0 and "fits" in fits.output, fits.output
+
+
+def test_a_plan_that_does_not_fit_this_machine_says_how_to_plan_for_gpus():
+    """Without --gpus the plan is for this machine's devices (a CPU box: its memory); the hint says so
+    and gives the options that plan for GPUs (issue 26)."""
+    res = CliRunner().invoke(app, ["plan", "examples/qwen3-4b-lora.yaml"])
+    assert "does NOT fit" in res.output and isinstance(res.exception, ShadowFTError)
+    hint = res.exception.hint
+    assert "This plan is for this machine" in hint and "--gpus 8 --gpu-memory 80" in hint, hint
+    assert "shadowft plan examples/qwen3-4b-lora.yaml --gpus" in hint and "prints the estimate" not in hint
+    told = CliRunner().invoke(app, ["plan", "examples/qwen3-4b-lora.yaml", "--gpus", "1", "--gpu-memory", "16"])
+    assert isinstance(told.exception, ShadowFTError) and "this machine" not in told.exception.hint

@@ -31,17 +31,6 @@ SENTINEL = "hf_secret-sentinel-3f9a"
 
 
 # -- fixtures --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """One temporary Prefect server for this module; subprocesses reach it through PREFECT_API_URL
-    (no ephemeral server per `shadowft run`, which saves seconds per call)."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
-
-
 @pytest.fixture()
 def store_home(tmp_path, monkeypatch) -> Path:
     """This test's own store, for in-process flow runs."""
@@ -161,6 +150,7 @@ PREFECT_CASES = [
 @pytest.mark.parametrize(
     "case, model, data, overrides, task, message", PREFECT_CASES, ids=[c[0] for c in PREFECT_CASES]
 )
+@pytest.mark.slow
 def test_bad_input_fails_the_prefect_task_with_its_message(
     prefect_api, store_home, llama_trio, bad_models, tmp_path, monkeypatch, case, model, data, overrides, task, message
 ):
@@ -198,6 +188,8 @@ RUN_CASES = [
     ("needs-trust-remote-code", "remote_code", [], "set pair.trust_remote_code: true only if"),
     ("malformed-json-line", "bad_json", [], "bad.jsonl line 3: invalid JSON"),
 ]
+#: cases refused by the config or `stages.preflight` in `shadowft run`, before Prefect is imported
+FAIL_BEFORE_PREFECT = {"unknown-key", "wrong-type", "negative-lr", "unknown-eval-suite", "code-eval-without-opt-in"}
 
 
 def _run_yaml(path: Path, trio: dict, data: Path) -> Path:
@@ -223,6 +215,7 @@ def _env(tmp_path: Path, api: str | None, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, bad, overrides, message", RUN_CASES, ids=[c[0] for c in RUN_CASES])
 def test_shadowft_run_reports_bad_input_without_traceback(
     prefect_api, llama_trio, bad_models, tmp_path, case, bad, overrides, message
@@ -233,15 +226,21 @@ def test_shadowft_run_reports_bad_input_without_traceback(
     args = [a for o in overrides for a in ("--set", o)]
     r = subprocess.run(
         [*SHADOWFT, "run", str(cfg), *args],
-        env=_env(tmp_path, prefect_api),
+        env=_env(tmp_path, prefect_api, PYTHONPROFILEIMPORTTIME="1"),  # Python logs each import on stderr
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert r.returncode == 2, r.stderr[-3000:]
-    assert message in r.stderr and "hint:" in r.stderr, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]
+    imports = [line for line in r.stderr.splitlines() if line.startswith("import time:")]
+    err = "\n".join(line for line in r.stderr.splitlines() if not line.startswith("import time:"))
+    assert r.returncode == 2, err[-3000:]
+    assert message in err and "hint:" in err, err[-3000:]
+    assert "Traceback" not in err + r.stdout, err[-3000:]
+    # config errors and the preflight checks stop the command before Prefect is imported (so before any
+    # Prefect API or stage); the others fail in a task, after Prefect started (the import log's control)
+    prefect_imported = any(line.rsplit("|", 1)[1].strip().split(".")[0] == "prefect" for line in imports)
+    assert imports and prefect_imported == (case not in FAIL_BEFORE_PREFECT), case
     store = ArtifactStore(tmp_path / "store")
     assert not [p for p in store.verify()["complete"] if not p.startswith("artifacts/pair")]
     assert store.verify()["incomplete"] == []
@@ -559,11 +558,13 @@ def test_store_verify_reports_and_removes_garbage(tmp_path):
 
 
 # -- security ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_token_never_reaches_logs_parameters_artifacts_or_manifests(
     prefect_api, store_home, llama_trio, tmp_path, monkeypatch, capfd
 ):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
     from flows.shadow_ft import shadow_ft
 
@@ -591,9 +592,18 @@ def test_token_never_reaches_logs_parameters_artifacts_or_manifests(
         if f.is_file():
             places[str(f)] = f.read_bytes().decode("latin-1")
     prefect_home = Path(os.environ["PREFECT_HOME"])
-    for f in prefect_home.rglob("*"):  # persisted task results, the local database
+    for f in prefect_home.rglob("*"):  # persisted task results
         if f.is_file() and f.stat().st_size < 50_000_000:
             places[str(f)] = f.read_bytes().decode("latin-1")
+    # The server's database: prefect_test_harness keeps it in a temp dir of its own, not in PREFECT_HOME.
+    # Its file and SQLite's write-ahead log beside it (recent rows may be there, not yet in the file).
+    db_url = PREFECT_API_DATABASE_CONNECTION_URL.value()
+    assert db_url.startswith("sqlite+aiosqlite:///"), db_url
+    db = Path(db_url.removeprefix("sqlite+aiosqlite:///"))
+    db_bytes = b"".join(f.read_bytes() for f in sorted(db.parent.glob(db.name + "*")) if f.is_file())
+    # the database scanned is the one this run was recorded in: its flow run's name and log lines are there
+    assert flow_run.name.encode() in db_bytes and logs[-1].message.encode() in db_bytes, db
+    places[f"prefect database {db}"] = db_bytes.decode("latin-1")
     leaks = [where for where, text in places.items() if SENTINEL in text]
     assert not leaks, f"HF_TOKEN leaked into: {leaks}"
 

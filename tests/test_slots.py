@@ -14,7 +14,7 @@ import pytest
 from shadowft.config import ResourcesConfig, load_config
 from shadowft.errors import CheckpointError, ShadowFTError
 from shadowft.resources import Slot, SlotPool, plan_slots, run_in_process
-from tests.test_pipeline import make_config, prefect_env, write_dataset  # noqa: F401  (module fixture reused)
+from tests.test_pipeline import make_config, write_dataset
 
 
 def test_slot_plan_defaults_and_refusals():
@@ -126,7 +126,7 @@ def _train_work(store: Path) -> list[tuple[float, float]]:
 
 
 @pytest.mark.slow
-def test_two_slots_train_base_and_instruct_side_by_side(prefect_env, llama_trio, tmp_path, monkeypatch):  # noqa: F811
+def test_two_slots_train_base_and_instruct_side_by_side(prefect_env, llama_trio, tmp_path, monkeypatch):
     from flows.shadow_ft import shadow_ft
     from tasks._stage import HEAVY_TAG
 

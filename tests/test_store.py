@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import shutil
 import time
 from pathlib import Path
@@ -83,28 +84,47 @@ def test_cache_token_is_stable_until_the_artifact_is_deleted(tmp_path):
     assert after != before  # a rebuilt artifact never matches a cache entry of the deleted one
 
 
-def _slow_build(root: str, out: str) -> None:
+def _wait_for_a_waiter(lock: Path, timeout: float = 60.0) -> None:
+    """Return once another process is blocked on `lock` (a `->` entry of /proc/locks on its inode)."""
+    st = lock.stat()
+    dev_ino = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any("->" in line and dev_ino in line.split() for line in Path("/proc/locks").read_text().splitlines()):
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"no process waited on {lock} within {timeout} s")
+
+
+def _racing_build(root: str, out: str, start) -> None:
     store = ArtifactStore(root)
 
     def produce(d: Path):
         with open(out, "a") as f:
             f.write("built\n")
-        time.sleep(1.0)
+        _wait_for_a_waiter(store._lock_path("s", "same"))  # the other builder is inside build(), held off
         (d / "v").write_text("1")
 
-    store.build("s", "same", produce)
+    start.wait(60)  # both processes started: they enter build() together, whichever spawned faster
+    _, built = store.build("s", "same", produce)
+    with open(out, "a") as f:
+        f.write(f"built={built}\n")
 
 
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="the test sees the lock's waiter in /proc/locks (Linux)")
 def test_concurrent_builds_compute_once(tmp_path):
+    """Two processes build one key at once: one computes while the other is seen blocked on the key's
+    lock, then finds the artifact. Without the lock both would compute (and the first would wait in vain)."""
     log = tmp_path / "log"
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_slow_build, args=(str(tmp_path / "store"), str(log))) for _ in range(2)]
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_racing_build, args=(str(tmp_path / "store"), str(log), start)) for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(120)
         assert p.exitcode == 0
-    assert log.read_text() == "built\n"
+    assert sorted(log.read_text().splitlines()) == ["built", "built=False", "built=True"]
     assert (ArtifactStore(tmp_path / "store").path("s", "same") / MANIFEST).exists()
 
 
@@ -204,3 +224,64 @@ def test_verify_remove_keeps_what_the_store_did_not_write(tmp_path):
     r = CliRunner().invoke(app, ["store", "verify", "--root", str(tmp_path), "--remove"])
     assert r.exit_code == 0 and "never removed" in r.output and "store is consistent" in r.output, r.output
     assert (run / "20250101-120000" / "report.md").exists()
+
+
+def _build_that_waits(root: str, key: str, started, release) -> None:
+    """A builder that has written half its artifact, holds the key's lock, and waits to be released."""
+
+    def produce(d: Path):
+        (d / "half").write_text("being written")
+        started.set()
+        if not release.wait(120):
+            raise TimeoutError("never released")
+        (d / "v").write_text("1")
+
+    ArtifactStore(root).build("s", key, produce)
+
+
+def test_verify_remove_skips_a_build_whose_builder_holds_the_lock(tmp_path):
+    """A second process is building (it holds the key's lock, its temp dir is half written, its build id
+    announced): `verify --remove` reports the temp dir and the pending id but deletes neither, and the
+    build publishes with the announced id. The same leftovers of a builder killed with SIGKILL (its lock
+    released by the kernel) are removed."""
+    from typer.testing import CliRunner
+
+    from shadowft.cli import app
+
+    ctx = mp.get_context("spawn")
+    store = ArtifactStore(tmp_path)
+    stage_dir = tmp_path / "artifacts" / "s"
+    leftovers: dict[str, list[str]] = {}
+    for key in ("live", "killed"):
+        announced = store.cache_token("s", key)  # what Prefect asks before the task runs
+        started, release = ctx.Event(), ctx.Event()
+        builder = ctx.Process(target=_build_that_waits, args=(str(tmp_path), key, started, release))
+        builder.start()
+        try:
+            assert started.wait(120), "the builder did not start"
+            tmp = [d for d in stage_dir.iterdir() if d.name.startswith(f".{key}.tmp-")]
+            assert len(tmp) == 1 and (tmp[0] / "half").is_file()
+            leftovers[key] = [f"artifacts/s/{tmp[0].name}", f"artifacts/s/.{key}.pending"]
+            if key == "killed":
+                builder.kill()  # SIGKILL: no cleanup runs; the kernel releases the lock
+                builder.join(60)
+                break
+            report = store.verify(remove=True)
+            assert leftovers["live"][0] in report["incomplete"] and leftovers["live"][1] in report["pending"]
+            assert report["removed"] == [] and (tmp[0] / "half").is_file()
+            r = CliRunner().invoke(app, ["store", "verify", "--root", str(tmp_path), "--remove"])
+            assert r.exit_code == 0, r.output  # a running build's entries are not garbage
+            assert not [line for line in r.output.splitlines() if line.endswith("removed")], r.output
+            assert "can be removed" not in r.output and "kept: a running build holds it" in r.output, r.output
+            assert (tmp[0] / "half").is_file() and (stage_dir / ".live.pending").is_file()
+        finally:
+            if builder.is_alive():  # never `set` an Event a SIGKILLed waiter slept on: notify waits for it forever
+                release.set()
+            builder.join(60)
+        assert builder.exitcode == 0
+        assert store.get("s", key).token == announced and (store.path("s", key) / "v").is_file()
+    assert builder.exitcode == -9
+    report = store.verify(remove=True)
+    assert sorted(report["removed"]) == sorted(leftovers["killed"]), report
+    assert not [d for d in stage_dir.iterdir() if d.name.startswith(".killed")]
+    assert store.verify()["incomplete"] == [] and store.verify()["complete"] == ["artifacts/s/live"]

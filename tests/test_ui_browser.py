@@ -133,6 +133,74 @@ def served(tmp_path, llama_trio):
                 shutil.copy(p, SHOTS / Path(name).name)
 
 
+def _properties(schema: dict):
+    """(definition, field, property) for every field of every model in a parameter schema."""
+    for name, model in schema["definitions"].items():
+        for field, prop in model.get("properties", {}).items():
+            yield name, field, prop
+
+
+def test_every_setting_renders_with_its_description_and_range(served):
+    """The implementations' own settings (built from the registries: eval.vllm, train.accelerate,
+    train.dpo, graft methods') reach the form like the sections' fields: described, bounded, and
+    validated before a run exists."""
+    from playwright.sync_api import expect, sync_playwright
+
+    base, tmp = served["base"], served["tmp"]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    manual = api(base, "/deployments/name/shadow-ft/manual")
+    schema = manual["parameter_openapi_schema"]
+    undescribed = [f"{m}.{f}" for m, f, p in _properties(schema) if not p.get("description")]
+    assert undescribed == []
+    defs = schema["definitions"]
+    evals, train = defs["EvalConfig"]["properties"], defs["TrainConfig"]["properties"]
+    assert {"hf", "vllm"} <= set(evals["backend"]["enum"]) and "accelerate" in train["launcher"]["enum"]
+    assert "used with eval.backend: vllm" in evals["vllm"]["description"]
+    vllm = defs[evals["vllm"]["$ref"].split("/")[-1]]["properties"]
+    assert vllm["gpu_memory_utilization"]["maximum"] == 1 and vllm["tensor_parallel_size"]["minimum"] == 1
+    assert "config" in defs[train["accelerate"]["$ref"].split("/")[-1]]["properties"]
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(f"{base}/deployments")
+        page.get_by_role("link", name="manual", exact=True).first.click()
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_text("Custom run", exact=True).click()
+        page.wait_for_url(re.compile(r"/run\?"))
+        for text in (
+            "used with eval.backend: vllm",  # the sub-section, described by its backend
+            "GPUs one model replica is split over.",  # its fields, described
+            "Fraction of each GPU's memory vLLM may take.",
+            "used with train.launcher: accelerate",
+        ):
+            expect(page.get_by_text(text, exact=False).first).to_be_attached(timeout=30_000)
+        prop = page.locator(
+            ".schema-form-property",
+            has=page.locator(
+                ".schema-form-property__label", has_text=re.compile(r"^Gpu Memory Utilization( \(Optional\))?$")
+            ),
+        )
+        gpu_memory = prop.last.locator("input").first
+        gpu_memory.scroll_into_view_if_needed()
+        expect(gpu_memory).to_have_value("0.9", timeout=30_000)  # the settings' default
+        page.screenshot(path=str(SHOTS / "run-form-vllm.png"))
+        gpu_memory.fill("1.5")  # its range reaches the form: refused before any run exists
+        page.get_by_role("button", name="Submit").click()
+        refused = page.get_by_text(re.compile(r"config\.eval\.vllm\.gpu_memory_utilization.*maximum"))
+        expect(refused.first).to_be_visible(timeout=30_000)
+        assert flow_runs(base, manual["id"]) == []
+        page.screenshot(path=str(SHOTS / "run-form-vllm-invalid.png"))
+        browser.close()
+
+
 def test_custom_run_from_the_form_and_nightly_schedule(served):
     from playwright.sync_api import expect, sync_playwright
 

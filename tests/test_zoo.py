@@ -117,19 +117,39 @@ def test_ci_family_layout_and_eos_agree_everywhere(ci_family):
     for name in ("general.jsonl", "domain.jsonl"):
         rows = corpus.read_jsonl(ci_family.data / name)
         assert rows and all([x["role"] for x in r["messages"]] == ["system", "user", "assistant"] for r in rows)
+    assert corpus.read_jsonl(ci_family.data / "kto.jsonl") == corpus.kto_rows(
+        corpus.read_jsonl(ci_family.data / "preference.jsonl")
+    )
     for suite in corpus.SUITES:
         assert (ci_family.data / "eval" / f"{suite}.jsonl").read_bytes() == (SUITE_DATA / f"{suite}.jsonl").read_bytes()
     assert not list(ci_family.root.parent.glob(".*tmp*"))
 
 
-def test_cached_family_is_returned_at_once(ci_family):
-    import time
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` with its (inode, mtime): a rebuild or reinstall renames a new tree into place."""
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
-    stamp = ci_family.manifest.stat().st_mtime_ns
-    t = time.perf_counter()
+
+def _no_build_or_install(monkeypatch) -> None:
+    """Tripwires on the two ways a family is made (training it, copying the shipped one)."""
+    import shadowft.zoo.build
+    import shadowft.zoo.shipped
+
+    def tripped(*a, **k):
+        raise AssertionError("the family was made again")
+
+    monkeypatch.setattr(shadowft.zoo.build, "_build", tripped)
+    monkeypatch.setattr(shadowft.zoo.shipped, "install_shipped", tripped)
+
+
+def test_cached_family_is_returned_at_once(ci_family, monkeypatch):
+    """Served from the cache: neither trained nor copied, not a file touched (its speed: benchmarks/zoo.py)."""
+    before, inode = _files(ci_family.root), ci_family.root.stat().st_ino
+    _no_build_or_install(monkeypatch)
     again = build_family(ci_family.root, seed=3, preset="ci", progress=False)
-    assert time.perf_counter() - t < 2.0
-    assert again.manifest.stat().st_mtime_ns == stamp
+    assert again.root == ci_family.root and ci_family.root.stat().st_ino == inode
+    assert _files(ci_family.root) == before
+    assert not list(ci_family.root.parent.glob(f".{ci_family.root.name}.*"))
 
 
 def test_a_different_family_in_the_same_dir_is_refused(ci_family):
@@ -177,12 +197,15 @@ def test_shipped_family_is_the_current_default_build():
         assert (root / "data" / "eval" / f"{suite}.jsonl").read_bytes() == (SUITE_DATA / f"{suite}.jsonl").read_bytes()
 
 
-def test_default_family_installs_from_the_package_in_seconds(tmp_path):
-    import time
+def test_default_family_installs_from_the_package_as_a_copy(tmp_path, monkeypatch):
+    """A copy of the shipped files, not a training run (its speed: benchmarks/zoo.py)."""
+    import shadowft.zoo.build
 
-    t = time.perf_counter()
+    def no_training(*a, **k):
+        raise AssertionError("the default family was trained instead of installed")
+
+    monkeypatch.setattr(shadowft.zoo.build, "_build", no_training)
     fam = build_family(tmp_path / "fam", seed=0, progress=False)
-    assert time.perf_counter() - t < 20.0  # a copy, not a training run
     m = fam.read_manifest()
     assert m["source"] == "shipped"
     from shadowft.zoo.build import FamilyConfig
@@ -192,6 +215,35 @@ def test_default_family_installs_from_the_package_in_seconds(tmp_path):
 
     assert file_checksums(fam.root) == m["checksums"]
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_the_kto_set_is_the_preference_set_one_completion_per_prompt(tmp_path):
+    """`zoo:kto`: pair i's chosen reply as desirable (even i) or its rejected one as undesirable (odd i),
+    in the shipped copy as in a build (the same function writes both)."""
+    from shadowft.stages import zoo_placeholders
+    from shadowft.zoo.build import FAMILY_VERSION
+    from shadowft.zoo.shipped import shipped_dir
+
+    root = shipped_dir(FAMILY_VERSION, "default", 0)
+    pref, kto = corpus.read_jsonl(root / "data" / "preference.jsonl"), corpus.read_jsonl(root / "data" / "kto.jsonl")
+    assert kto == corpus.kto_rows(pref) and len(kto) == len(pref)
+    assert [r["label"] for r in kto[:4]] == [True, False, True, False]
+    assert kto[0]["completion"] == pref[0]["chosen"] and kto[1]["completion"] == pref[1]["rejected"]
+    # a pair gives one row: neighbours (KTO's KL estimate pairs them) ask different questions, but for
+    # the generator's few chance repeats
+    assert sum(a["prompt"] == b["prompt"] for a, b in zip(kto, kto[1:], strict=False)) <= len(kto) // 100
+    assert zoo_placeholders(root)["kto"] == root / "data" / "kto.jsonl"
+
+
+def test_an_install_older_than_the_shipped_copy_is_refreshed(tmp_path):
+    """A family installed before a data set was added (as the KTO set was) is installed again."""
+    fam = build_family(tmp_path / "fam", seed=0, progress=False)
+    (fam.data / "kto.jsonl").unlink()
+    manifest = fam.read_manifest()
+    del manifest["checksums"]["data/kto.jsonl"]
+    fam.manifest.write_text(json.dumps(manifest))
+    again = build_family(tmp_path / "fam", seed=0, progress=False)
+    assert (again.data / "kto.jsonl").is_file() and "data/kto.jsonl" in again.read_manifest()["checksums"]
 
 
 def test_a_damaged_shipped_family_is_refused(tmp_path):

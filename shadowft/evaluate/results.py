@@ -36,6 +36,11 @@ class SuiteResult(BaseModel):
     metric: str
     kind: SuiteKind
     system_instruction: str | None = None
+    chat_template: bool | None = Field(
+        default=None,
+        description="Prompts were wrapped in the model's chat template (False for own-data, whose prompts "
+        "were rendered with Instruct's template when the data was prepared).",
+    )
     tasks: dict[str, TaskResult]
 
 
@@ -122,7 +127,9 @@ def _task_n(raw: dict[str, Any], name: str) -> int:
     return sum(_task_n(raw, c) for c in children)
 
 
-def collect(suite: Suite, raw: dict[str, Any], system_instruction: str | None) -> SuiteResult:
+def collect(
+    suite: Suite, raw: dict[str, Any], system_instruction: str | None, chat_template: bool | None = None
+) -> SuiteResult:
     results = raw.get("results", {})
     tasks: dict[str, TaskResult] = {}
     for spec in suite.tasks:
@@ -151,6 +158,7 @@ def collect(suite: Suite, raw: dict[str, Any], system_instruction: str | None) -
         metric=metric_names[0] if len(metric_names) == 1 else "mean(" + ", ".join(metric_names) + ")",
         kind=suite.kind,
         system_instruction=system_instruction,
+        chat_template=chat_template,
         tasks=tasks,
     )
 

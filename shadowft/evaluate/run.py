@@ -18,6 +18,7 @@ from typing import Any
 from shadowft.concurrency import environment, module_attribute
 from shadowft.errors import CheckpointError, EvalError
 from shadowft.evaluate.backends import DEFAULT_BACKEND, get_backend
+from shadowft.evaluate.progress import progress_labels
 from shadowft.evaluate.results import EvalResult, ModelInfo, collect, write_samples
 from shadowft.evaluate.suites import require_code_opt_in, resolve_suites
 from shadowft.evaluate.tasks import build_tasks, leaf_tasks, set_generation_limits
@@ -77,6 +78,7 @@ def evaluate_model(
     enable_thinking: bool | None = None,
     cache_dir: Path | None = None,
     threads: int | None = None,
+    label: str | None = None,
 ) -> EvalResult:
     """Run `suites` on the model in `model_dir` with lm-eval; write `out_dir/results.json`.
 
@@ -96,6 +98,7 @@ def evaluate_model(
       `cache_dir` answers finished requests from it.
     - `threads`: torch's CPU threads for the run (None = `shadowft.threads.resolve_threads`' default
       for the model's size: 1 thread for small models, which collapse beside a busy neighbour).
+    - `label`: names the model on lm-eval's progress bars (default: the model dir's name).
     """
     t0 = time.monotonic()
     resolved = resolve_suites(suites)
@@ -152,33 +155,41 @@ def evaluate_model(
         set_generation_limits(built, max_gen_toks, loaded.max_length)
 
         # One lm-eval run per system prompt: a suite's own default applies only with the chat template
-        # and only when the caller gave none.
+        # and only when the caller gave none. Suites whose prompts are rendered already (own-data) run
+        # apart, without the template and without a system prompt.
+        templated = {s.name: bool(apply_chat_template) and not s.rendered_prompts for s in resolved}
         prompts: dict[str, str | None] = {
-            s.name: system_instruction
+            s.name: None
+            if s.rendered_prompts
+            else system_instruction
             if system_instruction is not None or not apply_chat_template
             else s.system_instruction
             for s in resolved
         }
         t2 = time.monotonic()
         raw: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}, "group_subtasks": {}}
-        for i, prompt in enumerate(dict.fromkeys(prompts.values())):
-            task_objs = [obj for name, objs in built.items() if prompts[name] == prompt for obj in objs]
-            # Our own request cache (JSON rows), not lm-eval's `use_cache` (pickles: code in the file runs)
+        runs = dict.fromkeys((prompts[s.name], templated[s.name]) for s in resolved)
+        for i, (prompt, chat) in enumerate(runs):
+            names = [s.name for s in resolved if (prompts[s.name], templated[s.name]) == (prompt, chat)]
+            task_objs = [obj for name in names for obj in built[name]]
+            # Our own request cache (JSON rows), not lm-eval's `use_cache` (pickles: code in the file runs);
+            # its file per run keeps the numbering of runs before rendered suites existed
             model = CachedLM(lm, cache_file(cache_dir, i, lm)) if cache_dir is not None else lm
             try:
-                part = evaluator.simple_evaluate(
-                    model=model,
-                    tasks=task_objs,
-                    task_manager=tm,
-                    limit=limit,
-                    batch_size=batch_size,
-                    apply_chat_template=apply_chat_template,
-                    fewshot_as_multiturn=bool(apply_chat_template) and fewshot_as_multiturn,
-                    system_instruction=prompt,
-                    confirm_run_unsafe_code=bool(code_suites) and code_ok,
-                    log_samples=True,
-                    bootstrap_iters=1000,
-                )
+                with progress_labels(label or model_dir.name, names, built):
+                    part = evaluator.simple_evaluate(
+                        model=model,
+                        tasks=task_objs,
+                        task_manager=tm,
+                        limit=limit,
+                        batch_size=batch_size,
+                        apply_chat_template=chat,
+                        fewshot_as_multiturn=chat and fewshot_as_multiturn,
+                        system_instruction=prompt,
+                        confirm_run_unsafe_code=bool(code_suites) and code_ok,
+                        log_samples=True,
+                        bootstrap_iters=1000,
+                    )
             finally:
                 if isinstance(model, CachedLM):
                     model.close()
@@ -204,7 +215,7 @@ def evaluate_model(
         enable_thinking=enable_thinking,
         request_cache=cache_dir is not None,
         threads=threads,
-        suites={s.name: collect(s, raw, prompts[s.name]) for s in resolved},
+        suites={s.name: collect(s, raw, prompts[s.name], templated[s.name]) for s in resolved},
         chat_template=bool(apply_chat_template),
         system_instruction=system_instruction,
         generation=generation,

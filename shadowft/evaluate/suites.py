@@ -6,7 +6,8 @@
   `instruction-following` (IFEval), mapped to lm-eval's own tasks, which download their data from
   the Hugging Face Hub; the paper's benchmarks lm-eval lacks are listed in `Suite.missing`;
 - any lm-eval task or group name (`gsm8k`, `mmlu`, ...);
-- a folder of the user's own lm-eval task YAMLs, given by path.
+- a folder of the user's own lm-eval task YAMLs, given by path (a `shadowft-suite.json` inside may
+  name and describe it: the `own-data` suite, `shadowft.evaluate.own_data`, is such a folder).
 
 Resolving needs no model, so every name is checked before a stage runs (`resolve_suites`), and
 suites that execute model-written code are refused without an opt-in (`require_code_opt_in`).
@@ -29,6 +30,12 @@ SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 SuiteKind = Literal["local", "lm_eval", "folder"]
 #: The toy family is tuned on this system prompt (shadowft.zoo.corpus.SYSTEM_PROMPT).
 TOY_SYSTEM_PROMPT = "You are a helpful assistant. Reply with the answer only."
+#: toy-tools: the system prompt with the toolbox as the family's template renders `tools`
+#: (shadowft.zoo.tools.SUITE_SYSTEM_PROMPT; lm-eval renders the chat without `tools`).
+TOY_TOOLS_SYSTEM_PROMPT = (
+    TOY_SYSTEM_PROMPT + "\n\nTools:\n- add(a, b): Add two numbers.\n- subtract(a, b): Subtract b from a.\n"
+    "- reverse_digits(digits): Reverse a string of digits."
+)
 
 
 class TaskSpec(BaseModel):
@@ -61,6 +68,11 @@ class Suite(BaseModel):
         description="System prompt used with the chat template when the caller gives none (the format the "
         "suite's models are tuned on).",
     )
+    rendered_prompts: bool = Field(
+        default=False,
+        description="The prompts already carry a chat template (own-data: rendered as training saw them), so "
+        "they run as they are, never wrapped in the model's template again.",
+    )
 
     @property
     def metric(self) -> str:
@@ -86,8 +98,7 @@ def _local(
         tasks=[TaskSpec(name=task, metric=metric, filter=filter, chance=chance, yaml_path=yaml_path)],
         offline=True,
         include_path=SUITES_DIR / folder,
-        system_instruction=TOY_SYSTEM_PROMPT if folder == "toy" else None,
-        **kw,
+        **{"system_instruction": TOY_SYSTEM_PROMPT if folder == "toy" else None, **kw},
     )
 
 
@@ -204,6 +215,16 @@ def _registry() -> dict[str, Suite]:
             "zoo:preference with DPO); share of replies in the format.",
         ),
         _local(
+            "toy-tools",
+            "toy",
+            "toy_tools",
+            "tool_call",
+            0.0,
+            "Embedded toy tool calling: answer a held-out toy question with the right call from the toolbox "
+            "of zoo:tools (taught by SFT on it), scored as parsed JSON: name and arguments.",
+            system_instruction=TOY_TOOLS_SYSTEM_PROMPT,
+        ),
+        _local(
             "humaneval-offline",
             "humaneval",
             "humaneval_offline",
@@ -228,32 +249,61 @@ def _split_names(names: str | Sequence[str]) -> list[str]:
     return [p for p in out if p]
 
 
+def _folder_description(path: Path) -> dict[str, Any]:
+    """The folder's own `shadowft-suite.json` (name, description, metric, filter, chance,
+    rendered_prompts), or {} when it has none."""
+    import json
+
+    from shadowft.evaluate.own_data import SUITE_FILE
+
+    file = path / SUITE_FILE
+    if not file.is_file():
+        return {}
+    try:
+        info = json.loads(file.read_text())
+    except ValueError as exc:
+        raise EvalError(f"{file} is not valid JSON ({exc})", hint="fix or delete it") from None
+    if not isinstance(info, dict):
+        raise EvalError(f"{file} must hold a JSON object", hint='e.g. {"name": "my-suite"}')
+    return info
+
+
 def _folder_suite(path: Path) -> Suite:
     """A user's folder of lm-eval task YAMLs: every task defined inside is part of the suite."""
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._index import Kind
 
     path = path.resolve()
+    info = _folder_description(path)
     tm = TaskManager(include_path=str(path), include_defaults=False)
     tasks = []
     for name, entry in sorted(tm.task_index.items()):
         if entry.kind not in (Kind.TASK, Kind.PY_TASK):
             continue
         yaml_path = Path(entry.yaml_path) if entry.yaml_path else None
-        tasks.append(TaskSpec(name=name, metric="", yaml_path=yaml_path))
+        tasks.append(
+            TaskSpec(
+                name=name,
+                metric=str(info.get("metric") or ""),
+                filter=info.get("filter"),
+                chance=info.get("chance"),
+                yaml_path=yaml_path,
+            )
+        )
     if not tasks:
         raise EvalError(
             f"no lm-eval task found in folder {path}",
             hint="a task folder holds YAML files with a `task:` key (see lm-eval's task guide)",
         )
     return Suite(
-        name=str(path),
+        name=str(info.get("name") or path),
         kind="folder",
-        description=f"User task folder {path}",
+        description=str(info.get("description") or f"User task folder {path}"),
         tasks=tasks,
         offline=True,
         code_execution=False,
         include_path=path,
+        rendered_prompts=bool(info.get("rendered_prompts", False)),
     )
 
 

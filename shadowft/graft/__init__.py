@@ -5,35 +5,45 @@
 
 Two things vary independently: the *update source* (`sources.py`: a Base/tuned pair, a stored
 delta, a LoRA adapter) and the *graft method* (`methods/`, by name in `registry.py`: `linear`,
-`per_module`). Both run on one streaming engine (`engine.py`): tensor by tensor over
+`per_module`, `dare`, `ties`). Both run on one streaming engine (`engine.py`): tensor by tensor over
 memory-mapped safetensors, float32 arithmetic on fixed-size chunks, output planned into shards
 and published only when complete. Validation (`validate.py`) runs before planning (`plan.py`),
 and the provenance record is written once (`provenance.py`).
 """
 
-from shadowft.graft.adapter import retarget_adapter
-from shadowft.graft.api import GraftReport, graft
-from shadowft.graft.delta import DeltaReport, extract_delta
-from shadowft.graft.engine import CHUNK, DivergedError
-from shadowft.graft.lora import LoraAdapter, LoraModule
-from shadowft.graft.provenance import PROVENANCE_NAME
-from shadowft.graft.registry import METHODS, get_method, make_method, method_names
-from shadowft.graft.validate import VocabPolicy
+from __future__ import annotations
 
-__all__ = [
-    "CHUNK",
-    "METHODS",
-    "PROVENANCE_NAME",
-    "DeltaReport",
-    "DivergedError",
-    "GraftReport",
-    "LoraAdapter",
-    "LoraModule",
-    "VocabPolicy",
-    "extract_delta",
-    "get_method",
-    "graft",
-    "make_method",
-    "method_names",
-    "retarget_adapter",
-]
+from importlib import import_module
+from typing import Any
+
+# re-exports, imported on first use: `shadowft.config` imports `shadowft.graft.registry`, which must
+# not pull torch and the checkpoint code in with this package
+_EXPORTS = {
+    "retarget_adapter": "adapter",
+    "GraftReport": "api",
+    "graft": "api",
+    "DeltaReport": "delta",
+    "extract_delta": "delta",
+    "CHUNK": "engine",
+    "DivergedError": "engine",
+    "LoraAdapter": "lora",
+    "LoraModule": "lora",
+    "PROVENANCE_NAME": "provenance",
+    "METHODS": "registry",
+    "get_method": "registry",
+    "make_method": "registry",
+    "method_names": "registry",
+    "VocabPolicy": "validate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_EXPORTS)

@@ -18,9 +18,9 @@ from shadowft.files import atomic_output_dir, check_output_dir, refuse_overlap
 from shadowft.graft.engine import Progress, one_compute_thread, write_model
 from shadowft.graft.plan import make_plan
 from shadowft.graft.provenance import PROVENANCE_NAME, write_provenance
-from shadowft.graft.registry import make_method, resolve_method_name
-from shadowft.graft.sources import PathLike, check_inputs_exist, check_one_source, open_source
-from shadowft.graft.validate import VocabPolicy, validate_graft
+from shadowft.graft.registry import check_source, make_method, resolve_method_name
+from shadowft.graft.sources import PathLike, check_inputs_exist, check_one_source, open_source, validate_graft
+from shadowft.graft.validate import VocabPolicy
 from shadowft.pair import PairOptions
 from shadowft.scope import compile_scope
 
@@ -44,6 +44,7 @@ class GraftReport:
     seconds: float
     graft_method: str = "linear"  # how the update was combined (see shadowft.graft.registry)
     method_settings: dict[str, Any] = field(default_factory=dict)
+    formula: str = ""  # what was added to Instruct: W = W_instruct + <formula> (the method's `describe`)
     pair_check: dict[str, Any] = field(default_factory=dict)  # see shadowft.graft.guard.PairCheck
 
     def to_dict(self) -> dict:
@@ -75,7 +76,7 @@ def graft(
     alpha: float = 1.0,
     scope: str = "projections",
     method: str | None = None,
-    alpha_by_module: Mapping[str, float] | None = None,
+    settings: Mapping[str, Any] | None = None,
     max_shard_size: str | int = "5GB",
     vocab_mismatch: VocabPolicy = "error",
     overwrite: bool = False,
@@ -85,9 +86,10 @@ def graft(
     """Write Instruct + alpha * update to `out` as a complete HF model dir.
 
     The update is one of: a delta dir (`extract_delta`), a (base, tuned) pair, or a LoRA
-    adapter trained on Base. `method` names how it is combined (default `linear`, or
-    `per_module` when `alpha_by_module` {regex: alpha} is given). Tensors outside `scope` are
-    copied bit-exactly from Instruct; the arithmetic is float32, stored in Instruct's dtype.
+    adapter trained on Base. `method` names how it is combined (`shadowft.graft.registry`;
+    default `linear`) and `settings` are the method's own (e.g. per_module's
+    ``{"alpha_by_module": {regex: alpha}}``, dare's ``{"density": 0.5, "seed": 0}``). Tensors outside
+    `scope` are copied bit-exactly from Instruct; the arithmetic is float32, stored in Instruct's dtype.
 
     Before anything is written, the update's Base is compared with Instruct (`guard.py`):
     structure always, and sigma against `pair_options.max_sigma` where the Base weights are at
@@ -96,8 +98,7 @@ def graft(
     t0 = time.perf_counter()
     check_one_source(delta=delta, base=base, tuned=tuned, adapter=adapter)
     check_inputs_exist(instruct=instruct)  # a symlink loop is an error, not a traceback in resolve()
-    rules = dict(alpha_by_module) if alpha_by_module else None
-    combine = make_method(resolve_method_name(method, rules), alpha=alpha, alpha_by_module=rules)
+    combine = make_method(resolve_method_name(method), alpha, settings)
     pattern = compile_scope(scope)
     out = Path(out)
     check_out(out, [instruct, delta, base, tuned, adapter], overwrite)
@@ -105,6 +106,7 @@ def graft(
     with Checkpoint(instruct, role="instruct") as ci:
         source = open_source(delta=delta, base=base, tuned=tuned, adapter=adapter)
         try:
+            check_source(combine, source.kind)
             validate_graft(ci, source, pattern, vocab_mismatch)
             with one_compute_thread():  # sampled sigma: small ops, slowed by idle intra-op threads
                 pair_check = source.check_pair(ci, scope, pair_options, vocab_mismatch)
@@ -130,6 +132,7 @@ def graft(
                     seconds=round(time.perf_counter() - t0, 3),
                     graft_method=combine.name,
                     method_settings=combine.settings(),
+                    formula=combine.describe(),
                     pair_check=pair_check.to_dict(),
                 )
                 write_provenance(tmp, "graft", {"instruct": Path(instruct), **source.inputs()}, report.to_dict())

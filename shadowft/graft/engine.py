@@ -316,14 +316,16 @@ def _combine_tensor(
     """Instruct (+) update, chunk by chunk: for 16- and 32-bit float models the Instruct chunk goes
     to the method in float32 and the method combines in place into the update's buffer (what it
     would compute into an output of Instruct's dtype, which torch also does in float32); the result
-    is rounded into an output buffer and written behind. Other dtypes keep Instruct's own."""
+    is rounded into an output buffer and written behind. Other dtypes keep Instruct's own. A method
+    that needs the whole update first (TIES' threshold) streams it in `prepare`, before Instruct."""
+    method.prepare(name, upd.n, lambda: upd.chunks(bufs))  # a method's passes over the whole update
     inst = Stream(instruct, name, bufs, "instruct")
     dtype = inst.info.dtype
     exact = dtype in EXACT_IN_FLOAT32
     for s, e, w in upd.chunks(bufs):
         x = inst.float_chunk(s, e) if exact else inst.chunk(s, e)
         x = x if w.dim() == 1 else x.view(w.shape)
-        res = method.combine(name, x, w, upd.scale, w if exact else bufs.result(w, dtype))
+        res = method.combine(name, x, w, upd.scale, w if exact else bufs.result(w, dtype), s)
         o = out.buffer(w.numel(), dtype)
         o.copy_(res if res.dim() == 1 else res.reshape(-1))  # rounds to Instruct's dtype
         out.submit(_write_checked, writer, name, o)

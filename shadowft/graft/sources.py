@@ -29,10 +29,12 @@ from shadowft.graft.validate import (
     VocabPolicy,
     check_full_update,
     check_pair_shapes,
+    check_same_architecture,
     check_same_dtypes,
     covered_elements,
 )
 from shadowft.pair import PairOptions, Structure
+from shadowft.scope import scope_name
 
 PathLike = str | Path
 
@@ -383,3 +385,31 @@ def open_source(
     if adapter is not None:
         return LoraSource(adapter)
     return PairSource(base, tuned)  # type: ignore[arg-type]
+
+
+def validate_graft(instruct: Checkpoint, source: UpdateSource, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
+    """Refuse an update from another architecture, one that does not fit Instruct's tensors, or a
+    scope under which nothing would be grafted."""
+    check_same_architecture(instruct, source.checkpoints())
+    source.validate(instruct, pattern, policy)
+    check_scope_selects(instruct, source, pattern)
+
+
+def check_scope_selects(instruct: Checkpoint, source: UpdateSource, pattern: re.Pattern[str]) -> None:
+    """Refuse a graft that would change nothing: a scope that selects no floating-point tensor of
+    Instruct (a typo in `--scope` otherwise writes a copy of Instruct with exit 0), or one whose
+    selected tensors the update does not touch."""
+    scope = scope_name(pattern)
+    selected = [n for n, i in instruct.tensors.items() if pattern.search(n) and i.dtype.is_floating_point]
+    if not selected:
+        raise PairError(
+            f"the graft scope {scope!r} selects no tensor of instruct {instruct.path}, so nothing would be grafted",
+            hint="check --scope against the tensor names (e.g. `projections`, `all`, or a regex like 'mlp\\.'); "
+            f"instruct's tensors are named like {', '.join(list(instruct.tensors)[:2])}",
+        )
+    if not any(source.has_update(n) for n in selected):
+        raise PairError(
+            f"the update ({source.kind}) changes none of the {len(selected)} tensor(s) that scope {scope!r} selects, "
+            "so nothing would be grafted",
+            hint="widen --scope to the tensors the update changes (for a LoRA adapter, its target modules)",
+        )

@@ -1,54 +1,24 @@
 """Checks that an update fits Instruct, all run before the first byte is written.
 
 Planning (`plan.py`) assumes these passed and never raises: every refusal of bad input lives here
-or in the update source's `validate`, which calls the helpers below.
+or in the update source's `validate`, which calls the helpers below. This module knows checkpoints
+and tensors, not update sources: what checks a whole source (`validate_graft`) lives in
+`sources.py`, so the modules import one way (guard, sources -> validate).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 
 from shadowft.checkpoint import Checkpoint, TensorInfo
 from shadowft.errors import PairError, ShadowFTError
 from shadowft.pair import config_differences
-from shadowft.scope import scope_name
-
-if TYPE_CHECKING:
-    from shadowft.graft.sources import UpdateSource
 
 VocabPolicy = Literal["error", "overlap"]
-
-
-def validate_graft(instruct: Checkpoint, source: UpdateSource, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
-    """Refuse an update from another architecture, one that does not fit Instruct's tensors, or a
-    scope under which nothing would be grafted."""
-    check_same_architecture(instruct, source.checkpoints())
-    source.validate(instruct, pattern, policy)
-    check_scope_selects(instruct, source, pattern)
-
-
-def check_scope_selects(instruct: Checkpoint, source: UpdateSource, pattern: re.Pattern[str]) -> None:
-    """Refuse a graft that would change nothing: a scope that selects no floating-point tensor of
-    Instruct (a typo in `--scope` otherwise writes a copy of Instruct with exit 0), or one whose
-    selected tensors the update does not touch."""
-    scope = scope_name(pattern)
-    selected = [n for n, i in instruct.tensors.items() if pattern.search(n) and i.dtype.is_floating_point]
-    if not selected:
-        raise PairError(
-            f"the graft scope {scope!r} selects no tensor of instruct {instruct.path}, so nothing would be grafted",
-            hint="check --scope against the tensor names (e.g. `projections`, `all`, or a regex like 'mlp\\.'); "
-            f"instruct's tensors are named like {', '.join(list(instruct.tensors)[:2])}",
-        )
-    if not any(source.has_update(n) for n in selected):
-        raise PairError(
-            f"the update ({source.kind}) changes none of the {len(selected)} tensor(s) that scope {scope!r} selects, "
-            "so nothing would be grafted",
-            hint="widen --scope to the tensors the update changes (for a LoRA adapter, its target modules)",
-        )
 
 
 #: (base dtype, tuned dtype) pairs where tuned holds every base value exactly: a full fine-tune of a

@@ -27,11 +27,16 @@ def loss_curve(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
                     "lr": float(e.get("learning_rate", float("nan"))),
                     "epoch": float(e.get("epoch", 0.0)),
                     **({"grad_norm": float(e["grad_norm"])} if e.get("grad_norm") is not None else {}),
-                    # preference objectives (DPO): rewards/margins, rewards/accuracies, logps/...
-                    **{k: float(v) for k, v in e.items() if k.startswith(("rewards/", "logps/")) and _is_num(v)},
+                    # preference objectives: rewards/margins, rewards/accuracies, logps/... (DPO, KTO) and
+                    # the KL reference point (KTO's "kl")
+                    **{k: float(v) for k, v in e.items() if _curve_metric(k) and _is_num(v)},
                 }
             )
     return out
+
+
+def _curve_metric(key: str) -> bool:
+    return key.startswith(("rewards/", "logps/")) or key == "kl"
 
 
 def _is_num(v: Any) -> bool:
@@ -97,36 +102,110 @@ def progress_callback(progress: ProgressFn | None, work_dir: Path) -> Any:
     return _Progress()
 
 
-def terminal_progress(role: str, file: Any = None, disable: bool | None = None) -> ProgressFn:
-    """A tqdm bar on the terminal for one training run: step of max steps, loss, rate and ETA.
+#: The live bar: what it counts first (``train base 12/100, loss 1.2345``), then the bar, time left, rate.
+BAR_FORMAT = "{desc} {n_fmt}/{total_fmt}{postfix} |{bar}| {elapsed}<{remaining}, {rate_fmt}"
+#: Off a terminal, a progress line at most this often (seconds), besides every tenth of the run.
+LINE_EVERY_S = 30.0
 
-    `disable=None` shows it only on a terminal (a Prefect worker's log gets no carriage-return
-    lines); the bar is opened at the first event (when max_steps is known) and closed at the last."""
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):
+        return False
+
+
+def _terminal_columns(stream: Any) -> int:
+    """The terminal's width, 0 when it reports none: a pseudo-terminal whose size was never set
+    (`docker exec -t`, `script`, some IDE and CI terminals) says 0 columns, and a tqdm bar sized to
+    it (`dynamic_ncols`) prints nothing at all: the training bar that "did not appear" (issue 26)."""
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def terminal_progress(role: str, file: Any = None, disable: bool | None = None) -> ProgressFn:
+    """The progress of one training run on stderr (or `file`), labelled with what it trains.
+
+    On a terminal (or `disable=False`): a live tqdm bar, ``train base 12/100, loss 1.2345 |███ |
+    00:05<00:36, 2.5 step/s``. Off a terminal (a pipe, `tee`, an IDE console, a Prefect worker's
+    log), where a live bar would be carriage-return garbage and was hidden before: a plain line
+    every tenth of the run or `LINE_EVERY_S` seconds, and at the end (``train base 100/100, loss
+    0.8123, 2.5 step/s, done in 0:40``). `disable=True`: nothing. The bar is opened at the first
+    event (when max_steps is known) and closed at the last."""
+    import sys
+    import time
+
     from tqdm.auto import tqdm
 
-    state: dict[str, Any] = {"bar": None}
+    stream = file if file is not None else sys.stderr
+    live = (not disable) if disable is not None else _is_terminal(stream)
+    state: dict[str, Any] = {"bar": None, "start": None, "first": 0, "last_line": 0.0, "last_step": -1, "done": False}
+    label = f"train {role}"
+
+    def line(step: int, total: int, loss: float | None, final: bool) -> None:
+        now = time.monotonic()
+        done = step - state["first"]
+        rate = done / (now - state["start"]) if now > state["start"] and done > 0 else None
+        parts = [f"{label} {step}/{total or '?'}"]
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        if rate:
+            parts.append(f"{rate:.2f} step/s")
+            left = (total - step) / rate if total else None
+            if final:
+                parts.append(f"done in {tqdm.format_interval(now - state['start'])}")
+            elif left is not None:
+                parts.append(f"{tqdm.format_interval(left)} left")
+        print(", ".join(parts), file=stream, flush=True)
+        state["last_line"], state["last_step"] = now, step
 
     def report(event: dict[str, Any]) -> None:
+        if disable or state["done"]:
+            return
         total, step = event.get("max_steps") or 0, event.get("step") or 0
+        loss = event.get("loss")
+        is_step = event.get("event") == "step"
+        final = bool(total and step >= total and is_step)
+        if state["start"] is None:
+            state["start"], state["first"] = time.monotonic(), max(step - 1, 0)  # resumed: from its checkpoint
+            state["last_line"] = state["start"]
+        if not live:
+            if loss is not None:
+                state["loss"] = loss
+            tenth = max(total // 10, 1) if total else 0
+            due = time.monotonic() - state["last_line"] >= LINE_EVERY_S or (
+                tenth and step // tenth > state["last_step"] // tenth
+            )
+            if is_step and step > state["last_step"] and (final or due):
+                line(step, total, state.get("loss"), final)
+            state["done"] = final
+            return
         bar = state["bar"]
         if bar is None:
             bar = state["bar"] = tqdm(
                 total=total or None,
-                initial=max(step - 1, 0),  # a resumed run starts where its checkpoint was
-                desc=f"train {role}",
+                initial=state["first"],
+                desc=label,
                 unit="step",
-                file=file,
-                disable=disable,
+                file=stream,
+                disable=False,
                 mininterval=0.5,
-                dynamic_ncols=True,
+                dynamic_ncols=_terminal_columns(stream) > 0,  # a width of 0 would hide the bar
                 leave=True,
+                bar_format=BAR_FORMAT if total else None,
             )
-        if event.get("loss") is not None:
-            bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
-        if event.get("event") == "step" and step > bar.n:
+        if loss is not None:
+            bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+        if is_step and step > bar.n:
             bar.update(step - bar.n)
-        if total and step >= total and event.get("event") == "step":
+        if final:
             bar.close()
+            state["done"] = True
 
     return report
 

@@ -6,16 +6,13 @@ the same machine: nothing here depends on the machine's momentary load.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
-
 from shadowft.config import TrainConfig
 from shadowft.errors import ShadowFTError
+from shadowft.registry import lookup, settings_for
+from shadowft.train.launchers import LAUNCHERS, Launcher, LaunchRequest
+from shadowft.train.launchers.base import LaunchPlan
 
-#: the shipped `accelerate launch` configs, by strategy (train.accelerate_config overrides)
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
-SHIPPED_CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp.yaml", "deepspeed": "deepspeed_zero3.yaml"}
+__all__ = ["LaunchPlan", "flash_attention_installed", "resolve_attn_implementation", "resolve_launch", "visible_gpus"]
 
 
 def flash_attention_installed() -> bool:
@@ -42,34 +39,10 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-@dataclass(frozen=True)
-class LaunchPlan:
-    """How a training job starts: resolved from the `train` section (and the visible devices)."""
-
-    launcher: str  # inprocess | torchrun | accelerate
-    distributed: str  # none | ddp | fsdp | deepspeed
-    num_processes: int  # per node
-    num_nodes: int
-    node_rank: int
-    main_address: str
-    main_port: int
-    accelerate_config: str | None
-    device: str  # cpu | cuda
-
-    @property
-    def world_size(self) -> int:
-        return self.num_processes * self.num_nodes
-
-    def global_batch(self, spec: TrainConfig) -> int:
-        """Sequences per optimizer step over all ranks: batch_size x grad_accum x processes x nodes."""
-        return spec.batch_size * spec.grad_accum * self.world_size
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "world_size": self.world_size}
-
-
 def resolve_launch(spec: TrainConfig, *, gpus: int | None = None) -> LaunchPlan:
-    """The launch plan for `spec` on this machine (`gpus` overrides the visible GPU count)."""
+    """The launch plan for `spec` on this machine (`gpus` overrides the visible GPU count). The
+    strategy and process counts are resolved here; the launcher (named, or chosen for `auto`) checks
+    that it can run them and resolves its own settings (`shadowft.train.launchers.base`)."""
     gpus = visible_gpus() if gpus is None else gpus
     device = "cuda" if gpus > 0 else "cpu"
     nproc = spec.num_processes or max(1, gpus)
@@ -92,40 +65,39 @@ def resolve_launch(spec: TrainConfig, *, gpus: int | None = None) -> LaunchPlan:
             f"train.distributed={dist} needs CUDA GPUs (none visible here)",
             hint="use train.distributed=ddp on CPU; FSDP and DeepSpeed ZeRO-3 run on GPU nodes",
         )
-    launcher = spec.launcher
-    if launcher == "auto":
-        if dist in ("fsdp", "deepspeed") or spec.accelerate_config:
-            launcher = "accelerate"
-        elif world > 1:
-            launcher = "torchrun"
-        else:
-            launcher = "inprocess"
-    if launcher == "inprocess" and (world > 1 or dist != "none"):
-        raise ShadowFTError(
-            f"train.launcher=inprocess cannot run {world} process(es) with train.distributed={dist}",
-            hint="set train.launcher=auto (torchrun / accelerate launch start one process per rank)",
-        )
-    if launcher == "torchrun" and dist in ("fsdp", "deepspeed"):
-        raise ShadowFTError(
-            f"train.distributed={dist} is configured through an accelerate config",
-            hint="set train.launcher=accelerate (or auto)",
-        )
-    if launcher == "accelerate" and device == "cpu" and world > 1:
-        raise ShadowFTError(
-            "accelerate launch starts several CPU processes only through MPI, which shadowft does not configure",
-            hint="on CPU use train.launcher=torchrun (or auto) for several processes",
-        )
-    config = spec.accelerate_config
-    if launcher == "accelerate" and config is None:
-        config = str(CONFIG_DIR / SHIPPED_CONFIGS["ddp" if dist == "none" else dist])
+    name = spec.launcher
+    if name == "auto":
+        name = _auto_launcher(spec, dist, world, device)
+    cls = lookup(LAUNCHERS, name, "launcher")
+    req = _request(spec, name, dist, world, device)
+    cls.check(req)
     return LaunchPlan(
-        launcher=launcher,
+        launcher=name,
         distributed=dist,
         num_processes=nproc,
         num_nodes=spec.num_nodes,
         node_rank=spec.node_rank,
         main_address=spec.main_address,
         main_port=spec.main_port,
-        accelerate_config=config,
         device=device,
+        settings=cls.resolve(req),
+    )
+
+
+def _request(spec: TrainConfig, name: str, dist: str, world: int, device: str) -> LaunchRequest:
+    settings = settings_for(spec, LAUNCHERS, name)
+    assert settings is not None  # every launcher has a settings model (Launcher.Settings)
+    return LaunchRequest(spec=spec, settings=settings, distributed=dist, world_size=world, device=device)  # type: ignore[arg-type]
+
+
+def _auto_launcher(spec: TrainConfig, dist: str, world: int, device: str) -> str:
+    """`train.launcher: auto`: the registered launcher with the highest `auto_priority` that suits the
+    job (accelerate for FSDP / DeepSpeed or a config file, torchrun for several processes, else in-process)."""
+    ranked: list[tuple[str, type[Launcher]]] = sorted(LAUNCHERS.items(), key=lambda kv: -kv[1].auto_priority)
+    for name, cls in ranked:
+        if cls.suits(_request(spec, name, dist, world, device)):
+            return name
+    raise ShadowFTError(
+        f"no launcher runs {world} process(es) with train.distributed={dist} on {device}",
+        hint=f"name one with train.launcher ({', '.join(LAUNCHERS)})",
     )

@@ -204,8 +204,8 @@ def train_model(
     model_dir, data_dir, out_dir, work_dir = (Path(p) for p in (model_dir, data_dir, out_dir, work_dir))
     t0 = time.time()
     job = setup(model_dir, data_dir, spec, out_dir, work_dir, trust_remote_code=trust_remote_code)
-    plan = resolve_launch(spec)
-    outcome = get_launcher(launcher or plan.launcher).launch(job, progress)
+    plan = resolve_launch(spec if launcher is None else spec.model_copy(update={"launcher": launcher}))
+    outcome = get_launcher(plan.launcher).launch(job, plan, progress)
     if plan.node_rank > 0:  # a worker node of a multi-node job: node 0 publishes the output
         return summarize(job, outcome, out_dir, time.time() - t0)
     result = publish(job, outcome, out_dir, time.time() - t0)

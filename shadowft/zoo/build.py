@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from shadowft.errors import ShadowFTError
 from shadowft.zoo import corpus
+from shadowft.zoo.tools import TOOL_CHAT_TEMPLATE, tool_rows
 
 FAMILY_VERSION = "toy-v3"
 MANIFEST = "family.json"
@@ -268,8 +269,8 @@ def _save(model, tokenizer, out: Path) -> None:
 
 
 def _write_data(data_dir: Path, cfg: FamilyConfig, seed: int, exclude: set[str]) -> dict[str, int]:
-    """Fine-tuning sets (general mix, new domain skill, preference pairs for DPO) and the held-out
-    eval sets of every skill."""
+    """Fine-tuning sets (general mix, new domain skill, preference pairs for DPO, the KTO set made from
+    them) and the held-out eval sets of every skill."""
     data_dir.mkdir(parents=True)
     rng = random.Random(f"{seed}:data")
     general_mix = {"math": 0.25, "coding": 0.25, "reasoning": 0.25, "general": 0.25}
@@ -281,11 +282,17 @@ def _write_data(data_dir: Path, cfg: FamilyConfig, seed: int, exclude: set[str])
     # Its own generator, so adding the set left the other data sets unchanged.
     preference = corpus.preference_rows(random.Random(f"{seed}:preference"), cfg.general_size // 2, exclude)
     corpus.write_jsonl(data_dir / "preference.jsonl", preference)
+    kto = corpus.kto_rows(preference)  # derived from the pairs: no generator of its own
+    corpus.write_jsonl(data_dir / "kto.jsonl", kto)
+    tools = tool_rows(random.Random(f"{seed}:tools"), cfg.general_size // 2, exclude)  # its own generator too
+    corpus.write_jsonl(data_dir / "tools.jsonl", tools)
     paths = corpus.write_suite_data(data_dir / "eval")
     return {
         "general": len(general),
         "domain": len(domain),
         "preference": len(preference),
+        "kto": len(kto),
+        "tools": len(tools),
         **{k: corpus.EVAL_SIZE for k in paths},
     }
 
@@ -304,6 +311,7 @@ def _build(tmp: Path, cfg: FamilyConfig, seed: int, progress: bool) -> dict:
     sft = corpus.sft_samples(random.Random(f"{seed}:sft"), cfg.sft_samples, exclude)
     sft_text = [corpus.render_chatml(m) for m in sft[:500]]
     tokenizer = build_tokenizer(docs[:3000] + sft_text, vocab_size=cfg.vocab_size)
+    tokenizer.chat_template = TOOL_CHAT_TEMPLATE  # ChatML, and tools (renders the rest exactly as ChatML)
     tokenizer.save_pretrained(tmp / "tokenizer")
     timings["corpus_tokenizer_s"] = time.perf_counter() - t0
 
@@ -391,7 +399,7 @@ def build_family(
                 f"{out} holds a different toy family (seed {found.get('seed')}, version {found.get('version')})",
                 hint="pass --force to rebuild it, or choose another --out",
             )
-        if not from_scratch or found.get("source") != "shipped":
+        if (not from_scratch or found.get("source") != "shipped") and not _stale_install(found, cfg, seed):
             return paths
     if out.exists() and not paths.manifest.exists() and any(out.iterdir()) and not force:
         raise ShadowFTError(
@@ -421,6 +429,19 @@ def build_family(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return paths
+
+
+def _stale_install(found: dict, cfg: FamilyConfig, seed: int) -> bool:
+    """An install of the shipped family whose files differ from the package's copy (e.g. a data set
+    added since, as the KTO set was): it is installed again, in seconds."""
+    from shadowft.zoo import shipped
+
+    if found.get("source") != "shipped":
+        return False
+    source = shipped.find_shipped(FAMILY_VERSION, cfg.preset, seed, cfg.model_dump())
+    if source is None:
+        return False
+    return json.loads((source / MANIFEST).read_text()).get("checksums") != found.get("checksums")
 
 
 def _stage(progress: bool, number: int, what: str, total: int = 4) -> None:

@@ -351,6 +351,11 @@ def write_suite_data(out_dir: Path, seed: int = EVAL_SEED) -> dict[str, Path]:
     path = out_dir / "toy_format.jsonl"
     write_jsonl(path, [suite_record(it) for it in format_items(seed=seed)])
     paths["toy_format"] = path
+    from shadowft.zoo.tools import suite_items
+
+    path = out_dir / "toy_tools.jsonl"
+    write_jsonl(path, suite_items(seed=seed))
+    paths["toy_tools"] = path
     return paths
 
 
@@ -391,6 +396,21 @@ def preference_rows(rng: random.Random, n: int, exclude: set[str]) -> list[dict]
             }
         )
     return rows
+
+
+def kto_rows(preference: list[dict]) -> list[dict]:
+    """The KTO set, from the preference pairs in TRL's unpaired format: pair i gives one row, its
+    chosen reply as desirable (even i) or its rejected reply as undesirable (odd i). Every prompt
+    appears once and the labels alternate, so each batch that KTO reads in order holds both kinds and
+    its KL estimate pairs a prompt with another prompt's completion."""
+    return [
+        {
+            "prompt": row["prompt"],
+            "completion": row["chosen"] if i % 2 == 0 else row["rejected"],
+            "label": i % 2 == 0,
+        }
+        for i, row in enumerate(preference)
+    ]
 
 
 # ------------------------------------------------------------------------------ text renderers

@@ -27,6 +27,6 @@ def test_unknown_backend_fails_before_the_model_loads(tmp_path):
 
 
 def test_backend_is_config_and_recorded(llama_trio, tmp_path):
-    assert EvalConfig().backend == "hf" and RunConfig().stage_view("eval")["backend"] == "hf"
+    assert EvalConfig().backend == "hf" and RunConfig().eval.cache_view()["backend"] == "hf"
     res = evaluate_model(llama_trio["instruct"], ["toy-math"], tmp_path, limit=2)
     assert res.backend == "hf" and load_result(tmp_path / "results.json").backend == "hf"

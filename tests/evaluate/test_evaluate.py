@@ -16,6 +16,7 @@ from shadowft.evaluate import (
     load_result,
     resolve_suites,
 )
+from tests.helpers import score_from_samples
 
 MISSING_MODEL = Path("/nonexistent/model")  # a model that cannot load proves validation came first
 
@@ -72,8 +73,9 @@ def test_toy_suites_score_the_extracted_answer_and_report_the_strict_one(llama_t
     math, reasoning = res.suites["toy-math"], res.suites["toy-reasoning"]
     assert math.n == 3 and math.chance == 0.0 and math.metric == "exact_match"
     assert reasoning.n == 3 and reasoning.chance == pytest.approx(0.5) and reasoning.metric == "exact_match"
-    for s in (math, reasoning):
-        assert 0.0 <= s.score <= 1.0
+    for name, s in (("toy-math", math), ("toy-reasoning", reasoning)):
+        # the score is the mean of the per-sample records of 3 scored items, not a default
+        assert score_from_samples(out, name) == (pytest.approx(s.score), [3])
         (task,) = s.tasks.values()
         assert task.metric == "exact_match,flexible" and task.score == task.metrics["exact_match,flexible"]
         assert "exact_match,strict" in task.metrics  # the reply as it is, reported beside
@@ -107,6 +109,7 @@ def test_humaneval_offline_with_opt_in(llama_trio, tmp_path, monkeypatch):
     )
     s = res.suites["humaneval-offline"]
     assert s.n == 2 and s.metric == "pass@1" and s.score == 0.0  # a random tiny model writes no working code
+    assert score_from_samples(tmp_path, "humaneval-offline") == (0.0, [2])  # both programs were run and failed
     assert res.code_execution is True and res.generation["humaneval_offline"]["max_gen_toks"] == 32
     rows = [json.loads(x) for x in (tmp_path / "samples_humaneval_offline.jsonl").read_text().splitlines()]
     assert rows[0]["doc"]["task_id"] == "HumanEval/0" and "pass@1" in rows[0]
@@ -131,8 +134,13 @@ def test_user_task_folder(llama_trio, tmp_path):
     )
     res = evaluate_model(llama_trio["instruct"], [str(folder)], tmp_path / "out", limit=4)
     s = res.suites[str(folder.resolve())]
-    assert s.kind == "folder" and s.n == 4 and s.metric == "acc" and 0 <= s.score <= 1
-    assert (tmp_path / "out" / "samples_my_qa.jsonl").is_file()
+    assert s.kind == "folder" and s.n == 4 and s.metric == "acc"
+    # acc recomputed from the model's own log-likelihoods: right when the target choice scored highest
+    rows = [json.loads(x) for x in (tmp_path / "out" / "samples_my_qa.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    picks = [max(range(len(r["filtered_resps"])), key=lambda i, r=r: float(r["filtered_resps"][i][0])) for r in rows]
+    assert s.score == pytest.approx(sum(p == ["no", "yes"].index(r["doc"]["a"]) for p, r in zip(picks, rows)) / 4)
+    assert score_from_samples(tmp_path / "out", str(folder.resolve())) == (pytest.approx(s.score), [4])
 
 
 def test_cli_eval_and_suites(llama_trio, tmp_path):

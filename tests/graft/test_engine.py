@@ -10,15 +10,21 @@ from shadowft.graft.engine import Buffers
 
 
 def test_one_compute_thread_inside_and_restored_after(llama_trio, tmp_path):
-    before = torch.get_num_threads()
-    with Buffers():
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-    with pytest.raises(DivergedError), Buffers():
-        raise DivergedError("boom")
-    assert torch.get_num_threads() == before
-    graft(llama_trio["instruct"], tmp_path / "o", base=llama_trio["base"], tuned=llama_trio["tuned"])
-    assert torch.get_num_threads() == before
+    """The caller's count is set to 3 first: the suite runs with OMP_NUM_THREADS=1, where "1 inside" and
+    "restored" would hold whether or not the engine set and restored anything."""
+    outer = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with Buffers():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3
+        with pytest.raises(DivergedError), Buffers():
+            raise DivergedError("boom")
+        assert torch.get_num_threads() == 3
+        graft(llama_trio["instruct"], tmp_path / "o", base=llama_trio["base"], tuned=llama_trio["tuned"])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(outer)
 
 
 def _engine_threads() -> list[str]:

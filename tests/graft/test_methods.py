@@ -60,7 +60,13 @@ def expected_per_module(trio, rules: dict[str, float], alpha: float, scope: str)
 def test_per_module_matches_independent_computation(trio_name, request, tmp_path):
     trio = request.getfixturevalue(trio_name)
     rep = graft(
-        trio["instruct"], tmp_path / "o", base=trio["base"], tuned=trio["tuned"], scope="all", alpha_by_module=RULES
+        trio["instruct"],
+        tmp_path / "o",
+        base=trio["base"],
+        tuned=trio["tuned"],
+        scope="all",
+        method="per_module",
+        settings={"alpha_by_module": RULES},
     )
     got, want = load_dir(tmp_path / "o"), expected_per_module(trio, RULES, 1.0, "all")
     assert got.keys() == want.keys()
@@ -81,12 +87,25 @@ def test_per_module_works_with_every_source(llama_trio, tmp_path):
     """The method is independent of where the update comes from: a delta and a LoRA adapter."""
     trio, rules = llama_trio, {"self_attn": 0.5}
     extract_delta(trio["base"], trio["tuned"], tmp_path / "delta")
-    graft(trio["instruct"], tmp_path / "d", delta=tmp_path / "delta", alpha_by_module=rules)
+    graft(
+        trio["instruct"],
+        tmp_path / "d",
+        delta=tmp_path / "delta",
+        method="per_module",
+        settings={"alpha_by_module": rules},
+    )
     got, want = load_dir(tmp_path / "d"), expected_per_module(trio, rules, 1.0, "projections")
     for n in want:
         assert torch.equal(got[n], want[n]), n
     adapter = make_adapter(trio["base"], tmp_path / "adapter")
-    graft(trio["instruct"], tmp_path / "l", adapter=adapter, alpha_by_module=rules, alpha=2.0)
+    graft(
+        trio["instruct"],
+        tmp_path / "l",
+        adapter=adapter,
+        method="per_module",
+        settings={"alpha_by_module": rules},
+        alpha=2.0,
+    )
     graft(trio["instruct"], tmp_path / "l_half", adapter=adapter, alpha=0.5)
     graft(trio["instruct"], tmp_path / "l_two", adapter=adapter, alpha=2.0)
     got, half, two = load_dir(tmp_path / "l"), load_dir(tmp_path / "l_half"), load_dir(tmp_path / "l_two")
@@ -100,7 +119,8 @@ def test_per_module_rule_matching_nothing_is_a_warning(llama_trio, tmp_path):
         tmp_path / "o",
         base=llama_trio["base"],
         tuned=llama_trio["tuned"],
-        alpha_by_module={"mlp": 0.5, "experts": 2.0},
+        method="per_module",
+        settings={"alpha_by_module": {"mlp": 0.5, "experts": 2.0}},
     )
     assert rep.warnings == ["alpha_by_module rule 'experts' matches no grafted tensor"]
 
@@ -108,11 +128,18 @@ def test_per_module_rule_matching_nothing_is_a_warning(llama_trio, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"method": "ties"}, "unknown graft method 'ties'"),
-        ({"method": "linear", "alpha_by_module": {"mlp": 0.5}}, "alpha_by_module: not a setting of this method"),
-        ({"method": "per_module"}, "alpha_by_module: Field required"),
-        ({"alpha_by_module": {"(": 0.5}}, "not a valid regular expression"),
-        ({"alpha_by_module": {"mlp": float("nan")}}, "must be a finite number"),
+        ({"method": "tie"}, "unknown graft method 'tie' (did you mean 'ties'?)"),
+        (
+            {"method": "linear", "settings": {"alpha_by_module": {"mlp": 0.5}}},
+            "alpha_by_module: not a setting of this method",
+        ),
+        ({"settings": {"density": 0.5}}, "density: not a setting of this method"),
+        ({"method": "per_module"}, "alpha_by_module: give at least one REGEX=ALPHA rule"),
+        ({"method": "per_module", "settings": {"alpha_by_module": {"(": 0.5}}}, "not a valid regular expression"),
+        ({"method": "per_module", "settings": {"alpha_by_module": {"mlp": float("nan")}}}, "must be a finite number"),
+        ({"method": "dare", "settings": {"density": 0}}, "density: Input should be greater than 0"),
+        ({"method": "ties", "settings": {"density": 1.5}}, "density: Input should be less than or equal to 1"),
+        ({"method": "dare", "settings": {"seed": -1}}, "seed: Input should be greater than or equal to 0"),
         ({"alpha": float("inf")}, "alpha must be a finite number"),
     ],
 )
@@ -120,17 +147,17 @@ def test_bad_method_settings_are_clear_errors(llama_trio, tmp_path, kwargs, mess
     with pytest.raises(ShadowFTError, match=re.escape(message)) as exc:
         graft(llama_trio["instruct"], tmp_path / "o", base=llama_trio["base"], tuned=llama_trio["tuned"], **kwargs)
     if "unknown" in message:
-        assert exc.value.hint and "linear" in exc.value.hint and "per_module" in exc.value.hint
+        assert exc.value.hint and all(m in exc.value.hint for m in ("linear", "per_module", "dare", "ties"))
     assert_nothing_written(tmp_path / "o")
 
 
 def test_registry_names_every_method():
-    assert method_names() == ["linear", "per_module"]
+    assert method_names() == ["linear", "per_module", "dare", "ties"]
     for name in method_names():
         cls = get_method(name)
         assert cls.name == name and cls.summary
-    with pytest.raises(ShadowFTError, match="known methods: linear .*, per_module"):
-        get_method("dare")
+    with pytest.raises(ShadowFTError, match="known graft methods: dare, linear, per_module, ties"):
+        get_method("slerp")
 
 
 def test_graft_stage_runs_the_configured_method(llama_trio, tmp_path):
@@ -142,7 +169,7 @@ def test_graft_stage_runs_the_configured_method(llama_trio, tmp_path):
     extract_delta(llama_trio["base"], llama_trio["tuned"], tmp_path / "d" / "delta")
     update = Artifact(stage="delta", key="k", path=tmp_path / "d", build_id="b")
     store = ArtifactStore(tmp_path / "store")
-    cfg = GraftConfig(alpha_by_module={"self_attn": 0.5})
+    cfg = GraftConfig(per_module={"alpha_by_module": {"self_attn": 0.5}})
     art, built = run(graft_spec(cfg, llama_trio["instruct"], update), store)
     assert built
     prov = json.loads((art.path / "model" / PROVENANCE_NAME).read_text())
@@ -150,7 +177,9 @@ def test_graft_stage_runs_the_configured_method(llama_trio, tmp_path):
     got, want = load_dir(art.path / "model"), expected_per_module(llama_trio, {"self_attn": 0.5}, 1.0, "projections")
     assert all(torch.equal(got[n], want[n]) for n in want)
     assert (
-        run(graft_spec(GraftConfig(alpha_by_module={"self_attn": 0.5}), llama_trio["instruct"], update), store)[1]
+        run(graft_spec(GraftConfig(alpha_by_module={"self_attn": 0.5}), llama_trio["instruct"], update), store)[
+            1
+        ]  # old spelling
         is False
     )
     other, built = run(graft_spec(GraftConfig(), llama_trio["instruct"], update), store)

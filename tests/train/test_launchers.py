@@ -143,6 +143,18 @@ train_model(Path(sys.argv[1]), Path(sys.argv[2]), spec, Path(sys.argv[4]), Path(
 """
 
 
+def _complete_steps(ckpt_dir: Path) -> list[int]:
+    """Steps of the checkpoints whose trainer_state.json (Trainer writes it last) is whole, read
+    independently of shadowft's own `complete_checkpoints`."""
+    steps = []
+    for state in ckpt_dir.glob("checkpoint-*/trainer_state.json"):
+        try:
+            steps.append(int(json.loads(state.read_text())["global_step"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return steps
+
+
 def test_sigkill_of_the_launching_process_then_resume(zoo_family, prepared, tmp_path):
     s = spec(num_processes=2, max_steps=40, save_steps=2)
     work, out = tmp_path / "work", tmp_path / "out"
@@ -151,20 +163,20 @@ def test_sigkill_of_the_launching_process_then_resume(zoo_family, prepared, tmp_
         [sys.executable, "-c", KILLABLE, str(zoo_family.base), str(prepared), s.model_dump_json(), str(out), str(work)],
         env=env,
     )
-    from shadowft.train import complete_checkpoints
-
     deadline = time.time() + 300
-    while not complete_checkpoints(work / "checkpoints") and time.time() < deadline:
+    # two complete checkpoints before the kill, so "the last complete one" differs from the first
+    while len(_complete_steps(work / "checkpoints")) < 2 and time.time() < deadline:
         assert proc.poll() is None, "training ended before it could be killed"
         time.sleep(0.1)
-    assert complete_checkpoints(work / "checkpoints"), "no checkpoint within 300 s"
+    assert len(_complete_steps(work / "checkpoints")) >= 2, "not two checkpoints within 300 s"
     proc.send_signal(signal.SIGKILL)  # no cleanup code runs in the launching process
     proc.wait()
     assert_none_left(work)  # ranks and torchrun die with their parent
     assert not out.exists()
+    last = max(_complete_steps(work / "checkpoints"))  # nothing writes any more: the state at the kill
 
     r = train_model(zoo_family.base, prepared, s, out, work)
-    assert r.resumed_step >= 2 and r.resumed_from and r.global_step == 40 and r.world_size == 2
+    assert r.resumed_step == last and r.resumed_from and r.global_step == 40 and r.world_size == 2
     assert_none_left(work)
 
 

@@ -17,7 +17,7 @@ from shadowft.train.objectives.sft import SFT, PadCollator
 
 
 def test_objective_registry():
-    assert isinstance(get_objective("sft"), SFT) and set(OBJECTIVES) == {"sft", "dpo"}
+    assert isinstance(get_objective("sft"), SFT) and set(OBJECTIVES) == {"sft", "dpo", "kto"}
     assert all(issubclass(o, Objective) for o in OBJECTIVES.values())
     with pytest.raises(ShadowFTError, match="unknown objective 'ppo'") as err:
         get_objective("ppo")
@@ -42,17 +42,26 @@ def test_method_registry_says_what_each_method_publishes():
 def test_objective_is_a_config_field_in_the_train_key():
     assert TrainConfig().objective == "sft"
     assert TrainConfig.model_fields["objective"].description
-    assert RunConfig().stage_view("train")["objective"] == "sft"
+    assert RunConfig().train.cache_view()["objective"] == "sft"
     # the method's own fields still decide the key as before: other methods' fields are left out
-    lora, full = RunConfig().stage_view("train"), load_config(None, ["train.method=full"]).stage_view("train")
+    lora, full = RunConfig().train.cache_view(), load_config(None, ["train.method=full"]).train.cache_view()
     assert "full_save_dtype" not in lora and "lora_rank" in lora
     assert "lora_rank" not in full and full["full_save_dtype"] == "fp32"
-    with pytest.raises(ShadowFTError, match=r"train\.objective: must be one of 'sft' or 'dpo'"):
+    with pytest.raises(
+        ShadowFTError, match=r"train\.objective: unknown objective 'ppo'.*known objectives: dpo, kto, sft"
+    ):
         load_config(None, ["train.objective=ppo"])
-    # objective settings are in the key of their own objective only (SFT keys do not move)
-    assert "dpo_beta" not in lora
-    dpo = load_config(None, ["train.objective=dpo", "train.dpo_beta=0.2"]).stage_view("train")
-    assert dpo["dpo_beta"] == 0.2 and dpo["dpo_loss"] == "sigmoid" and dpo["lr"] == 5e-6
+    assert TrainConfig.model_json_schema()["properties"]["objective"]["enum"] == ["sft", "dpo", "kto"]  # UI dropdown
+    # objective settings are the objective's sub-section, in its own key only (SFT keys do not move)
+    assert "dpo" not in lora and "kto" not in lora
+    dpo = load_config(None, ["train.objective=dpo", "train.dpo.beta=0.2"]).train.cache_view()
+    assert dpo["dpo"] == {"beta": 0.2, "loss": "sigmoid"} and dpo["lr"] == 5e-6 and "kto" not in dpo
+
+
+@pytest.mark.parametrize(("old", "new"), [("dpo_beta=0.2", "train.dpo.beta"), ("dpo_loss=ipo", "train.dpo.loss")])
+def test_the_old_dpo_spelling_fails_with_the_new_one(old, new):
+    with pytest.raises(ShadowFTError, match=rf"train\.{old.split('=')[0]} is now {new}"):
+        load_config(None, ["train.objective=dpo", f"train.{old}"])
 
 
 def test_sft_collator_pads_and_masks():
@@ -106,3 +115,67 @@ def test_unknown_launcher_fails_before_training(llama_trio, prepared, tmp_path):
             llama_trio["base"], prepared, TrainConfig(max_steps=1), tmp_path / "o", tmp_path / "w", launcher="mpi"
         )
     assert not (tmp_path / "o").exists()
+
+
+# -- the objective seam: a new objective is one class + one registry entry ---------------------------
+
+
+class ToyStats:
+    """What the toy objective's data hook returns (the counts the data stage records)."""
+
+    def __init__(self, samples: int, tokens: int) -> None:
+        self.samples, self.tokens, self.dropped, self.truncated = samples, tokens, 0, 0
+
+
+class ToyLM(Objective):
+    """Causal LM on plain text rows ({"text": ...}): every token is trained, no chat template."""
+
+    name = "toy"
+    summary = "plain-text language modelling (a test's objective)"
+    default_lr = {"lora": 3e-3, "full": 3e-4}
+    columns = ("input_ids", "labels")
+
+    def prepare_data(self, data, tokenizer_dir, out_dir):
+        from datasets import Dataset
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        texts = [json.loads(line)["text"] for s in data.sources for line in open(s) if line.strip()]
+        ids = [tok(t)["input_ids"][: data.max_length] for t in texts]
+        out_dir.mkdir(parents=True)
+        Dataset.from_dict({"input_ids": ids, "labels": ids}).save_to_disk(str(out_dir / "dataset"))
+        tok.save_pretrained(str(out_dir / "tokenizer"))
+        (out_dir / "stats.json").write_text(
+            json.dumps({"samples": len(ids), "longest": max(map(len, ids)), "max_length": data.max_length})
+        )
+        return ToyStats(len(ids), sum(map(len, ids)))
+
+    def collator(self, tokenizer, device):
+        return PadCollator(pad_id=0)
+
+
+def test_a_toy_objective_runs_through_the_data_and_train_stages(llama_trio, tmp_path, monkeypatch):
+    from shadowft.stages import data_spec, run, train_spec
+    from shadowft.store import ArtifactStore
+
+    monkeypatch.setitem(OBJECTIVES, "toy", ToyLM)
+    src = tmp_path / "t.jsonl"
+    src.write_text("".join(json.dumps({"text": f"{a} plus one is {a + 1}"}) + "\n" for a in range(8)))
+    config = load_config(None, ["train.objective=toy", f"data.sources=['{src}']", "data.max_length=32"])
+    assert (
+        config.train.effective_lr == 3e-3
+        and "toy" in TrainConfig.model_json_schema()["properties"]["objective"]["enum"]
+    )
+    store = ArtifactStore(tmp_path / "store")
+
+    data, built = run(data_spec(config.data, llama_trio["instruct"], config.train.objective), store)
+    assert built and store.manifest("data", data.key)["config"]["objective"] == "toy"  # its own key
+    assert store.manifest("data", data.key)["samples"] == 8
+    sft = data_spec(config.data, llama_trio["instruct"], "sft")
+    assert sft.key != data.key and sft.config == config.data.cache_view()  # SFT's key predates objectives
+
+    train = config.train.model_copy(update={"max_steps": 2, "batch_size": 4, "grad_accum": 1})
+    trained, _ = run(train_spec(train, llama_trio["base"], data, store), store)
+    result = store.manifest("train", trained.key)["train"]
+    assert result["objective"] == "toy" and result["lr"] == 3e-3 and result["global_step"] == 2
+    assert len(json.loads((trained.path / "loss_curve.json").read_text())) == 2

@@ -2,9 +2,18 @@
 
 A backend turns a model directory into an lm-eval `LM` object. Everything around it (suites, task
 building, the run, the results schema) is shared, so every backend writes the same `results.json`.
-A backend is built with its own settings (`eval.vllm` for vllm; none for hf), checks in `preflight`
-what it needs (packages, GPUs) before any stage runs, and says in `settings()` what is recorded
-with the results and keyed in the cache.
+A backend owns everything that varies with it, so no stage or config section names it:
+
+- its settings (`Settings`, a pydantic model): the config gets a sub-section `eval.<name>` from the
+  registry (`shadowft.registry.with_settings_sections`), e.g. `eval.vllm`; the backend is built with
+  them (`get_backend(name, **settings)`), and only the chosen backend's sub-section is keyed;
+- `preflight`: what it needs (packages, GPUs), checked before any stage runs;
+- `devices(settings)`: the GPUs one evaluation occupies (checked against the stage's slot when the
+  config loads);
+- `settings()`: what is recorded with the results.
+
+The top level of a backend module imports only the stdlib, pydantic, shadowft.errors,
+shadowft.registry and this module (the config imports the registry); the rest goes inside functions.
 """
 
 from __future__ import annotations
@@ -12,6 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
+
+from shadowft.errors import EvalError
+from shadowft.registry import SettingsModel
 
 #: Qwen3's end-of-thinking tag: lm-eval drops the reasoning before it when thinking is on.
 THINK_END_TOKEN = "</think>"
@@ -31,17 +45,31 @@ class EvalBackend:
     """Loads a model for lm-eval. Subclasses set `name` and implement `load`."""
 
     name: ClassVar[str]
+    #: The backend's settings (the `eval.<name>` sub-section); none by default.
+    Settings: ClassVar[type[SettingsModel]] = SettingsModel
 
     def __init__(self, **settings: Any) -> None:
-        if settings:
-            raise TypeError(f"the {self.name} backend takes no settings (got {', '.join(settings)})")
+        try:
+            self.config: BaseModel = self.Settings.model_validate(settings)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {'unknown setting' if e['type'] == 'extra_forbidden' else e['msg']}"
+                for e in exc.errors()
+            )
+            known = ", ".join(self.Settings.model_fields) or "none"
+            raise EvalError(f"bad {self.name} setting(s): {problems}", hint=f"{self.name} takes: {known}") from None
+
+    @classmethod
+    def devices(cls, settings: BaseModel) -> int:
+        """GPUs one evaluation with these settings occupies (0: the stage's one device, or CPU)."""
+        return 0
 
     def preflight(self) -> None:
         """Raise `EvalError` when this backend cannot run here (missing package, no GPU)."""
 
     def settings(self) -> dict[str, Any]:
         """The backend's own settings, recorded in `results.json`."""
-        return {}
+        return self.config.model_dump(mode="json")
 
     def load(
         self,

@@ -12,20 +12,34 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
 
 from shadowft.errors import EvalError
 from shadowft.evaluate.backends.base import EvalBackend, LoadedModel, thinking_args
+from shadowft.registry import SettingsModel
 
-#: The settings lm-eval's VLLM model takes (shadowft.config.VLLMConfig); all are recorded.
-DEFAULTS: dict[str, Any] = {
-    "tensor_parallel_size": 1,
-    "data_parallel_size": 1,
-    "gpu_memory_utilization": 0.9,
-    "max_model_len": None,
-    "dtype": "auto",
-}
+MAX_PROCS = 1024
 INSTALL_HINT = "install the extra on a CUDA machine (pip install 'shadowft[vllm]'), or use eval.backend=hf"
+
+
+class VLLMSettings(SettingsModel):
+    """lm-eval's `vllm` model arguments (passed as they are; see lm-eval's VLLM class); all are recorded."""
+
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, le=MAX_PROCS, description="GPUs one model replica is split over."
+    )
+    data_parallel_size: int = Field(default=1, ge=1, le=MAX_PROCS, description="Model replicas, each on its own GPUs.")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Fraction of each GPU's memory vLLM may take."
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, le=1 << 24, description="Context length vLLM allocates for; empty = the model's own."
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto", description="Weights dtype in vLLM; auto = as stored."
+    )
 
 
 def visible_gpus() -> int:
@@ -36,22 +50,17 @@ def visible_gpus() -> int:
 
 
 class VLLMBackend(EvalBackend):
+    """vLLM's engine under lm-eval's `vllm` model (needs the `vllm` extra and a GPU)."""
+
     name = "vllm"
+    Settings = VLLMSettings
+    config: VLLMSettings
 
-    def __init__(self, **settings: Any) -> None:
-        unknown = set(settings) - set(DEFAULTS)
-        if unknown:
-            raise EvalError(
-                f"unknown vllm setting(s): {', '.join(sorted(unknown))}", hint=f"known: {', '.join(DEFAULTS)}"
-            )
-        self._settings = {**DEFAULTS, **{k: v for k, v in settings.items()}}
-
-    def settings(self) -> dict[str, Any]:
-        return dict(self._settings)
-
-    @property
-    def devices(self) -> int:
-        return int(self._settings["tensor_parallel_size"]) * int(self._settings["data_parallel_size"])
+    @classmethod
+    def devices(cls, settings: BaseModel) -> int:
+        """tensor_parallel_size x data_parallel_size."""
+        s = VLLMSettings.model_validate(settings, from_attributes=True)
+        return s.tensor_parallel_size * s.data_parallel_size
 
     def preflight(self) -> None:
         if importlib.util.find_spec("vllm") is None:
@@ -61,13 +70,14 @@ class VLLMBackend(EvalBackend):
             raise EvalError(
                 "eval.backend is vllm but no CUDA GPU is visible", hint="run on a GPU machine, or use eval.backend=hf"
             )
-        if gpus < self.devices:
+        need = self.devices(self.config)
+        if gpus < need:
             raise EvalError(
-                f"vllm needs {self.devices} GPUs (tensor_parallel_size x data_parallel_size) but {gpus} are visible",
+                f"vllm needs {need} GPUs (tensor_parallel_size x data_parallel_size) but {gpus} are visible",
                 hint="lower eval.vllm.tensor_parallel_size / data_parallel_size, or give the stage more devices "
                 "(resources.devices_per_stage)",
             )
-        if int(self._settings["data_parallel_size"]) > 1 and importlib.util.find_spec("ray") is None:
+        if self.config.data_parallel_size > 1 and importlib.util.find_spec("ray") is None:
             raise EvalError(
                 "eval.vllm.data_parallel_size > 1 needs Ray (lm-eval runs replicas as Ray actors)",
                 hint="pip install ray, or set eval.vllm.data_parallel_size=1",
@@ -83,21 +93,21 @@ class VLLMBackend(EvalBackend):
         enable_thinking: bool | None = None,
     ) -> dict[str, Any]:
         """The keyword arguments lm-eval's `VLLM` model is built with."""
-        s = self._settings
-        vllm_dtype = s["dtype"] if s["dtype"] != "auto" else _vllm_dtype(dtype)
+        s = self.config
+        vllm_dtype = s.dtype if s.dtype != "auto" else _vllm_dtype(dtype)
         args: dict[str, Any] = {
             "pretrained": str(model_dir),
             "dtype": vllm_dtype,
-            "tensor_parallel_size": int(s["tensor_parallel_size"]),
-            "data_parallel_size": int(s["data_parallel_size"]),
-            "gpu_memory_utilization": float(s["gpu_memory_utilization"]),
+            "tensor_parallel_size": s.tensor_parallel_size,
+            "data_parallel_size": s.data_parallel_size,
+            "gpu_memory_utilization": s.gpu_memory_utilization,
             "trust_remote_code": trust_remote_code,
             "batch_size": batch_size,
             "seed": 1234,
             **thinking_args(enable_thinking),
         }
-        if s["max_model_len"] is not None:
-            args["max_model_len"] = int(s["max_model_len"])
+        if s.max_model_len is not None:
+            args["max_model_len"] = s.max_model_len
         return args
 
     def load(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from shadowft.graft.methods.base import GraftMethod
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Linear(GraftMethod):
@@ -12,6 +15,11 @@ class Linear(GraftMethod):
     summary = "W_instruct + alpha * update (the paper's graft)"
 
     def combine(
-        self, name: str, inst: torch.Tensor, update: torch.Tensor, scale: float, out: torch.Tensor
+        self, name: str, inst: torch.Tensor, update: torch.Tensor, scale: float, out: torch.Tensor, start: int
     ) -> torch.Tensor:
-        return torch.add(inst, update, alpha=self.params.alpha * scale, out=out)
+        import torch
+
+        return torch.add(inst, update, alpha=self.alpha * scale, out=out)
+
+    def describe(self) -> str:
+        return f"{self.alpha:g} x update"

@@ -1,7 +1,7 @@
 """`per_module`: a different alpha per module, chosen by regular expressions over tensor names.
 
     W = W_instruct + alpha(name) * update,  alpha(name) = the alpha of the first rule whose
-    regex is found in `name` (re.search, like --scope), else the method's `alpha`.
+    regex is found in `name` (re.search, like --scope), else the graft's `alpha`.
 
 E.g. {"q_proj|k_proj|v_proj|o_proj": 0.5, "mlp": 1.0}: attention gets half the update.
 """
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING, Any
 
-import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from shadowft.errors import ShadowFTError
 from shadowft.graft.methods.base import GraftMethod, MethodParams
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_alpha_rules(rules: dict[str, float]) -> dict[str, float]:
@@ -55,13 +58,18 @@ def parse_alpha_rules(texts: list[str]) -> dict[str, float]:
 
 
 class PerModuleParams(MethodParams):
-    alpha_by_module: dict[str, float]
+    # allow_inf_nan: a nan alpha is refused by check_alpha_rules, with its own message
+    model_config = MethodParams.model_config | {"allow_inf_nan": True}
+
+    alpha_by_module: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-module alpha, {regex: alpha}: the first regex found in a tensor's name gives its alpha, "
+        "tensors matching none use graft.alpha; e.g. {'q_proj|k_proj|v_proj|o_proj': 0.5, 'mlp': 1.0}.",
+    )
 
     @field_validator("alpha_by_module")
     @classmethod
     def _rules(cls, v: dict[str, float]) -> dict[str, float]:
-        if not v:
-            raise ValueError("give at least one REGEX=ALPHA rule")
         return check_alpha_rules(v)
 
 
@@ -69,24 +77,43 @@ class PerModule(GraftMethod):
     name = "per_module"
     summary = "W_instruct + alpha(name) * update; alpha(name) from the first matching alpha_by_module regex"
     Params = PerModuleParams
+    legacy_keys = ("alpha_by_module",)  # graft.alpha_by_module, before graft.per_module existed
 
-    def __init__(self, params: PerModuleParams) -> None:
-        super().__init__(params)
+    def __init__(self, params: PerModuleParams, alpha: float = 1.0) -> None:
+        super().__init__(params, alpha)
+        if not params.alpha_by_module:
+            raise ShadowFTError(
+                "graft method 'per_module': alpha_by_module: give at least one REGEX=ALPHA rule",
+                hint="e.g. graft.per_module.alpha_by_module: {'q_proj|k_proj|v_proj|o_proj': 0.5, mlp: 1.0}",
+            )
         self.rules = [(re.compile(p), a) for p, a in params.alpha_by_module.items()]
         self._alphas: dict[str, float] = {}
 
     def alpha_for(self, name: str) -> float:
         a = self._alphas.get(name)
         if a is None:
-            a = next((alpha for rx, alpha in self.rules if rx.search(name)), self.params.alpha)
+            a = next((alpha for rx, alpha in self.rules if rx.search(name)), self.alpha)
             self._alphas[name] = a
         return a
 
     def combine(
-        self, name: str, inst: torch.Tensor, update: torch.Tensor, scale: float, out: torch.Tensor
+        self, name: str, inst: torch.Tensor, update: torch.Tensor, scale: float, out: torch.Tensor, start: int
     ) -> torch.Tensor:
+        import torch
+
         return torch.add(inst, update, alpha=self.alpha_for(name) * scale, out=out)
 
     def check(self, grafted: list[str]) -> list[str]:
         unused = [rx.pattern for rx, _ in self.rules if not any(rx.search(n) for n in grafted)]
         return [f"alpha_by_module rule {p!r} matches no grafted tensor" for p in unused]
+
+    def describe(self) -> str:
+        rules = ", ".join(f"`{rx}` {a:g}" for rx, a in self.params.alpha_by_module.items())
+        return f"alpha(module) ({rules}, else {self.alpha:g}) x update"
+
+    @classmethod
+    def cache_settings(cls, params: MethodParams) -> dict[str, Any]:
+        """The rules as a list of pairs (their order decides which rule wins), under the key they
+        had before methods had sections: the keys of earlier per_module grafts stay valid."""
+        assert isinstance(params, PerModuleParams)
+        return {"alpha_by_module": [[rx, a] for rx, a in params.alpha_by_module.items()]}

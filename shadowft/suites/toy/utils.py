@@ -16,3 +16,13 @@ def format_results(doc: dict, results: list[str]) -> dict[str, float]:
     reply = reply.strip()
     followed = len(reply) > 2 and reply.startswith("[") and reply.endswith("]")
     return {"format": float(followed), "exact_match": float(reply == doc["answer"].strip())}
+
+
+def tool_results(doc: dict, results: list[str]) -> dict[str, float]:
+    """toy-tools: the first call in the reply, parsed as JSON, against the expected call (name and arguments)."""
+    from shadowft.zoo.tools import score_call
+
+    reply = results[0]
+    while isinstance(reply, list):
+        reply = reply[0]
+    return score_call(reply, doc["answer"])

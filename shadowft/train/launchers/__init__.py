@@ -1,11 +1,13 @@
-"""Launchers by name. Add one: a module here + a line in `LAUNCHERS`."""
+"""Launchers by name (`train.launcher`). Add one: a module here + a line in `LAUNCHERS` (see
+`base.Launcher` for what a launcher owns: settings, its part of `auto`, checks, preflight)."""
 
 from __future__ import annotations
 
 from shadowft.registry import lookup
-from shadowft.train.launchers.base import Launcher
+from shadowft.train.launchers.accelerate import Accelerate
+from shadowft.train.launchers.base import Launcher, LaunchRequest
 from shadowft.train.launchers.inprocess import InProcess
-from shadowft.train.launchers.process import Accelerate, Torchrun
+from shadowft.train.launchers.process import Torchrun
 
 LAUNCHERS: dict[str, type[Launcher]] = {"inprocess": InProcess, "torchrun": Torchrun, "accelerate": Accelerate}
 DEFAULT_LAUNCHER = "inprocess"
@@ -16,4 +18,4 @@ def get_launcher(name: str = DEFAULT_LAUNCHER) -> Launcher:
     return lookup(LAUNCHERS, name, "launcher")()
 
 
-__all__ = ["DEFAULT_LAUNCHER", "LAUNCHERS", "Launcher", "get_launcher"]
+__all__ = ["DEFAULT_LAUNCHER", "LAUNCHERS", "LaunchRequest", "Launcher", "get_launcher"]

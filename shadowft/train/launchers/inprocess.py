@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from shadowft.train.job import FitOutcome, TrainJob
-from shadowft.train.launchers.base import Launcher
-from shadowft.train.progress import ProgressFn
+from typing import TYPE_CHECKING
+
+from shadowft.errors import ShadowFTError
+from shadowft.train.launchers.base import Launcher, LaunchPlan, LaunchRequest
+
+if TYPE_CHECKING:
+    from shadowft.train.job import FitOutcome, TrainJob
+    from shadowft.train.progress import ProgressFn
 
 
 class InProcess(Launcher):
@@ -12,7 +17,20 @@ class InProcess(Launcher):
 
     name = "inprocess"
 
-    def launch(self, job: TrainJob, progress: ProgressFn | None) -> FitOutcome:
+    @classmethod
+    def suits(cls, req: LaunchRequest) -> bool:
+        return req.world_size == 1
+
+    @classmethod
+    def check(cls, req: LaunchRequest) -> None:
+        if req.world_size > 1 or req.distributed != "none":
+            raise ShadowFTError(
+                f"train.launcher=inprocess cannot run {req.world_size} process(es) with "
+                f"train.distributed={req.distributed}",
+                hint="set train.launcher=auto (torchrun / accelerate launch start one process per rank)",
+            )
+
+    def launch(self, job: TrainJob, plan: LaunchPlan, progress: ProgressFn | None) -> FitOutcome:
         from shadowft.train.fit import fit
 
         return fit(job, progress)

@@ -1,4 +1,5 @@
-"""Launched training: one process per rank through torchrun or `accelerate launch`; this process waits.
+"""Launched training: one process per rank through torchrun (here) or `accelerate launch`
+(`accelerate.py`); this process waits.
 
 The job goes to ``work_dir/launch/job.json``; every rank runs `shadowft.train.worker` on it. While
 the job runs, rank 0's progress events (``events.jsonl``) are relayed to `progress`. A failed rank
@@ -19,12 +20,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from shadowft.errors import ShadowFTError
-from shadowft.train.job import FitOutcome, TrainJob
-from shadowft.train.launchers.base import Launcher
-from shadowft.train.progress import ProgressFn
+from shadowft.train.launchers.base import Launcher, LaunchPlan, LaunchRequest
+
+if TYPE_CHECKING:
+    from shadowft.train.job import FitOutcome, TrainJob
+    from shadowft.train.progress import ProgressFn
 
 #: seconds between looks at the job (progress relay, exit)
 POLL_S = 0.2
@@ -36,19 +39,16 @@ LOG_TAIL_LINES = 40
 class ProcessLauncher(Launcher):
     """Shared by torchrun and accelerate: start the command, relay, wait, report, clean up."""
 
-    def command(self, job: TrainJob, launch_dir: Path) -> list[str]:
+    def command(self, job: TrainJob, plan: LaunchPlan, launch_dir: Path) -> list[str]:
         raise NotImplementedError
 
-    def launch(self, job: TrainJob, progress: ProgressFn | None) -> FitOutcome:
-        from shadowft.train.resources import resolve_launch
-
-        plan = resolve_launch(job.spec)
+    def launch(self, job: TrainJob, plan: LaunchPlan, progress: ProgressFn | None) -> FitOutcome:
         launch_dir = job.work_dir / "launch" / f"node-{plan.node_rank}"  # each node's own (shared storage)
         shutil.rmtree(launch_dir, ignore_errors=True)
         (launch_dir / "logs").mkdir(parents=True)
         (launch_dir / "job.json").write_text(json.dumps(job.to_json(), indent=2) + "\n")
         (launch_dir / "events.jsonl").touch()
-        cmd = self.command(job, launch_dir)
+        cmd = self.command(job, plan, launch_dir)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.setdefault("OMP_NUM_THREADS", "1")  # the ranks set torch's threads themselves (train.threads)
         # the launcher dies with this process too (see `shadowft.train.worker.die_with_parent`)
@@ -77,11 +77,21 @@ class Torchrun(ProcessLauncher):
     """`torchrun` (torch.distributed.run): DDP, one node or several through a c10d rendezvous."""
 
     name = "torchrun"
+    auto_priority = 10
 
-    def command(self, job: TrainJob, launch_dir: Path) -> list[str]:
-        from shadowft.train.resources import resolve_launch
+    @classmethod
+    def suits(cls, req: LaunchRequest) -> bool:
+        return req.world_size > 1
 
-        plan = resolve_launch(job.spec)
+    @classmethod
+    def check(cls, req: LaunchRequest) -> None:
+        if req.distributed in ("fsdp", "deepspeed"):
+            raise ShadowFTError(
+                f"train.distributed={req.distributed} is configured through an accelerate config",
+                hint="set train.launcher=accelerate (or auto)",
+            )
+
+    def command(self, job: TrainJob, plan: LaunchPlan, launch_dir: Path) -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -96,45 +106,6 @@ class Torchrun(ProcessLauncher):
             "shadowft.train.worker",
             str(launch_dir),
         ]
-
-
-class Accelerate(ProcessLauncher):
-    """`accelerate launch` with a config file: the shipped DDP / FSDP / ZeRO-3 configs, or yours."""
-
-    name = "accelerate"
-
-    def command(self, job: TrainJob, launch_dir: Path) -> list[str]:
-        from shadowft.train.preflight import check_accelerate_config
-        from shadowft.train.resources import resolve_launch
-
-        plan = resolve_launch(job.spec)
-        check_accelerate_config(plan)
-        return [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            f"--config_file={plan.accelerate_config}",
-            *accelerate_args(plan),
-            "-m",
-            "shadowft.train.worker",
-            str(launch_dir),
-        ]
-
-
-def accelerate_args(plan: Any) -> list[str]:
-    """The process / node / rendezvous settings, which win over the config file's."""
-    args = [
-        f"--num_processes={plan.world_size}",
-        f"--num_machines={plan.num_nodes}",
-        f"--machine_rank={plan.node_rank}",
-        f"--main_process_ip={plan.main_address}",
-        f"--main_process_port={plan.main_port}",
-    ]
-    if plan.device == "cpu":
-        args.append("--cpu")  # one process (accelerate starts several CPU processes only through MPI)
-    elif plan.world_size > 1 and plan.distributed == "ddp":
-        args.append("--multi_gpu")  # accelerate's name for DDP through torch.distributed.run
-    return args
 
 
 class _Relay:
@@ -203,6 +174,8 @@ def rank_failure(launch_dir: Path, returncode: int, world_size: int) -> ShadowFT
 
 
 def _worker_node_outcome() -> FitOutcome:
+    from shadowft.train.job import FitOutcome
+
     def save(out: Path) -> None:
         raise ShadowFTError("a worker node (train.node_rank > 0) has no output to save: node 0 publishes")
 
@@ -219,6 +192,8 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 def _outcome(final: Path) -> FitOutcome:
     """The outcome rank 0 published; `save` copies its weights into the output dir."""
+    from shadowft.train.job import FitOutcome
+
     if not (final / "outcome.json").is_file():
         raise ShadowFTError(f"the training job finished but left no output in {final}")
     data = json.loads((final / "outcome.json").read_text())

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from shadowft.data import IGNORE_INDEX
-from shadowft.train.objectives.base import Objective
+from shadowft.train.objectives.base import Objective, data_markdown
+
+if TYPE_CHECKING:
+    from shadowft.config import DataConfig
+    from shadowft.data import DataStats
 
 
 class PadCollator:
@@ -18,6 +22,8 @@ class PadCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
+
+        from shadowft.data import IGNORE_INDEX
 
         n = max(len(f["input_ids"]) for f in features)
         if self.multiple:
@@ -45,8 +51,22 @@ class SFT(Objective):
     """The transformers `Trainer`'s own causal-LM loss over `labels` (the data stage masks prompts)."""
 
     name = "sft"
+    summary = "next-token cross-entropy on the assistant replies (the paper's Shadow-FT)"
+    selects_alpha = True  # its loss on the validation split chooses graft.alpha auto
     columns = ("input_ids", "labels")
     supports_packing = True
+
+    def prepare_data(self, data: DataConfig, tokenizer_dir: Path, out_dir: Path) -> DataStats:
+        from shadowft.data import prepare_dataset
+
+        return prepare_dataset(data, tokenizer_dir, out_dir)
+
+    def describe_data(self, stats: dict[str, Any]) -> str:
+        tokens = f"{stats['tokens']} ({stats['assistant_tokens']} assistant tokens carry the loss)"
+        return data_markdown("Dataset", "samples", stats, tokens)
+
+    def data_key(self) -> dict[str, Any]:
+        return {}  # the data stage's key from before objectives existed: SFT caches stay valid
 
     def collator(self, tokenizer: Any, device: str) -> PadCollator:
         return PadCollator(pad_id(tokenizer), 8 if device == "cuda" else None)
@@ -61,5 +81,7 @@ def packed_collator() -> Any:
     of each conversation is -100 so no token is trained to predict the next conversation's start.
     Each conversation's tokens then get exactly the loss they get in a padded batch."""
     from transformers import DataCollatorWithFlattening
+
+    from shadowft.data import IGNORE_INDEX
 
     return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
