@@ -353,6 +353,7 @@ print("maxrss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """
 
 
+@pytest.mark.slow
 def test_a_50_mb_record_is_refused_by_default_in_bounded_memory(tmp_path, tok_dir):
     """Issue 22 item 9: a 50 MB JSONL line was tokenized whole and the process died at 9.5 GB."""
     import subprocess

@@ -202,12 +202,14 @@ def _check(target: str, load, text: str, tmp: Path) -> None:
         assert load(p) == cfg, "an accepted config does not survive its YAML round trip"
 
 
+@pytest.mark.slow
 @FUZZ
 @given(text=st.one_of(structural(RUN_SEEDS), textual(RUN_SEEDS), aliased()))
 def test_fuzz_run_config_loader(text):
     _check("load_config", load_config, text, _TMP())
 
 
+@pytest.mark.slow
 @FUZZ
 @given(text=st.one_of(structural(COMPARE_SEEDS), textual(COMPARE_SEEDS)))
 def test_fuzz_compare_config_loader(text):

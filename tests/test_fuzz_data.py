@@ -230,6 +230,7 @@ def test_fuzz_mutated_bytes_end_in_a_result_or_a_clean_error(tok, tallies, work,
     ),
     data=st.data(),
 )
+@pytest.mark.slow
 def test_fuzz_preference_rows_end_in_a_result_or_a_clean_error(llama_trio, tok, tallies, work, rows, data):
     from shadowft.preference import prepare_preferences
 

@@ -280,6 +280,7 @@ def _pair_check(base: Path, tuned: Path, instruct: Path, where: str) -> Callable
     return check
 
 
+@pytest.mark.slow
 def test_fuzz_shard_headers_and_bytes(llama_trio, tmp_path):
     """Base, tuned or instruct shard mutated (header structure or raw bytes)."""
 
@@ -293,6 +294,7 @@ def test_fuzz_shard_headers_and_bytes(llama_trio, tmp_path):
     fuzz("shards", tmp_path, one)
 
 
+@pytest.mark.slow
 def test_fuzz_index_files(qwen3_tied_sharded_trio, tmp_path):
     """The index of a sharded base, tuned or instruct mutated (names, types, garbled JSON)."""
     trio = qwen3_tied_sharded_trio
@@ -312,6 +314,7 @@ def test_fuzz_index_files(qwen3_tied_sharded_trio, tmp_path):
 CONFIG_FIELDS = ["model_type", "architectures", "hidden_size", "num_hidden_layers", "vocab_size", "tie_word_embeddings"]
 
 
+@pytest.mark.slow
 def test_fuzz_config_json(llama_trio, tmp_path):
     """config.json of base, tuned or instruct mutated: never changes the weights, so a graft that
     succeeds must give the unchanged result."""
@@ -335,6 +338,7 @@ def delta_dir(llama_trio, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_fuzz_delta_provenance_and_shard(llama_trio, delta_dir, tmp_path):
     """A stored delta: its provenance record (the Base structure it carries) or its shard mutated."""
     from shadowft.graft import PROVENANCE_NAME
@@ -370,6 +374,7 @@ def adapter_dir(llama_trio, tmp_path_factory) -> Path:
 ADAPTER_FIELDS = ["r", "lora_alpha", "rank_pattern", "alpha_pattern", "peft_type", "use_dora", "use_rslora"]
 
 
+@pytest.mark.slow
 def test_fuzz_lora_adapters(llama_trio, adapter_dir, tmp_path):
     """A LoRA adapter: its config fields or its shard mutated. A success must load with the
     safetensors library and give finite tensors of Instruct's shapes and dtypes."""

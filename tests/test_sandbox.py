@@ -37,8 +37,20 @@ def _humaneval_problems(n: int) -> list[dict]:
         return [json.loads(line) for _, line in zip(range(n), f)]
 
 
+_before: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _children_before_the_test() -> None:
+    """This process's children when the test starts: what other tests left running (the session's
+    Prefect server, multiprocessing's resource tracker) is not a straggler of the sandbox."""
+    _before.clear()
+    _before.update(c.pid for c in psutil.Process().children(recursive=True))
+
+
 def _no_stragglers() -> bool:
-    return not psutil.Process().children(recursive=True)
+    """No process started during this test (by the sandboxed program) is still alive."""
+    return not [c for c in psutil.Process().children(recursive=True) if c.pid not in _before]
 
 
 def test_correct_solution_passes_and_wrong_fails():

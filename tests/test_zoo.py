@@ -159,6 +159,7 @@ def test_a_different_family_in_the_same_dir_is_refused(ci_family):
         build_family(ci_family.root, seed=4, preset="ci", progress=False)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_weights(tmp_path, ci_family):
     other = build_family(tmp_path / "again", seed=3, preset="ci", progress=False)
     for name in ("base", "instruct"):
@@ -168,6 +169,7 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, ci_family):
     assert (ci_family.data / "general.jsonl").read_bytes() == (other.data / "general.jsonl").read_bytes()
 
 
+@pytest.mark.slow
 def test_cli_zoo_build(tmp_path):
     from typer.testing import CliRunner
 

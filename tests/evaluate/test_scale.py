@@ -44,6 +44,7 @@ def test_paper_suites_list_the_19_benchmarks_and_say_what_is_missing():
     assert suites["code"].code_execution and not suites["math"].code_execution
 
 
+@pytest.mark.slow
 def test_every_listed_name_is_in_lm_evals_task_index(monkeypatch, tmp_path):
     """Offline: the task index is built from the installed YAMLs; nothing is downloaded."""
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))

@@ -117,6 +117,7 @@ def test_adapter_with_hub_base_says_only_shapes_were_checked(random_instruct, ad
     assert any("only the adapter's shapes" in w for w in rep.warnings)
 
 
+@pytest.mark.slow
 def test_cli_graft_refuses_random_instruct_and_names_its_options(llama_trio, random_instruct, adapter_dir, tmp_path):
     r = run("graft", "--instruct", random_instruct, "--base", llama_trio["base"], "--tuned", llama_trio["tuned"],
             "--out", tmp_path / "o")  # fmt: skip

@@ -76,6 +76,7 @@ def test_graft_of_a_dpo_adapter_equals_peft_merge(llama_trio, pref_dir, tmp_path
         torch.testing.assert_close(w, merged[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dpo_resumes_after_a_crash(llama_trio, pref_dir, tmp_path):
     spec = TrainConfig(method="lora", **{**FAST, "max_steps": 6, "save_steps": 2})
     work, out = tmp_path / "work", tmp_path / "out"
