@@ -450,7 +450,7 @@ def canonical_row(record: Any, attr: DatasetAttr) -> Any:
     if attr.formatting == "openai":
         names.setdefault("tool", "observation")
 
-    key = attr.col("messages")
+    messages_col = attr.col("messages")
 
     def turn(t: Any, what: str) -> Any:
         if not isinstance(t, dict) or role_tag not in t or content_tag not in t:
@@ -468,7 +468,7 @@ def canonical_row(record: Any, attr: DatasetAttr) -> Any:
     if turns is None:
         raise ValueError(f"missing field {attr.col('messages')!r} (columns.messages of {attr.name!r})")
     if isinstance(turns, list):
-        out["conversations"] = [turn(t, f"{key}[{i}]") for i, t in enumerate(turns)]
+        out["conversations"] = [turn(t, f"{messages_col}[{i}]") for i, t in enumerate(turns)]
     else:
         out["conversations"] = turns
     for side in ("chosen", "rejected"):

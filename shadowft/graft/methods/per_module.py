@@ -108,7 +108,7 @@ class PerModule(GraftMethod):
         return [f"alpha_by_module rule {p!r} matches no grafted tensor" for p in unused]
 
     def describe(self) -> str:
-        rules = ", ".join(f"`{rx}` {a:g}" for rx, a in self.params.alpha_by_module.items())
+        rules = ", ".join(f"`{rx.pattern}` {a:g}" for rx, a in self.rules)
         return f"alpha(module) ({rules}, else {self.alpha:g}) x update"
 
     @classmethod
