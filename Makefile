@@ -6,6 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup lint typecheck test test-fast demo serve bench clean
 
+# The test order is shuffled on every run (pytest-randomly); the seed is on the command line make
+# echoes, so a failing order repeats with `make test SEED=<it>`.
+SEED ?= $(shell $(PYTHON) -c "import random; print(random.randrange(1 << 31))")
+
 setup: $(STAMP)
 
 # torch first (the CPU wheel lies on local disk); a later requirement that admits a newer torch
@@ -26,11 +30,11 @@ typecheck: setup
 
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests --durations=25
+	$(PY) -m pytest -q --randomly-seed=$(SEED) tests --durations=25
 
 test-fast: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not slow" tests --durations=15
+	$(PY) -m pytest -q --randomly-seed=$(SEED) -m "not slow" tests --durations=15
 
 demo: setup
 	$(VENV)/bin/shadowft demo
