@@ -161,8 +161,11 @@ class Objective:
         return {}
 
     def reference_params(self, trainer: Any) -> int:
-        """Parameters of a separate reference model the objective holds in memory (none for SFT)."""
-        return 0
+        """Parameters of a separate reference model the trainer holds in memory (TRL's `ref_model`: a
+        frozen copy for full DPO / KTO; none for SFT, or with LoRA where the adapter-disabled model is
+        the reference)."""
+        ref = getattr(trainer, "ref_model", None)
+        return 0 if ref is None else sum(p.numel() for p in ref.parameters())
 
     def build_trainer(self, parts: TrainerParts) -> Any:
         """The trainer for this objective; override for trainers with another constructor."""

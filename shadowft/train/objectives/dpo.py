@@ -112,8 +112,3 @@ class DPO(Objective):
             processing_class=parts.tokenizer,
             callbacks=parts.callbacks,
         )
-
-    def reference_params(self, trainer: Any) -> int:
-        """Parameters of a separate reference model held in memory (0 when the adapter is disabled instead)."""
-        ref = getattr(trainer, "ref_model", None)
-        return 0 if ref is None else sum(p.numel() for p in ref.parameters())

@@ -145,11 +145,6 @@ class KTO(Objective):
             callbacks=parts.callbacks,
         )
 
-    def reference_params(self, trainer: Any) -> int:
-        """Parameters of a separate reference model held in memory (0 when the adapter is disabled instead)."""
-        ref = getattr(trainer, "ref_model", None)
-        return 0 if ref is None else sum(p.numel() for p in ref.parameters())
-
 
 # -- the data --------------------------------------------------------------------------------------
 
