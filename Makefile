@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup lint typecheck test test-fast demo serve bench clean
+.PHONY: setup lint typecheck test test-fast test-rebuild demo serve bench clean
 
 # The test order is shuffled on every run (pytest-randomly); the seed is on the command line make
 # echoes, so a failing order repeats with `make test SEED=<it>`.
@@ -35,6 +35,10 @@ test: setup
 test-fast: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q --randomly-seed=$(SEED) -m "not slow" tests --durations=15
+
+# Opt-in: trains the embedded family from scratch and checks it meets the shipped one's skill requirements.
+test-rebuild: setup
+	$(PY) -m pytest -q -m rebuild tests --durations=5
 
 demo: setup
 	$(VENV)/bin/shadowft demo

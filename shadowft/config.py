@@ -224,9 +224,10 @@ class TrainConfig(_Section):
     objective: registered_name(OBJECTIVES, "objective") = Field(  # type: ignore[valid-type]
         default="sft",
         description="The training loss: sft (next-token cross-entropy on the assistant replies), dpo "
-        "(direct preference optimisation with TRL on prompt/chosen/rejected data; Shadow-DPO) or kto "
-        "(TRL's KTO on desirable / undesirable completions; Shadow-KTO). Its settings, if any, are the "
-        "sub-section of the same name (train.dpo, train.kto).",
+        "(direct preference optimisation with TRL on prompt/chosen/rejected data; Shadow-DPO), kto "
+        "(TRL's KTO on desirable / undesirable completions; Shadow-KTO) or grpo (TRL's GRPO with verifiable "
+        "rewards on prompts; Shadow-RL). Its settings, if any, are the sub-section of the same name "
+        "(train.dpo, train.kto, train.grpo).",
     )
     method: Method = Field(default="lora", description="lora (train a low-rank adapter) or full (all weights).")
     lr: float | None = Field(
@@ -388,6 +389,7 @@ class TrainConfig(_Section):
         view = self.model_dump(mode="json", exclude=left_out)
         for name, launcher in LAUNCHERS.items():
             view.update(launcher.cache_key(settings_for(self, LAUNCHERS, name)))  # type: ignore[arg-type]
+        view.update(get_objective(self.objective).cache_key(self))  # e.g. a user's reward module's content
         view["lr"] = self.effective_lr
         if self.method == "lora":
             view["lora_alpha"] = self.effective_lora_alpha

@@ -258,8 +258,9 @@ def estimate_for_job(
 
     stats = json.loads((Path(data_dir) / "stats.json").read_text())
     packing = bool(stats.get("packing", False))
-    seq = int(stats["longest"]) * (spec.batch_size if packing else 1)
-    batch = 1 if packing else spec.batch_size * get_objective(spec.objective).sequences_per_sample
+    objective = get_objective(spec.objective)
+    seq = int(stats["longest"]) * (spec.batch_size if packing else 1) + objective.generated_tokens(spec)
+    batch = 1 if packing else spec.batch_size * objective.sequences_per_sample
     est = estimate_for(model_dir, spec.model_copy(update={"batch_size": batch}), plan, seq)
     return est
 
@@ -384,6 +385,7 @@ def plan_run(
         if not found:
             raise ShadowFTError(f"no shipped model for {model}", hint="use pair.base=zoo:base or a model dir")
         model = str(found[-1].parent)
-    return plan, estimate_for(
-        model, spec, plan, config.data.max_length, device_bytes=gpu_gib * GiB if gpu_gib else None
-    )
+    from shadowft.train.objectives import get_objective
+
+    seq = config.data.max_length + get_objective(spec.objective).generated_tokens(spec)  # GRPO's completions
+    return plan, estimate_for(model, spec, plan, seq, device_bytes=gpu_gib * GiB if gpu_gib else None)

@@ -36,6 +36,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`rebuild` tests (the family trained from scratch: about 18 minutes on CI's AVX2-only CPU) run only
+    when asked, `make test-rebuild` or `-m rebuild`; otherwise they show as skipped, with how to run them."""
+    if "rebuild" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="opt-in (trains the family from scratch): make test-rebuild")
+    for item in items:
+        if "rebuild" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_homes(tmp_path_factory: pytest.TempPathFactory):
     """Keep HF state of the test session out of the user's home (Prefect's: see the module docstring)."""

@@ -23,6 +23,18 @@ from shadowft.train.resources import resolve_attn_implementation
 SHARDED = ("fsdp", "deepspeed")
 
 
+def checkpointing_args(enabled: bool) -> dict[str, Any]:
+    """Activation checkpointing under the name this transformers knows: 5.23 calls it
+    `activation_checkpointing`; 5.17 (the GPU images' version) has only `gradient_checkpointing`."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def training_args(job: TrainJob) -> dict[str, Any]:
     """`TrainingArguments` keywords every objective shares (schedule, checkpoints, precision)."""
     spec = job.spec
@@ -48,8 +60,7 @@ def training_args(job: TrainJob) -> dict[str, Any]:
         bf16=job.precision == "bf16",
         fp16=job.precision == "fp16",
         use_cpu=job.device == "cpu",
-        activation_checkpointing=spec.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if spec.gradient_checkpointing else None,
+        **checkpointing_args(spec.gradient_checkpointing),
         report_to=[spec.report_to] if spec.report_to in ("wandb", "mlflow") else [],  # tensorboard: fit's own
         disable_tqdm=True,
         remove_unused_columns=False,

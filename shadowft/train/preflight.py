@@ -10,6 +10,7 @@ from pathlib import Path
 from shadowft.config import TrainConfig
 from shadowft.errors import ShadowFTError
 from shadowft.train.launchers import get_launcher
+from shadowft.train.objectives import get_objective
 from shadowft.train.resources import LaunchPlan, resolve_launch
 
 #: train.report_to -> the packages that can serve it (any one)
@@ -33,6 +34,7 @@ def check_launch(spec: TrainConfig) -> LaunchPlan:
     plan = resolve_launch(spec)
     check_tracker(spec.report_to)
     get_launcher(plan.launcher).preflight(plan)
+    get_objective(spec.objective).preflight(spec)  # e.g. GRPO's vLLM without a GPU, code rewards' opt-in
     return plan
 
 

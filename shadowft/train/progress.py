@@ -28,7 +28,8 @@ def loss_curve(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
                     "epoch": float(e.get("epoch", 0.0)),
                     **({"grad_norm": float(e["grad_norm"])} if e.get("grad_norm") is not None else {}),
                     # preference objectives: rewards/margins, rewards/accuracies, logps/... (DPO, KTO) and
-                    # the KL reference point (KTO's "kl")
+                    # the KL reference point (KTO's "kl"); GRPO's reward, rewards/<name>/mean|std, kl and
+                    # completion lengths
                     **{k: float(v) for k, v in e.items() if _curve_metric(k) and _is_num(v)},
                 }
             )
@@ -36,7 +37,11 @@ def loss_curve(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 
 def _curve_metric(key: str) -> bool:
-    return key.startswith(("rewards/", "logps/")) or key == "kl"
+    return key.startswith(("rewards/", "logps/")) or key in GRPO_METRICS
+
+
+#: GRPO's metrics kept beside its rewards/* (TRL's GRPOTrainer log)
+GRPO_METRICS = ("kl", "reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "entropy")
 
 
 def _is_num(v: Any) -> bool:

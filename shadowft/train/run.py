@@ -107,7 +107,9 @@ def setup(
         raise CheckpointError(f"{model_dir} is not a HF model directory (no config.json)")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
-    get_objective(spec.objective).check_dataset(load_prepared(data_dir), data_dir)
+    objective, dataset = get_objective(spec.objective), load_prepared(data_dir)
+    objective.check_dataset(dataset, data_dir)
+    objective.check_train_data(dataset, data_dir, spec)  # e.g. a column a chosen reward reads
     device, precision = resolve_precision(spec.precision)
     preflight(model_dir, data_dir, spec, trust_remote_code=trust_remote_code)  # fits? engine config sane?
     # The work dir belongs to one training job: refuse to resume checkpoints made with other settings.

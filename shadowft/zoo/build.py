@@ -63,7 +63,11 @@ class FamilyConfig(BaseModel):
     sft: TrainSpec = TrainSpec(steps=600, lr=5e-4, warmup=20)
     general_size: int = Field(2000, description="samples in data/general.jsonl")
     domain_size: int = Field(2000, description="samples in data/domain.jsonl")
-    bf16_autocast: bool = Field(True, description="bf16 autocast on CPU (about 1.5x faster)")
+    bf16_autocast: bool = Field(
+        True,
+        description="bf16 autocast on a CPU with native bf16 (about 1.5x faster); fp32 on one without "
+        "(AVX2 only: emulated bf16 is about 20x slower)",
+    )
     threads: int = Field(
         1,
         description="torch threads; part of the determinism contract (1 is robust on a shared CPU)",
@@ -137,6 +141,20 @@ def _deterministic(threads: int):
         torch.set_num_threads(prev_threads)
 
 
+def cpu_has_native_bf16() -> bool:
+    """oneDNN's own test: bf16 kernels in hardware (AVX512 / AMX). On an AVX2-only CPU (CI's) bf16
+    matmuls are emulated, about 20x slower than fp32: a from-scratch build there took over an hour."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_bf16(cfg: FamilyConfig) -> bool:
+    """Whether this build autocasts to bf16: asked for and fast on this CPU."""
+    return cfg.bf16_autocast and cpu_has_native_bf16()
+
+
 def _lr_at(step: int, spec: TrainSpec) -> float:
     if step < spec.warmup:
         return spec.lr * (step + 1) / spec.warmup
@@ -165,7 +183,7 @@ def _train(model, batches, spec: TrainSpec, cfg: FamilyConfig, desc: str, progre
         ids, labels, mask = batches()
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, spec)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16(cfg)):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -270,7 +288,7 @@ def _save(model, tokenizer, out: Path) -> None:
 
 def _write_data(data_dir: Path, cfg: FamilyConfig, seed: int, exclude: set[str]) -> dict[str, int]:
     """Fine-tuning sets (general mix, new domain skill, preference pairs for DPO, the KTO set made from
-    them) and the held-out eval sets of every skill."""
+    them, prompts with verifiable answers for GRPO) and the held-out eval sets of every skill."""
     data_dir.mkdir(parents=True)
     rng = random.Random(f"{seed}:data")
     general_mix = {"math": 0.25, "coding": 0.25, "reasoning": 0.25, "general": 0.25}
@@ -284,6 +302,8 @@ def _write_data(data_dir: Path, cfg: FamilyConfig, seed: int, exclude: set[str])
     corpus.write_jsonl(data_dir / "preference.jsonl", preference)
     kto = corpus.kto_rows(preference)  # derived from the pairs: no generator of its own
     corpus.write_jsonl(data_dir / "kto.jsonl", kto)
+    grpo = corpus.grpo_rows(random.Random(f"{seed}:grpo"), cfg.general_size // 2, exclude)  # its own generator
+    corpus.write_jsonl(data_dir / "grpo.jsonl", grpo)
     tools = tool_rows(random.Random(f"{seed}:tools"), cfg.general_size // 2, exclude)  # its own generator too
     corpus.write_jsonl(data_dir / "tools.jsonl", tools)
     paths = corpus.write_suite_data(data_dir / "eval")
@@ -292,6 +312,7 @@ def _write_data(data_dir: Path, cfg: FamilyConfig, seed: int, exclude: set[str])
         "domain": len(domain),
         "preference": len(preference),
         "kto": len(kto),
+        "grpo": len(grpo),
         "tools": len(tools),
         **{k: corpus.EVAL_SIZE for k in paths},
     }
@@ -363,6 +384,7 @@ def _build(tmp: Path, cfg: FamilyConfig, seed: int, progress: bool) -> dict:
         "data": counts,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "torch": torch.__version__,
+        "autocast": "bf16" if autocast_bf16(cfg) else "fp32",
     }
 
 

@@ -413,6 +413,24 @@ def kto_rows(preference: list[dict]) -> list[dict]:
     ]
 
 
+# ------------------------------------------------------------------------------- prompts (GRPO)
+
+#: The skills the GRPO set asks about: verifiable answers (a number, true / false).
+GRPO_AREAS = {"math": 0.7, "reasoning": 0.3}
+
+
+def grpo_rows(rng: random.Random, n: int, exclude: set[str]) -> list[dict]:
+    """GRPO prompts with their reference answers: the benchmark's system prompt and a math or
+    reasoning question, `answer` the exact expected reply ("42", "true"), which `exact_match` scores."""
+    names, weights = list(GRPO_AREAS), list(GRPO_AREAS.values())
+    rows: list[dict] = []
+    while len(rows) < n:
+        item = sample_fresh(rng, rng.choices(names, weights)[0], exclude)
+        prompt = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": item.question}]
+        rows.append({"messages": prompt, "answer": item.answer})
+    return rows
+
+
 # ------------------------------------------------------------------------------ text renderers
 
 

@@ -17,7 +17,7 @@ from shadowft.train.objectives.sft import SFT, PadCollator
 
 
 def test_objective_registry():
-    assert isinstance(get_objective("sft"), SFT) and set(OBJECTIVES) == {"sft", "dpo", "kto"}
+    assert isinstance(get_objective("sft"), SFT) and set(OBJECTIVES) == {"sft", "dpo", "kto", "grpo"}
     assert all(issubclass(o, Objective) for o in OBJECTIVES.values())
     with pytest.raises(ShadowFTError, match="unknown objective 'ppo'") as err:
         get_objective("ppo")
@@ -48,10 +48,11 @@ def test_objective_is_a_config_field_in_the_train_key():
     assert "full_save_dtype" not in lora and "lora_rank" in lora
     assert "lora_rank" not in full and full["full_save_dtype"] == "fp32"
     with pytest.raises(
-        ShadowFTError, match=r"train\.objective: unknown objective 'ppo'.*known objectives: dpo, kto, sft"
+        ShadowFTError, match=r"train\.objective: unknown objective 'ppo'.*known objectives: dpo, grpo, kto, sft"
     ):
         load_config(None, ["train.objective=ppo"])
-    assert TrainConfig.model_json_schema()["properties"]["objective"]["enum"] == ["sft", "dpo", "kto"]  # UI dropdown
+    enum = TrainConfig.model_json_schema()["properties"]["objective"]["enum"]
+    assert enum == ["sft", "dpo", "kto", "grpo"]  # UI dropdown
     # objective settings are the objective's sub-section, in its own key only (SFT keys do not move)
     assert "dpo" not in lora and "kto" not in lora
     dpo = load_config(None, ["train.objective=dpo", "train.dpo.beta=0.2"]).train.cache_view()

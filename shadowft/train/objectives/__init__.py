@@ -6,10 +6,11 @@ from __future__ import annotations
 from shadowft.registry import lookup
 from shadowft.train.objectives.base import Objective, TrainerParts
 from shadowft.train.objectives.dpo import DPO
+from shadowft.train.objectives.grpo import GRPO
 from shadowft.train.objectives.kto import KTO
 from shadowft.train.objectives.sft import SFT
 
-OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "dpo": DPO, "kto": KTO}
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "dpo": DPO, "kto": KTO, "grpo": GRPO}
 
 
 def get_objective(name: str) -> Objective:

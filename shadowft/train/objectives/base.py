@@ -89,6 +89,11 @@ class Objective:
     #: sequences the model runs per sample of a batch (the memory estimate; DPO's pair: 2)
     sequences_per_sample: ClassVar[int] = 1
 
+    def generated_tokens(self, spec: TrainConfig) -> int:
+        """Tokens the trainer generates after each sample and then trains on (the memory estimate's
+        sequence is the longest sample plus these; GRPO's completions)."""
+        return 0
+
     # -- settings and checks (config load time) ---------------------------------------------------
 
     def settings(self, spec: TrainConfig) -> Any:
@@ -101,6 +106,15 @@ class Objective:
     def check_train(self, spec: TrainConfig) -> None:
         """Refuse (ValueError, reported with the config's key) a train section this objective's
         trainer would refuse only once it starts; called when the config is validated."""
+
+    def preflight(self, spec: TrainConfig) -> None:
+        """Refuse (`ShadowFTError`) settings this machine cannot run (a package, a GPU, an opt-in),
+        before any stage: called with the launch checks (`shadowft.train.preflight.check_launch`)."""
+
+    def cache_key(self, spec: TrainConfig) -> dict[str, Any]:
+        """What the train stage's key holds besides the objective's settings (which are in it already):
+        the content of the files the settings name (e.g. a user's reward module)."""
+        return {}
 
     # -- data (the data stage) ---------------------------------------------------------------------
 
@@ -132,6 +146,10 @@ class Objective:
                 f"{self.name!r} objective needs (it has: {', '.join(dataset.column_names)})",
                 hint="prepare the data for this objective, or choose another train.objective",
             )
+
+    def check_train_data(self, dataset: Any, data_dir: Path, spec: TrainConfig) -> None:
+        """Refuse prepared data that these train settings cannot use (e.g. a column a chosen reward
+        reads), before the model loads."""
 
     def max_token_id(self, dataset: Any) -> int:
         return max(max(x) for c in self.token_columns for x in dataset[c] if len(x))
