@@ -4,7 +4,8 @@
         tune Base -> (full: delta) -> graft onto Instruct (alpha sweep, scopes; alpha auto: the
         alpha of run.graft.alpha_grid chosen on the validation split, as in the shadow-ft flow)
         tune Instruct -> (LoRA: merge)                         = conventional tuning
-    -> evaluate every model (Instruct and Base once) -> sigma to the start points -> comparison
+    -> evaluate every model (Instruct and Base once; the tuned Base as Base is) -> sigma to the start
+    points -> comparison (with the share of the tuned Base's gain the graft carried)
 
 Every stage is the pipeline's own task, so the same inputs give the same artifact keys: a model the
 `shadow-ft` flow or an earlier comparison already built is reused, and a comparison extended later
@@ -18,7 +19,7 @@ from typing import Any
 from prefect import flow
 
 from flows.shadow_ft import as_model, graft_with_chosen_alpha, resolve_run, update_of
-from shadowft.compare import CompareConfig
+from shadowft.compare import TUNED_BASE, CompareConfig
 from shadowft.stages import chosen_alpha
 from shadowft.store import Artifact
 from tasks.compare import comparison, distance
@@ -41,10 +42,16 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
         "instruct": {"-": evaluate(run.eval, instruct, "instruct", store, data=data)}
     }
     info: dict[str, dict[str, Any]] = {"instruct": {"kind": "reference", "chat_template": True}}
+    no_template = run.eval.model_copy(update={"apply_chat_template": False})
     if config.include_base:
-        no_template = run.eval.model_copy(update={"apply_chat_template": False})
         evals["base"] = {"-": evaluate(no_template, base, "base", store, data=data)}
         info["base"] = {"kind": "reference", "chat_template": False}
+    # the tuned Base itself, scored as Base is: its gain over Base is the denominator of "carried"
+    tuned_bases = config.include_base and config.include_tuned_base
+    for method in config.methods if tuned_bases else []:
+        name = f"{TUNED_BASE}-{method}"
+        info[name] = {"kind": TUNED_BASE, "method": method, "lr": config.lr_for(method), "chat_template": False}
+        evals[name] = {}
     distances: dict[str, dict[str, dict[str, Artifact]]] = {}
     variants = config.variants()
     for v in variants:
@@ -70,6 +77,10 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
             direct = as_model(method, instruct, tuned_inst, f"direct-{tag}", store)
             # the trained models as full weights, to measure how far each moved from its start
             moved_base = as_model(method, base, tuned_base, f"base-merged-{tag}", store)
+            if tuned_bases:
+                evals[f"{TUNED_BASE}-{method}"][str(seed)] = evaluate(
+                    no_template, moved_base, f"{TUNED_BASE}-{tag}", store, data=data
+                )
 
             for v in (v for v in variants if v.method == method):
                 label = f"{v.name}-s{seed}".replace(" ", "-").replace("=", "")

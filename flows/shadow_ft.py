@@ -3,9 +3,10 @@
     check the pair -> prepare data with Instruct's chat template -> tune Base (SFT or DPO)
     -> (full: extract the delta) -> graft onto Instruct -> evaluate -> report
 
-Baselines: `instruct` (Instruct as is) and `direct` (the same tuning applied to Instruct, the
-conventional method). Every stage is cached in the artifact store and in Prefect. The heavy stages
-(training, evaluation) are submitted as soon as their inputs exist and run side by side when
+Baselines: `instruct` (Instruct as is), `direct` (the same tuning applied to Instruct, the
+conventional method) and, optionally, `tuned-base` (Base and the tuned Base, for the "carried"
+share). Every stage is cached in the artifact store and in Prefect. The heavy stages (training,
+evaluation) are submitted as soon as their inputs exist and run side by side when
 `resources` gives more than one slot.
 """
 
@@ -138,8 +139,15 @@ def shadow_ft(config: RunConfig = RunConfig(), overrides: list[str] | None = Non
     if "direct" in config.baselines:
         models["direct"] = as_model(config.train.method, instruct, tuned_instruct.result(), "direct", store)
         evals["direct"] = evaluate.submit(config.eval, models["direct"], "direct", store, res, data)
+    if "tuned-base" in config.baselines:  # Base and the shadow itself, scored alike: what tuning taught Base
+        as_base = config.eval.model_copy(update={"apply_chat_template": False})
+        models["base"] = base
+        models["tuned-base"] = as_model(config.train.method, base, tuned_base.result(), "tuned-base", store)
+        for n in ("base", "tuned-base"):
+            evals[n] = evaluate.submit(as_base, models[n], n, store, res, data)
 
-    order: list[str] = [n for n in ("instruct", "direct", "shadow-ft") if n in evals]  # the report's row order
+    # the report's row order
+    order: list[str] = [n for n in ("instruct", "base", "tuned-base", "direct", "shadow-ft") if n in evals]
     results = {n: evals[n].result() for n in order}
     final = report(results, config.output.name or "Shadow-FT results", store, selection)
     model_dirs = {n: str(model_dir(models[n])) for n in order}

@@ -190,6 +190,10 @@ def _print_summary(result: dict[str, Any]) -> None:
         console.print(
             f"own-data (your held-out data, exact match above, not in the mean): chrF {chrf}; replies: samples.md"
         )
+    if summary.get("carried"):  # the tuned-base baseline: the share of the tuned Base's gain the graft carried
+        from shadowft.compare import carried_text
+
+        console.print(f"carried (shadow-ft / tuned-base): {carried_text(summary['carried'])}; why —: report.md")
     if "folder" in result:
         console.print(f"report, charts, summary and config: {result['folder']}", soft_wrap=True, highlight=False)
     else:
@@ -237,7 +241,7 @@ def compare(
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (default: torch's choice).")] = None,
 ) -> None:
     """Shadow-FT vs conventional tuning (LoRA and full) over seeds, on CONFIG's pair and data."""
-    from shadowft.compare import load_compare_config, notes, table_rows
+    from shadowft.compare import carried_text, load_compare_config, notes, table_rows
     from shadowft.stages import preflight
 
     with _suites_checked(set_ or []):
@@ -260,6 +264,9 @@ def compare(
         console.print(_scores_table(title, columns, table_rows(summary)))
         for note in notes(summary):
             console.print(f"[dim]{note}[/]", highlight=False)
+        for name, per in summary.get("carried", {}).items():  # the share of the tuned Base's gain carried
+            share = carried_text({s: c for s, c in per.items() if s != "vs"})
+            console.print(f"carried ({name} / {per['vs']}): {share}; why —: table.md", highlight=False)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             for name in ("table.md", "chart.png", "summary.json"):

@@ -75,6 +75,12 @@ class CompareConfig(BaseModel):
         "others are evaluated at alpha 1.",
     )
     include_base: bool = Field(default=True, description="Also evaluate Base (without chat template) for reference.")
+    include_tuned_base: bool = Field(
+        default=True,
+        description="Also evaluate the tuned Base itself (the shadow: LoRA merged into Base, or the fully tuned "
+        "Base), per seed and method, as Base is (without chat template), and report per suite the share of its "
+        "gain over Base that the graft carried to Instruct. Needs include_base (the gain is over Base).",
+    )
     distances: bool = Field(default=True, description="Compute sigma of each tuned model to its start point.")
     title: str = Field(default="Shadow-FT vs conventional tuning", description="Title of the table and chart.")
 
@@ -294,6 +300,79 @@ def score_stats(
     return models, paired
 
 
+TUNED_BASE = "tuned-base"  # the kind (and name prefix) of the tuned Base rows
+
+
+def carried_share(
+    graft: dict[str, float | None],
+    tuned_base: dict[str, float | None],
+    instruct: float | None,
+    base: float | None,
+    items: int | None = None,
+) -> dict[str, Any]:
+    """How much of what tuning taught Base the graft brought to Instruct, on one suite:
+    ``(graft - Instruct) / (tuned Base - Base)`` per seed (`graft`, `tuned_base`: seed -> score), then
+    mean ± std over seeds. 1: the graft added to Instruct all that tuning added to Base; 0: nothing.
+
+    The share is only meaningful where the tuned Base gained beyond noise, so it is shown (`shown`, and
+    `mean`/`std` set) only where the mean gain is beyond its standard error: std/sqrt(n) over n seeds,
+    or with one seed the binomial one of Base's score, sqrt(p (1 - p) / items). Otherwise `why` says
+    why not. Seeds whose gain is exactly 0 have no share (None)."""
+    pairs = {s: (g, t) for s in graft if (g := graft[s]) is not None and (t := tuned_base.get(s)) is not None}
+    out: dict[str, Any] = {"per_seed": {}, "mean": None, "std": None, "shown": False, "why": None}
+    if instruct is None or base is None or not pairs:
+        out["gain"] = {"mean": None, "std": None, "se": None, "n": 0}
+        out["why"] = "no scores of " + ("Instruct and Base" if instruct is None or base is None else "common seeds")
+        return out
+    gains = {s: t - base for s, (_, t) in pairs.items()}
+    out["per_seed"] = {s: ((g - instruct) / gains[s] if gains[s] else None) for s, (g, _) in pairs.items()}
+    g_mean, g_std = mean_std(list(gains.values()))
+    n = len(gains)
+    if n > 1:
+        se: float | None = g_std / math.sqrt(n) if g_std is not None else None
+        what = f"its standard error over {n} seeds"
+    elif items:
+        se = math.sqrt(base * (1 - base) / items)
+        what = f"the binomial standard error of Base's score on {items} items (one seed)"
+    else:
+        se, what = None, "no standard error (one seed, number of items unknown)"
+    out["gain"] = {"mean": g_mean, "std": g_std, "se": se, "n": n}
+    assert g_mean is not None  # n >= 1
+    if se is None or abs(g_mean) <= se:
+        out["why"] = f"the tuned Base's gain over Base ({100 * g_mean:+.1f} points) is not beyond {what}" + (
+            f" ({100 * se:.1f})" if se is not None else ""
+        )
+        return out
+    out["mean"], out["std"] = mean_std(list(out["per_seed"].values()))
+    out["shown"] = out["mean"] is not None
+    if not out["shown"]:
+        out["why"] = "no seed with a nonzero gain"
+    return out
+
+
+def carried(models: dict[str, Any], suites: list[str], items: dict[str, int | None]) -> dict[str, dict[str, Any]]:
+    """Per Shadow-FT model (with a `tuned-base-<method>` row of its method, and Base and Instruct rows)
+    and suite, its `carried_share`. `models`: the summary's models (kind, method, per_seed)."""
+    if "base" not in models or REFERENCE not in models:
+        return {}
+    one = {name: next(iter(models[name]["per_seed"].values()), {}) for name in ("base", REFERENCE)}
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in models.items():
+        tuned = f"{TUNED_BASE}-{m.get('method')}"
+        if m.get("kind") != "shadow" or models.get(tuned, {}).get("kind") != TUNED_BASE:
+            continue
+        out[name] = {"vs": tuned}
+        for s in suites:
+            out[name][s] = carried_share(
+                {seed: row.get(s) for seed, row in m["per_seed"].items()},
+                {seed: row.get(s) for seed, row in models[tuned]["per_seed"].items()},
+                one[REFERENCE].get(s),
+                one["base"].get(s),
+                items.get(s),
+            )
+    return out
+
+
 def aggregate(
     results: dict[str, dict[str, dict[str, Any]]],
     info: dict[str, dict[str, Any]] | None = None,
@@ -347,6 +426,8 @@ def aggregate(
         "paired": paired,
         "distances": dist,
     }
+    if share := carried(models, suites, items):
+        summary["carried"] = share
     has_strict = any(
         strict_score(v) is not None for per in results.values() for r in per.values() for v in r["suites"].values()
     )
@@ -387,7 +468,7 @@ def table_rows(summary: dict[str, Any], scores: dict[str, Any] | None = None) ->
     `scores`: the section holding the models' statistics (default the summary itself; `summary["strict"]`)."""
     rows = []
     for name, m in (scores or summary)["models"].items():
-        trained = summary["models"].get(name, {}).get("kind") in ("direct", "shadow")
+        trained = summary["models"].get(name, {}).get("kind") in ("direct", "shadow", TUNED_BASE)
         row = {"model": name, "seeds": str(len(m["seeds"])) if trained else "-"}
         for c in [*summary["suites"], "mean"]:
             row[c] = cell(m, c, reference=name == summary["reference"])
@@ -398,13 +479,63 @@ def table_rows(summary: dict[str, Any], scores: dict[str, Any] | None = None) ->
 def notes(summary: dict[str, Any]) -> list[str]:
     """Footnotes of the score table: why a reference row reads as it does (a Base row near 0 everywhere
     looked like a bug)."""
-    return [
+    out = [
         f"{name}: scored without a chat template (a Base model is prompted as plain text), so on suites that "
         "read the answer from a chat reply it rarely answers in the expected form: scores near 0 are expected. "
         "A reference point, not a baseline."
         for name, m in summary["models"].items()
         if m.get("kind") == "reference" and m.get("chat_template") is False
     ]
+    tuned = [name for name, m in summary["models"].items() if m.get("kind") == TUNED_BASE]
+    if tuned:
+        out.append(
+            f"{', '.join(tuned)}: the tuned Base itself (the shadow, before grafting), scored as Base is (without "
+            "a chat template): its gain over Base is what tuning taught, the denominator of the carried share below."
+        )
+    return out
+
+
+def carried_cell(c: dict[str, Any]) -> str:
+    """One `carried_share` as text, in %: ``50 ± 12``, or ``—`` where the gain is within the noise."""
+    if not c["shown"]:
+        return "—"
+    return f"{100 * c['mean']:.0f}" + (f" ± {100 * c['std']:.0f}" if c["std"] is not None else "")
+
+
+def carried_text(per_suite: dict[str, Any]) -> str:
+    """A line for the terminal: ``toy-math 50 ± 12 %, toy-domain —`` (suite -> `carried_share`)."""
+    return ", ".join(f"{s} {carried_cell(c)}" + (" %" if c["shown"] else "") for s, c in per_suite.items())
+
+
+def carried_markdown(summary: dict[str, Any]) -> list[str]:
+    """The carried table: per Shadow-FT model and suite, the share of the tuned Base's gain over Base that
+    the graft added to Instruct (mean ± std over seeds, in %), "—" where that gain is within its noise."""
+    share = summary.get("carried")
+    if not share:
+        return []
+    suites = summary["suites"]
+    rows, why = [], []
+    for name, per in share.items():
+        cells = []
+        for s in suites:
+            cells.append(carried_cell(per[s]))
+            if not per[s]["shown"]:
+                why.append(f"{name}, {s}: {per[s]['why']}.")
+        rows.append([name, per["vs"], *cells])
+    lines = [
+        "## Carried: how much of what tuning taught Base the graft brought to Instruct",
+        "",
+        "Per seed, (Shadow-FT - Instruct) / (tuned Base - Base) per suite, in %; mean ± std over seeds. "
+        "100: the graft added to Instruct as much as tuning added to Base; 0: none of it; negative: the graft "
+        "lost ground. Shown only where the tuned Base's gain over Base is beyond its standard error (over "
+        "seeds; with one seed, the binomial one of Base's score).",
+        "",
+        *markdown_table(["model", "tuned Base", *suites], rows, text_columns=2),
+        "",
+    ]
+    if why:
+        lines += ["Not shown (—):", "", *(f"- {w}" for w in why), ""]
+    return lines
 
 
 def _score_tables(summary: dict[str, Any], scores: dict[str, Any], heading: str) -> list[str]:
@@ -450,6 +581,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
         "",
         *_score_tables(summary, summary, "##"),
         *(f"*{note}*\n" for note in notes(summary)),
+        *carried_markdown(summary),
     ]
     chosen = {n: m["chosen_alpha"] for n, m in summary["models"].items() if m.get("chosen_alpha")}
     if chosen:

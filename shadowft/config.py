@@ -49,7 +49,7 @@ Scheduler = Literal[
     "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "polynomial", "inverse_sqrt"
 ]
 DataFormat = Literal["auto", "messages", "sharegpt", "alpaca"]
-Baseline = Literal["instruct", "direct"]
+Baseline = Literal["instruct", "direct", "tuned-base"]
 Distributed = Literal["auto", "none", "ddp", "fsdp", "deepspeed"]
 ReportTo = Literal["none", "tensorboard", "wandb", "mlflow"]
 AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2"]
@@ -761,8 +761,10 @@ class RunConfig(BaseModel):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation suites and settings.")
     baselines: list[Baseline] = Field(
         default_factory=lambda: list[Baseline](["instruct", "direct"]),
-        description="Comparisons evaluated beside Shadow-FT: instruct (the untouched Instruct model) and "
-        "direct (the same fine-tuning applied to Instruct).",
+        description="Comparisons evaluated beside Shadow-FT: instruct (the untouched Instruct model), "
+        "direct (the same fine-tuning applied to Instruct) and tuned-base (Base and the tuned Base itself, "
+        "without chat template; with instruct, the report adds the share of the tuned Base's gain that the "
+        "graft carried).",
     )
     resources: ResourcesConfig = Field(
         default_factory=ResourcesConfig,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -914,6 +914,59 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
     return stats
 
 
+def known_records(
+    spec: DataConfig,
+    problems: _Problems,
+    per_source: list[Any],
+    new_stats: Callable[[str], Any],
+    detect: Callable[[dict[str, Any]], str | None],
+    unrecognised: Callable[[dict[str, Any]], str],
+    taken: Callable[[], int],
+    check: Callable[[dict[str, Any]], None] | None = None,
+    fixed_format: str | None = None,
+) -> Iterator[tuple[int, _Record, str]]:
+    """(source index, record, format) of every record of `spec.sources` in a known format, until
+    `taken()` reaches data.max_samples: the reading loop every objective's data shares. Each source's
+    stats (`new_stats(name)`: `rows`, `format`) go to `per_source`; rows `check` refuses (`RowRefused`)
+    and rows of no format `detect` knows go to `problems`. A source's format is detected on its first
+    row unless `fixed_format` gives it (a dataset_info.json#NAME source's entry does not)."""
+    budget = spec.max_samples
+    max_bytes = record_limit(spec)
+    for si, source in enumerate(spec.sources):
+        name, records = _read_source(source, spec.split, problems, max_bytes)
+        st = new_stats(name)
+        per_source.append(st)
+        fmt = None if split_info_source(source) else fixed_format
+        try:
+            for rec in records:
+                if budget is not None and taken() >= budget:
+                    break
+                st.rows += 1
+                if check is not None:
+                    try:
+                        check(rec.data)
+                    except RowRefused as exc:
+                        problems.add_error(rec.where, exc)
+                        continue
+                if fmt is None:
+                    fmt = detect(rec.data)
+                    if fmt is None:
+                        problems.add(rec.where, unrecognised(rec.data))
+                        continue
+                    st.format = fmt
+                yield si, rec, fmt
+        finally:
+            if hasattr(records, "close"):
+                records.close()
+
+
+def with_system_prompt(msgs: list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
+    """`msgs` with data.system_prompt first, unless they open with a system turn of their own."""
+    if system_prompt and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+    return msgs
+
+
 def tokenized_samples(spec: DataConfig, tok: Any) -> tuple[list[list[int]], list[list[int]], list[SourceStats]]:
     """input_ids and labels of every kept sample, and the counts per source: everything
     `prepare_dataset` does before it writes (the data loader's fuzz target, tests/test_fuzz_data.py).
@@ -922,45 +975,30 @@ def tokenized_samples(spec: DataConfig, tok: Any) -> tuple[list[list[int]], list
     # (source index, where, messages, tools)
     conversations: list[tuple[int, str, list[dict[str, Any]], list[dict[str, Any]] | None]] = []
     per_source: list[SourceStats] = []
-    budget = spec.max_samples
     max_bytes = record_limit(spec)
-    for si, source in enumerate(spec.sources):
-        name, records = _read_source(source, spec.split, problems, max_bytes)
-        st = SourceStats(source=name, format=spec.format)
-        per_source.append(st)
-        # a dataset_info.json#NAME source's rows are canonical rows of the format its entry gives
-        fmt: str | None = None if spec.format == "auto" or split_info_source(source) else spec.format
-        for rec in records:
-            if budget is not None and len(conversations) >= budget:
-                break
-            st.rows += 1
-            try:
-                check_sft_row(rec.data)
-            except RowRefused as exc:
-                problems.add_error(rec.where, exc)
-                continue
-            if fmt is None:
-                fmt = detect_format(rec.data)
-                if fmt is None:
-                    problems.add(
-                        rec.where,
-                        "unrecognised record format (expected 'messages' with role/content, "
-                        "'conversations' with from/value, or instruction/output)",
-                    )
-                    continue
-                st.format = fmt
-            try:
-                msgs, tools = to_conversation(rec.data, fmt)
-                if spec.system_prompt and msgs[0]["role"] != "system":
-                    msgs.insert(0, {"role": "system", "content": spec.system_prompt})
-                check_conversation(msgs)
-                check_size(msgs, max_bytes, tools)
-            except ValueError as exc:
-                problems.add_error(rec.where, exc)
-                continue
-            conversations.append((si, rec.where, msgs, tools))
-        if hasattr(records, "close"):
-            records.close()
+    for si, rec, fmt in known_records(
+        spec,
+        problems,
+        per_source,
+        lambda name: SourceStats(source=name, format=spec.format),
+        detect_format,
+        lambda _: (
+            "unrecognised record format (expected 'messages' with role/content, "
+            "'conversations' with from/value, or instruction/output)"
+        ),
+        taken=lambda: len(conversations),
+        check=check_sft_row,
+        fixed_format=None if spec.format == "auto" else spec.format,
+    ):
+        try:
+            msgs, tools = to_conversation(rec.data, fmt)
+            with_system_prompt(msgs, spec.system_prompt)
+            check_conversation(msgs)
+            check_size(msgs, max_bytes, tools)
+        except ValueError as exc:
+            problems.add_error(rec.where, exc)
+            continue
+        conversations.append((si, rec.where, msgs, tools))
     problems.raise_if_any()
     if not conversations:
         raise ShadowFTError(

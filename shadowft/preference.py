@@ -35,19 +35,20 @@ from shadowft.data import (
     _brief,
     _check_text,
     _Problems,
-    _read_source,
     _render,
     check_conversation,
     check_size,
     check_tool_support,
+    known_records,
     load_tokenizer,
     parse_turns,
     record_limit,
     rendered,
+    with_system_prompt,
 )
 from shadowft.errors import OutputExistsError, ShadowFTError
 from shadowft.files import atomic_output_dir
-from shadowft.formats import RowRefused, check_preference_row, tool_definitions
+from shadowft.formats import check_preference_row, tool_definitions
 
 PREFERENCE_FORMATS = ("text", "messages", "sharegpt")
 FORMATS_HINT = (
@@ -270,40 +271,26 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
     problems = _Problems(what="preference data", formats_hint=FORMATS_HINT)
     rows: list[tuple[int, str, list[dict[str, Any]], Any, Any, list[dict] | None]] = []
     per_source: list[PreferenceSourceStats] = []
-    budget = spec.max_samples
     max_bytes = record_limit(spec)
-    for si, source in enumerate(spec.sources):
-        name, records = _read_source(source, spec.split, problems, max_bytes)
-        st = PreferenceSourceStats(source=name, format="auto")
-        per_source.append(st)
-        fmt: str | None = None
-        for rec in records:
-            if budget is not None and len(rows) >= budget:
-                break
-            st.rows += 1
-            try:
-                check_preference_row(rec.data)  # images, KTO labels: refused with their own hint
-            except RowRefused as exc:
-                problems.add_error(rec.where, exc)
-                continue
-            if fmt is None:
-                fmt = detect_preference_format(rec.data)
-                if fmt is None:
-                    problems.add(rec.where, "unrecognised preference row (" + FORMATS_HINT + ")")
-                    continue
-                st.format = fmt
-            try:
-                prompt, chosen, rejected = to_preference(rec.data, fmt)
-                tools = tool_definitions(rec.data.get("tools"))
-                if spec.system_prompt and prompt[0]["role"] != "system":
-                    prompt.insert(0, {"role": "system", "content": spec.system_prompt})
-                check_size([*prompt, _as_message(chosen), _as_message(rejected)], max_bytes, tools)
-            except ValueError as exc:
-                problems.add_error(rec.where, exc)
-                continue
-            rows.append((si, rec.where, prompt, chosen, rejected, tools))
-        if hasattr(records, "close"):
-            records.close()
+    for si, rec, fmt in known_records(
+        spec,
+        problems,
+        per_source,
+        lambda name: PreferenceSourceStats(source=name, format="auto"),
+        detect_preference_format,
+        lambda _: "unrecognised preference row (" + FORMATS_HINT + ")",
+        taken=lambda: len(rows),
+        check=check_preference_row,  # images, KTO labels: refused with their own hint
+    ):
+        try:
+            prompt, chosen, rejected = to_preference(rec.data, fmt)
+            tools = tool_definitions(rec.data.get("tools"))
+            with_system_prompt(prompt, spec.system_prompt)
+            check_size([*prompt, _as_message(chosen), _as_message(rejected)], max_bytes, tools)
+        except ValueError as exc:
+            problems.add_error(rec.where, exc)
+            continue
+        rows.append((si, rec.where, prompt, chosen, rejected, tools))
     problems.raise_if_any()
     if not rows:
         raise ShadowFTError(

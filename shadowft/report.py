@@ -87,8 +87,55 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "reference": REFERENCE_MODEL,
             "backends": {model: r.get("backend", "hf") for model, r in results.items()},
             **({"own_data": own_data_scores(results)} if OWN_DATA in suites else {}),
+            **({"carried": carried_by_suite(rows, suites, n)} if CARRIED_MODELS <= rows.keys() else {}),
         }
     )
+
+
+#: The rows the carried share needs (the run's `tuned-base` baseline adds Base and the tuned Base).
+SHADOW_MODEL, TUNED_BASE_MODEL = "shadow-ft", "tuned-base"
+CARRIED_MODELS = frozenset({REFERENCE_MODEL, "base", TUNED_BASE_MODEL, SHADOW_MODEL})
+
+
+def carried_by_suite(
+    rows: dict[str, dict[str, float | None]], suites: list[str], n: dict[str, int | None]
+) -> dict[str, dict[str, Any]]:
+    """Per suite, the share of the tuned Base's gain over Base that the graft added to Instruct (one
+    seed: shown where the gain is beyond the binomial standard error of Base's score)."""
+    from shadowft.compare import carried_share  # compare imports this module
+
+    return {
+        s: carried_share(
+            {"-": rows[SHADOW_MODEL][s]},
+            {"-": rows[TUNED_BASE_MODEL][s]},
+            rows[REFERENCE_MODEL][s],
+            rows["base"][s],
+            n[s],
+        )
+        for s in suites
+    }
+
+
+def carried_markdown(summary: dict[str, Any]) -> list[str]:
+    """The run report's carried line: per suite the share in %, "—" (with why) where the tuned Base's gain
+    is within the noise."""
+    share = summary.get("carried")
+    if not share:
+        return []
+    suites = [s for s in summary["suites"] if s in share]
+    cells = [f"{100 * share[s]['mean']:.0f}" if share[s]["shown"] else "—" for s in suites]
+    why = [f"- {s}: {share[s]['why']}." for s in suites if not share[s]["shown"]]
+    return [
+        "## Carried: how much of what tuning taught Base the graft brought to Instruct",
+        "",
+        "(shadow-ft - instruct) / (tuned-base - base) per suite, in %: 100, the graft added to Instruct as much "
+        "as tuning added to Base; 0, none of it. Shown where the tuned Base's gain is beyond the binomial "
+        "standard error of Base's score (one seed; `shadowft compare` gives the spread over seeds). Base and "
+        "tuned-base are scored without a chat template.",
+        "",
+        *markdown_table(["", *suites], [["carried (%)", *cells]]),
+        *(["", "Not shown (—):", "", *why] if why else []),
+    ]
 
 
 def own_data_scores(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -164,6 +211,8 @@ def to_markdown(summary: dict[str, Any], title: str = "Shadow-FT results") -> st
     for note in (own_data_note(summary), backend_note(summary)):
         if note:
             lines += ["", note]
+    if carried := carried_markdown(summary):
+        lines += ["", *carried]
     return "\n".join(lines) + "\n"
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from shadowft.errors import ShadowFTError
 from shadowft.files import umask
-from shadowft.report import DIGITS, REFERENCE_MODEL, own_data_note, rounded, suite_stderr
+from shadowft.report import DIGITS, REFERENCE_MODEL, carried_markdown, own_data_note, rounded, suite_stderr
 from shadowft.tables import markdown_table, pct
 
 PROMOTED_MODEL = "shadow-ft"
@@ -175,6 +175,7 @@ def report_markdown(title: str, summary: dict[str, Any], run: dict[str, Any]) ->
         *markdown_table(["model", *summary["suites"], "mean"], score_rows(summary)),
         "",
         *([note.replace("`samples.md` in the run folder", "[samples.md](samples.md)"), ""] if note else []),
+        *([*carried, ""] if (carried := carried_markdown(summary)) else []),
         "![scores](chart.png) ![loss](loss.png)",
         "",
         "## What was run",

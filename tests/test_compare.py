@@ -14,9 +14,12 @@ from shadowft.compare import (
     STRICT_TITLE,
     CompareConfig,
     aggregate,
+    carried_share,
+    carried_text,
     load_compare_config,
     mean_std,
     notes,
+    rounded_summary,
     to_markdown,
     write_comparison,
 )
@@ -85,6 +88,95 @@ def test_the_base_row_has_a_footnote_saying_why_it_is_near_zero():
     assert note.startswith("base: scored without a chat template") and "near 0 are expected" in note
     assert f"*{note}*" in to_markdown(s)
     assert notes(aggregate({"instruct": results["instruct"]}, {"instruct": info["instruct"]})) == []
+
+
+def test_carried_share_by_hand_over_seeds():
+    # gains of the tuned Base over Base (0.2): 0.4, 0.2, 0.3 -> mean 0.3, std 0.1, se 0.0577: shown
+    c = carried_share({"0": 0.7, "1": 0.6, "2": 0.5}, {"0": 0.6, "1": 0.4, "2": 0.5}, instruct=0.5, base=0.2)
+    assert c["per_seed"] == pytest.approx({"0": 0.5, "1": 0.5, "2": 0.0})  # 0.2/0.4, 0.1/0.2, 0/0.3
+    assert c["shown"] and c["why"] is None
+    assert c["mean"] == pytest.approx(1 / 3) and c["std"] == pytest.approx(math.sqrt(1 / 12))
+    assert c["gain"]["mean"] == pytest.approx(0.3) and c["gain"]["se"] == pytest.approx(0.1 / math.sqrt(3))
+    # gains 0.3, -0.1, 0.1 -> mean 0.1, std 0.2, se 0.115 > 0.1: within the noise, not shown
+    c = carried_share({"0": 0.7, "1": 0.6, "2": 0.5}, {"0": 0.5, "1": 0.1, "2": 0.3}, instruct=0.5, base=0.2)
+    assert not c["shown"] and c["mean"] is None and c["std"] is None
+    assert "+10.0 points" in c["why"] and "3 seeds" in c["why"]
+    # a seed without a gain has no share; the mean is over the others
+    # (gains 0.4, 0, 0.4: mean 0.267 > se 0.133)
+    c = carried_share({"0": 0.9, "1": 0.6, "2": 0.9}, {"0": 0.6, "1": 0.2, "2": 0.6}, instruct=0.5, base=0.2)
+    assert c["per_seed"] == {"0": pytest.approx(1.0), "1": None, "2": pytest.approx(1.0)}
+    assert c["shown"] and c["mean"] == pytest.approx(1.0) and c["std"] == pytest.approx(0.0)
+    assert not carried_share({"0": 0.5}, {"1": 0.9}, 0.5, 0.2)["shown"]  # no common seed
+
+
+def test_carried_share_one_seed_uses_the_binomial_error_of_base():
+    # Base 0.5 on 100 items: se sqrt(0.25 / 100) = 0.05; a gain of 0.06 is beyond it, 0.04 is not
+    c = carried_share({"-": 0.53}, {"-": 0.56}, instruct=0.5, base=0.5, items=100)
+    assert c["shown"] and c["mean"] == pytest.approx(0.5) and c["std"] is None
+    assert c["gain"]["se"] == pytest.approx(0.05) and c["gain"]["n"] == 1
+    c = carried_share({"-": 0.53}, {"-": 0.54}, instruct=0.5, base=0.5, items=100)
+    assert not c["shown"] and "binomial" in c["why"] and "100 items" in c["why"]
+    # the same gain on 400 items (se 0.025) is beyond it; unknown items: no standard error, not shown
+    assert carried_share({"-": 0.53}, {"-": 0.54}, instruct=0.5, base=0.5, items=400)["shown"]
+    assert "unknown" in carried_share({"-": 0.53}, {"-": 0.56}, 0.5, 0.5, items=None)["why"]
+
+
+def test_carried_table_in_the_comparison_markdown():
+    results = {
+        "instruct": {"-": _res(a=0.5, r=0.6)},
+        "base": {"-": _res(a=0.1, r=0.3)},
+        "tuned-base-lora": {"0": _res(a=0.5, r=0.3), "1": _res(a=0.7, r=0.4)},
+        "direct-lora": {"0": _res(a=0.4, r=0.6), "1": _res(a=0.4, r=0.5)},
+        "shadow-lora": {"0": _res(a=0.7, r=0.6), "1": _res(a=0.8, r=0.6)},
+    }
+    info = {
+        "instruct": {"kind": "reference", "chat_template": True},
+        "base": {"kind": "reference", "chat_template": False},
+        "tuned-base-lora": {"kind": "tuned-base", "method": "lora", "chat_template": False},
+        "direct-lora": {"kind": "direct", "method": "lora", "baseline": "direct-lora"},
+        "shadow-lora": {"kind": "shadow", "method": "lora", "baseline": "direct-lora"},
+    }
+    s = aggregate(results, info)
+    # a: gains 0.4, 0.6 (se 0.1), shares 0.2/0.4 = 0.5, 0.3/0.6 = 0.5; r: gains 0, 0.1 (se 0.05 = mean) -> —
+    c = s["carried"]["shadow-lora"]
+    assert c["vs"] == "tuned-base-lora" and c["a"]["mean"] == pytest.approx(0.5) and not c["r"]["shown"]
+    md = to_markdown(rounded_summary(s))
+    assert "| shadow-lora | tuned-base-lora | 50 ± 0 | — |" in md
+    assert carried_text({"a": c["a"], "r": c["r"]}) == "a 50 ± 0 %, r —"  # the terminal's line
+    assert "- shadow-lora, r: the tuned Base's gain over Base (+5.0 points) is not beyond" in md
+    assert "| tuned-base-lora | 2 |" in md and any(n.startswith("tuned-base-lora: the tuned Base") for n in notes(s))
+    # without Base (include_base false) there is no gain to share
+    no_base = {k: v for k, v in results.items() if k != "base"}
+    assert "carried" not in aggregate(no_base, info) and "Carried" not in to_markdown(aggregate(no_base, info))
+
+
+def test_carried_line_in_the_run_report_with_one_seed():
+    """`shadowft run` with the tuned-base baseline: one seed, so the gate is Base's binomial error."""
+    from shadowft.config import RunConfig
+    from shadowft.report import summarize
+    from shadowft.report import to_markdown as run_markdown
+
+    def res(a: float, r: float) -> dict:
+        return {"suites": {s: {"score": v, "chance": 0.0, "n": 100} for s, v in (("a", a), ("r", r))}}
+
+    # a: Base 0.5, se 0.05, gain 0.2 -> (0.6 - 0.5) / 0.2 = 50 %; r: gain 0.04 < se 0.05 -> —
+    results = {
+        "instruct": res(0.5, 0.6),
+        "base": res(0.5, 0.5),
+        "tuned-base": res(0.7, 0.54),
+        "shadow-ft": res(0.6, 0.6),
+    }
+    summary = summarize(results)
+    assert summary["carried"]["a"]["mean"] == pytest.approx(0.5) and not summary["carried"]["r"]["shown"]
+    md = run_markdown(summary)
+    assert "| carried (%) | 50 | — |" in md and "- r: the tuned Base's gain over Base (+4.0 points)" in md
+    assert "carried" not in summarize({k: v for k, v in results.items() if k != "tuned-base"})
+    assert RunConfig(baselines=["instruct", "tuned-base"]).baselines == ["instruct", "tuned-base"]
+
+
+def test_tuned_base_is_on_by_default_in_compare():
+    assert CompareConfig().include_tuned_base and CompareConfig().include_base
+    assert not load_compare_config(None, ["include_tuned_base=false"]).include_tuned_base
 
 
 def _task(flexible: float, strict: float | None) -> dict:
@@ -277,6 +369,8 @@ def test_compare_flow_on_tiny_models_then_rerun_is_cached(prefect_env, llama_tri
     assert list(summary["models"]) == [
         "instruct",
         "base",
+        "tuned-base-lora",
+        "tuned-base-full",
         "direct-lora",
         "shadow-lora",
         "shadow-lora a=0.5",
@@ -288,6 +382,10 @@ def test_compare_flow_on_tiny_models_then_rerun_is_cached(prefect_env, llama_tri
     ]
     assert summary["models"]["shadow-full"]["seeds"] == ["0"]
     assert summary["models"]["base"]["chat_template"] is False
+    # the tuned Base, scored as Base is, and the share of its gain each graft carried (per suite)
+    assert summary["models"]["tuned-base-full"]["seeds"] == ["0"] and states["evaluate-tuned-base-lora-s0"]
+    assert set(summary["carried"]) == set(summary["paired"])
+    assert summary["carried"]["shadow-full"]["vs"] == "tuned-base-full"
     assert set(summary["paired"]) == {
         "shadow-lora",
         "shadow-lora a=0.5",

@@ -155,13 +155,24 @@ def test_failed_run_resumes_with_earlier_stages_cached(prefect_env, llama_trio, 
 @pytest.mark.slow
 def test_full_method_grafts_a_delta(prefect_env, llama_trio, tmp_path):
     cfg = make_config(
-        llama_trio, write_dataset(tmp_path / "d.jsonl"), "train.method=full", "train.lr=1e-4", "baselines=[instruct]"
+        llama_trio,
+        write_dataset(tmp_path / "d.jsonl"),
+        "train.method=full",
+        "train.lr=1e-4",
+        "baselines=[instruct, tuned-base]",
     )
     flow_state, states, result = run_flow(cfg)
     assert flow_state == "Completed", states
     assert states["extract_delta"] == "Completed" and "train-instruct" not in states
     prov = json.loads((Path(result["models"]["shadow-ft"]) / "shadowft_provenance.json").read_text())
     assert prov["method"] == "delta"
+    # the tuned-base baseline: Base and the fully tuned Base itself, scored without chat template,
+    # and the share of the tuned Base's gain that the graft carried, per suite
+    assert list(result["models"]) == ["instruct", "base", "tuned-base", "shadow-ft"]
+    assert states["evaluate-tuned-base"] == "Completed" and "graft-tuned-base" not in states  # full: no merge
+    summary = json.loads((Path(result["folder"]) / "summary.json").read_text())
+    assert set(summary["carried"]) == {"toy-math", "toy-reasoning"}
+    assert "## Carried" in (Path(result["folder"]) / "report.md").read_text()
 
 
 @pytest.mark.slow

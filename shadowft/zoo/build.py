@@ -479,7 +479,13 @@ def _announce(cfg: FamilyConfig) -> None:
     import sys
 
     steps = cfg.pretrain.steps + cfg.sft.steps
-    minutes = "a few seconds" if cfg.preset == "ci" else "about 5 minutes on a quiet 2-core CPU"
+    minutes = (
+        "a few seconds"
+        if cfg.preset == "ci"
+        else "about 5 minutes on a quiet 2-core CPU"
+        if autocast_bf16(cfg)
+        else "fp32, this CPU has no native bf16: about 18 minutes"
+    )
     print(
         f"Building the toy family from scratch ({cfg.preset}: {steps} training steps on "
         f"{cfg.threads} thread(s), {minutes}): tokenizer, Base pretraining, Instruct tuning, data sets.",

@@ -342,7 +342,15 @@ def prepare_grpo(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> GRPOSt
     file and line) and an empty result raise `ShadowFTError` before anything is written."""
     from datasets import Dataset
 
-    from shadowft.data import _Problems, _read_source, check_size, load_tokenizer, record_limit, rendered
+    from shadowft.data import (
+        _Problems,
+        check_size,
+        known_records,
+        load_tokenizer,
+        record_limit,
+        rendered,
+        with_system_prompt,
+    )
     from shadowft.data import _render as render
     from shadowft.errors import OutputExistsError
     from shadowft.files import atomic_output_dir
@@ -356,34 +364,24 @@ def prepare_grpo(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> GRPOSt
     problems = _Problems(what="GRPO data", formats_hint=FORMATS_HINT)
     rows: list[tuple[int, str, list[dict[str, Any]], dict[str, str | None]]] = []
     per_source: list[GRPOSourceStats] = []
-    budget = spec.max_samples
     max_bytes = record_limit(spec)
-    for si, source in enumerate(spec.sources):
-        name, records = _read_source(source, spec.split, problems, max_bytes)
-        st = GRPOSourceStats(source=name, format="auto")
-        per_source.append(st)
-        fmt: str | None = None
-        for rec in records:
-            if budget is not None and len(rows) >= budget:
-                break
-            st.rows += 1
-            if fmt is None:
-                fmt = detect_grpo_format(rec.data)
-                if fmt is None:
-                    problems.add(rec.where, "unrecognised GRPO row (" + FORMATS_HINT + ")")
-                    continue
-                st.format = fmt
-            try:
-                prompt, refs = to_grpo(rec.data, fmt)
-                if spec.system_prompt and prompt[0]["role"] != "system":
-                    prompt.insert(0, {"role": "system", "content": spec.system_prompt})
-                check_size(prompt, max_bytes)
-            except ValueError as exc:
-                problems.add_error(rec.where, exc)
-                continue
-            rows.append((si, rec.where, prompt, refs))
-        if hasattr(records, "close"):
-            records.close()
+    for si, rec, fmt in known_records(
+        spec,
+        problems,
+        per_source,
+        lambda name: GRPOSourceStats(source=name, format="auto"),
+        detect_grpo_format,
+        lambda _: "unrecognised GRPO row (" + FORMATS_HINT + ")",
+        taken=lambda: len(rows),
+    ):
+        try:
+            prompt, refs = to_grpo(rec.data, fmt)
+            with_system_prompt(prompt, spec.system_prompt)
+            check_size(prompt, max_bytes)
+        except ValueError as exc:
+            problems.add_error(rec.where, exc)
+            continue
+        rows.append((si, rec.where, prompt, refs))
     problems.raise_if_any()
     if not rows:
         raise ShadowFTError(

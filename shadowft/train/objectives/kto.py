@@ -266,7 +266,15 @@ def prepare_kto(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> KTOStat
     label only, and an empty result raise `ShadowFTError` before anything is written."""
     from datasets import Dataset, Features, Value
 
-    from shadowft.data import _Problems, _read_source, check_size, load_tokenizer, record_limit, rendered
+    from shadowft.data import (
+        _Problems,
+        check_size,
+        known_records,
+        load_tokenizer,
+        record_limit,
+        rendered,
+        with_system_prompt,
+    )
     from shadowft.errors import OutputExistsError
     from shadowft.files import atomic_output_dir
     from shadowft.preference import count_tokens, render_replies
@@ -279,34 +287,24 @@ def prepare_kto(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> KTOStat
     problems = _Problems(what="KTO data", formats_hint=FORMATS_HINT + "; " + LABEL_HINT)
     rows: list[tuple[int, str, list[dict[str, str]], str, bool]] = []
     per_source: list[KTOSourceStats] = []
-    budget = spec.max_samples
     max_bytes = record_limit(spec)
-    for si, source in enumerate(spec.sources):
-        name, records = _read_source(source, spec.split, problems, max_bytes)
-        st = KTOSourceStats(source=name, format="auto")
-        per_source.append(st)
-        fmt: str | None = None
-        for rec in records:
-            if budget is not None and len(rows) >= budget:
-                break
-            st.rows += 1
-            if fmt is None:
-                fmt = detect_kto_format(rec.data)
-                if fmt is None:
-                    problems.add(rec.where, _unrecognised(rec.data))
-                    continue
-                st.format = fmt
-            try:
-                prompt, completion, label = to_kto(rec.data, fmt)
-                if spec.system_prompt and prompt[0]["role"] != "system":
-                    prompt.insert(0, {"role": "system", "content": spec.system_prompt})
-                check_size([*prompt, {"role": "assistant", "content": completion}], max_bytes)
-            except ValueError as exc:
-                problems.add(rec.where, str(exc))
-                continue
-            rows.append((si, rec.where, prompt, completion, label))
-        if hasattr(records, "close"):
-            records.close()
+    for si, rec, fmt in known_records(
+        spec,
+        problems,
+        per_source,
+        lambda name: KTOSourceStats(source=name, format="auto"),
+        detect_kto_format,
+        _unrecognised,
+        taken=lambda: len(rows),
+    ):
+        try:
+            prompt, completion, label = to_kto(rec.data, fmt)
+            with_system_prompt(prompt, spec.system_prompt)
+            check_size([*prompt, {"role": "assistant", "content": completion}], max_bytes)
+        except ValueError as exc:
+            problems.add_error(rec.where, exc)
+            continue
+        rows.append((si, rec.where, prompt, completion, label))
     problems.raise_if_any()
     sources = ", ".join(spec.sources)
     if not rows:
