@@ -42,15 +42,17 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
         "instruct": {"-": evaluate(run.eval, instruct, "instruct", store, data=data)}
     }
     info: dict[str, dict[str, Any]] = {"instruct": {"kind": "reference", "chat_template": True}}
-    no_template = run.eval.model_copy(update={"apply_chat_template": False})
-    if config.include_base:
-        evals["base"] = {"-": evaluate(no_template, base, "base", store, data=data)}
-        info["base"] = {"kind": "reference", "chat_template": False}
-    # the tuned Base itself, scored as Base is: its gain over Base is the denominator of "carried"
+    # Base as plain text (a reference point); with the tuned Base rows, Base and the tuned Base are scored
+    # alike with the chat template the shadow was trained with (None: where Base's tokenizer has one),
+    # since the tuned Base's gain over Base is the denominator of "carried"
     tuned_bases = config.include_base and config.include_tuned_base
+    as_base = run.eval.model_copy(update={"apply_chat_template": None if tuned_bases else False})
+    if config.include_base:
+        evals["base"] = {"-": evaluate(as_base, base, "base", store, data=data)}
+        info["base"] = {"kind": "reference", "chat_template": None if tuned_bases else False}
     for method in config.methods if tuned_bases else []:
         name = f"{TUNED_BASE}-{method}"
-        info[name] = {"kind": TUNED_BASE, "method": method, "lr": config.lr_for(method), "chat_template": False}
+        info[name] = {"kind": TUNED_BASE, "method": method, "lr": config.lr_for(method), "chat_template": None}
         evals[name] = {}
     distances: dict[str, dict[str, dict[str, Artifact]]] = {}
     variants = config.variants()
@@ -79,7 +81,7 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
             moved_base = as_model(method, base, tuned_base, f"base-merged-{tag}", store)
             if tuned_bases:
                 evals[f"{TUNED_BASE}-{method}"][str(seed)] = evaluate(
-                    no_template, moved_base, f"{TUNED_BASE}-{tag}", store, data=data
+                    as_base, moved_base, f"{TUNED_BASE}-{tag}", store, data=data
                 )
 
             for v in (v for v in variants if v.method == method):

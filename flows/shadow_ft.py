@@ -140,7 +140,8 @@ def shadow_ft(config: RunConfig = RunConfig(), overrides: list[str] | None = Non
         models["direct"] = as_model(config.train.method, instruct, tuned_instruct.result(), "direct", store)
         evals["direct"] = evaluate.submit(config.eval, models["direct"], "direct", store, res, data)
     if "tuned-base" in config.baselines:  # Base and the shadow itself, scored alike: what tuning taught Base
-        as_base = config.eval.model_copy(update={"apply_chat_template": False})
+        # scored alike, with the chat template the shadow was trained with where Base's tokenizer has one
+        as_base = config.eval.model_copy(update={"apply_chat_template": None})
         models["base"] = base
         models["tuned-base"] = as_model(config.train.method, base, tuned_base.result(), "tuned-base", store)
         for n in ("base", "tuned-base"):

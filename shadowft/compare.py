@@ -74,12 +74,16 @@ class CompareConfig(BaseModel):
         description="Graft scopes of Shadow-FT: projections, all, or a regex. The first is the main one; the "
         "others are evaluated at alpha 1.",
     )
-    include_base: bool = Field(default=True, description="Also evaluate Base (without chat template) for reference.")
+    include_base: bool = Field(
+        default=True,
+        description="Also evaluate Base for reference (as plain text; with include_tuned_base, with the chat "
+        "template as the tuned Base is).",
+    )
     include_tuned_base: bool = Field(
         default=True,
         description="Also evaluate the tuned Base itself (the shadow: LoRA merged into Base, or the fully tuned "
-        "Base), per seed and method, as Base is (without chat template), and report per suite the share of its "
-        "gain over Base that the graft carried to Instruct. Needs include_base (the gain is over Base).",
+        "Base), per seed and method, and Base alike (with the chat template the shadow was trained with, where "
+        "Base's tokenizer has one), and report per suite the share of its gain over Base that the graft carried to Instruct. Needs include_base (the gain is over Base).",
     )
     distances: bool = Field(default=True, description="Compute sigma of each tuned model to its start point.")
     title: str = Field(default="Shadow-FT vs conventional tuning", description="Title of the table and chart.")
@@ -316,7 +320,8 @@ def carried_share(
 
     The share is only meaningful where the tuned Base gained beyond noise, so it is shown (`shown`, and
     `mean`/`std` set) only where the mean gain is beyond its standard error: std/sqrt(n) over n seeds,
-    or with one seed the binomial one of Base's score, sqrt(p (1 - p) / items). Otherwise `why` says
+    or with one seed the binomial one of the difference of the two scores, sqrt((b (1 - b) + t (1 - t))
+    / items) (not Base's alone: a Base at 0 % has none, and any gain would pass). Otherwise `why` says
     why not. Seeds whose gain is exactly 0 have no share (None)."""
     pairs = {s: (g, t) for s in graft if (g := graft[s]) is not None and (t := tuned_base.get(s)) is not None}
     out: dict[str, Any] = {"per_seed": {}, "mean": None, "std": None, "shown": False, "why": None}
@@ -332,8 +337,9 @@ def carried_share(
         se: float | None = g_std / math.sqrt(n) if g_std is not None else None
         what = f"its standard error over {n} seeds"
     elif items:
-        se = math.sqrt(base * (1 - base) / items)
-        what = f"the binomial standard error of Base's score on {items} items (one seed)"
+        tuned = next(iter(pairs.values()))[1]
+        se = math.sqrt((base * (1 - base) + tuned * (1 - tuned)) / items)
+        what = f"the binomial standard error of the two scores' difference on {items} items (one seed)"
     else:
         se, what = None, "no standard error (one seed, number of items unknown)"
     out["gain"] = {"mean": g_mean, "std": g_std, "se": se, "n": n}
@@ -355,7 +361,9 @@ def carried(models: dict[str, Any], suites: list[str], items: dict[str, int | No
     and suite, its `carried_share`. `models`: the summary's models (kind, method, per_seed)."""
     if "base" not in models or REFERENCE not in models:
         return {}
-    one = {name: next(iter(models[name]["per_seed"].values()), {}) for name in ("base", REFERENCE)}
+    one: dict[str, dict[str, Any]] = {
+        name: next(iter(models[name]["per_seed"].values()), {}) for name in ("base", REFERENCE)
+    }
     out: dict[str, dict[str, Any]] = {}
     for name, m in models.items():
         tuned = f"{TUNED_BASE}-{m.get('method')}"
@@ -489,8 +497,9 @@ def notes(summary: dict[str, Any]) -> list[str]:
     tuned = [name for name, m in summary["models"].items() if m.get("kind") == TUNED_BASE]
     if tuned:
         out.append(
-            f"{', '.join(tuned)}: the tuned Base itself (the shadow, before grafting), scored as Base is (without "
-            "a chat template): its gain over Base is what tuning taught, the denominator of the carried share below."
+            f"{', '.join(tuned)}: the tuned Base itself (the shadow, before grafting), scored as Base is (both with "
+            "the chat template the shadow was trained with, where Base's tokenizer has one): its gain over Base is "
+            "what tuning taught, the denominator of the carried share below."
         )
     return out
 
@@ -528,7 +537,7 @@ def carried_markdown(summary: dict[str, Any]) -> list[str]:
         "Per seed, (Shadow-FT - Instruct) / (tuned Base - Base) per suite, in %; mean ± std over seeds. "
         "100: the graft added to Instruct as much as tuning added to Base; 0: none of it; negative: the graft "
         "lost ground. Shown only where the tuned Base's gain over Base is beyond its standard error (over "
-        "seeds; with one seed, the binomial one of Base's score).",
+        "seeds; with one seed, the binomial one of the two scores' difference).",
         "",
         *markdown_table(["model", "tuned Base", *suites], rows, text_columns=2),
         "",

@@ -130,8 +130,8 @@ def carried_markdown(summary: dict[str, Any]) -> list[str]:
         "",
         "(shadow-ft - instruct) / (tuned-base - base) per suite, in %: 100, the graft added to Instruct as much "
         "as tuning added to Base; 0, none of it. Shown where the tuned Base's gain is beyond the binomial "
-        "standard error of Base's score (one seed; `shadowft compare` gives the spread over seeds). Base and "
-        "tuned-base are scored without a chat template.",
+        "standard error of the two scores' difference (one seed; `shadowft compare` gives the spread over seeds). "
+        "Base and tuned-base are scored alike, with the chat template where Base's tokenizer has one.",
         "",
         *markdown_table(["", *suites], [["carried (%)", *cells]]),
         *(["", "Not shown (—):", "", *why] if why else []),

@@ -109,16 +109,21 @@ def test_carried_share_by_hand_over_seeds():
     assert not carried_share({"0": 0.5}, {"1": 0.9}, 0.5, 0.2)["shown"]  # no common seed
 
 
-def test_carried_share_one_seed_uses_the_binomial_error_of_base():
-    # Base 0.5 on 100 items: se sqrt(0.25 / 100) = 0.05; a gain of 0.06 is beyond it, 0.04 is not
-    c = carried_share({"-": 0.53}, {"-": 0.56}, instruct=0.5, base=0.5, items=100)
+def test_carried_share_one_seed_uses_the_binomial_error_of_the_difference():
+    # Base 0.5 and tuned Base 0.56 on 100 items: se sqrt((0.25 + 0.2464) / 100) = 0.0705; a gain of 0.08
+    # is beyond it, 0.06 is not
+    c = carried_share({"-": 0.54}, {"-": 0.58}, instruct=0.5, base=0.5, items=100)
     assert c["shown"] and c["mean"] == pytest.approx(0.5) and c["std"] is None
-    assert c["gain"]["se"] == pytest.approx(0.05) and c["gain"]["n"] == 1
-    c = carried_share({"-": 0.53}, {"-": 0.54}, instruct=0.5, base=0.5, items=100)
+    assert c["gain"]["se"] == pytest.approx(math.sqrt((0.25 + 0.58 * 0.42) / 100)) and c["gain"]["n"] == 1
+    c = carried_share({"-": 0.53}, {"-": 0.56}, instruct=0.5, base=0.5, items=100)
     assert not c["shown"] and "binomial" in c["why"] and "100 items" in c["why"]
-    # the same gain on 400 items (se 0.025) is beyond it; unknown items: no standard error, not shown
-    assert carried_share({"-": 0.53}, {"-": 0.54}, instruct=0.5, base=0.5, items=400)["shown"]
+    # the same gain on 400 items (se 0.035) is beyond it; unknown items: no standard error, not shown
+    assert carried_share({"-": 0.53}, {"-": 0.56}, instruct=0.5, base=0.5, items=400)["shown"]
     assert "unknown" in carried_share({"-": 0.53}, {"-": 0.56}, 0.5, 0.5, items=None)["why"]
+    # Base at 0 %: its own binomial error is 0 (any gain would pass), the difference's is not
+    c = carried_share({"-": 0.0}, {"-": 0.01}, instruct=0.0, base=0.0, items=100)
+    assert c["gain"]["se"] == pytest.approx(math.sqrt(0.01 * 0.99 / 100))
+    assert not carried_share({"-": 0.0}, {"-": 0.01}, instruct=0.0, base=0.0, items=1)["shown"]
 
 
 def test_carried_table_in_the_comparison_markdown():
@@ -289,7 +294,10 @@ def test_config_examples_and_variants():
         EXAMPLES / "compare-toy.yaml", ["run.graft.alpha_by_module={mlp: 0.5}", "alphas=[0.5, 1.0, 1.5]"]
     )
     grafts = {v.name: v.graft for v in pm.variants() if v.kind == "shadow"}
-    assert all(g.effective_method == "per_module" and g.method_settings == {"alpha_by_module": {"mlp": 0.5}} for g in grafts.values())
+    assert all(
+        g.effective_method == "per_module" and g.method_settings == {"alpha_by_module": {"mlp": 0.5}}
+        for g in grafts.values()
+    )
     assert grafts["shadow-full a=1.5"].alpha == 1.5
 
 
@@ -381,7 +389,9 @@ def test_compare_flow_on_tiny_models_then_rerun_is_cached(prefect_env, llama_tri
         "shadow-full scope=all",
     ]
     assert summary["models"]["shadow-full"]["seeds"] == ["0"]
-    assert summary["models"]["base"]["chat_template"] is False
+    # with the tuned Base rows (the default), Base is scored as they are: with the chat template where its
+    # tokenizer has one (None: decided at evaluation), not as plain text
+    assert summary["models"]["base"]["chat_template"] is None
     # the tuned Base, scored as Base is, and the share of its gain each graft carried (per suite)
     assert summary["models"]["tuned-base-full"]["seeds"] == ["0"] and states["evaluate-tuned-base-lora-s0"]
     assert set(summary["carried"]) == set(summary["paired"])

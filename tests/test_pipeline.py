@@ -166,7 +166,7 @@ def test_full_method_grafts_a_delta(prefect_env, llama_trio, tmp_path):
     assert states["extract_delta"] == "Completed" and "train-instruct" not in states
     prov = json.loads((Path(result["models"]["shadow-ft"]) / "shadowft_provenance.json").read_text())
     assert prov["method"] == "delta"
-    # the tuned-base baseline: Base and the fully tuned Base itself, scored without chat template,
+    # the tuned-base baseline: Base and the fully tuned Base itself, scored alike (the chat template),
     # and the share of the tuned Base's gain that the graft carried, per suite
     assert list(result["models"]) == ["instruct", "base", "tuned-base", "shadow-ft"]
     assert states["evaluate-tuned-base"] == "Completed" and "graft-tuned-base" not in states  # full: no merge
