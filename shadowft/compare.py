@@ -580,12 +580,18 @@ def _score_tables(summary: dict[str, Any], scores: dict[str, Any], heading: str)
 
 
 def to_markdown(summary: dict[str, Any]) -> str:
+    plain = summary["models"].get("base", {}).get("chat_template") is False
     lines = [
         f"# {summary['title']}",
         "",
         (
             "Scores in %: mean ± standard deviation over seeds (change of the mean against Instruct). "
-            "Instruct and Base are not trained: one evaluation, no spread. Base is evaluated without chat template."
+            "Instruct and Base are not trained: one evaluation, no spread. "
+            + (
+                "Base is evaluated without chat template."
+                if plain
+                else "Base is evaluated as the tuned Base is (with the chat template where its tokenizer has one)."
+            )
         ),
         "",
         *_score_tables(summary, summary, "##"),
