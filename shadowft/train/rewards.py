@@ -79,12 +79,16 @@ class _AnswerSettings(RewardSettings):
 
 
 class ExactMatchSettings(_AnswerSettings):
-    name: Literal["exact_match"] = "exact_match"
+    name: Literal["exact_match"] = Field(
+        default="exact_match", description="exact_match: the extracted answer equals the reference column."
+    )
     ignore_case: bool = Field(default=False, description="Compare without regard to case.")
 
 
 class RegexSettings(RewardSettings):
-    name: Literal["regex"] = "regex"
+    name: Literal["regex"] = Field(
+        default="regex", description="regex: the completion matches a pattern (a format reward)."
+    )
     pattern: str = Field(min_length=1, description="The format the completion must have (a regular expression).")
     full: bool = Field(
         default=True, description="The whole completion (stripped) must match; false = the pattern occurs in it."
@@ -92,7 +96,9 @@ class RegexSettings(RewardSettings):
 
 
 class NumericSettings(_AnswerSettings):
-    name: Literal["numeric"] = "numeric"
+    name: Literal["numeric"] = Field(
+        default="numeric", description="numeric: the last number is within a tolerance of the reference."
+    )
     tolerance: float = Field(default=1e-6, ge=0, description="Largest absolute difference still scored correct.")
     rel_tolerance: float = Field(
         default=0.0, ge=0, description="Largest difference relative to the reference still scored correct."
@@ -100,7 +106,9 @@ class NumericSettings(_AnswerSettings):
 
 
 class CodeSettings(RewardSettings):
-    name: Literal["code"] = "code"
+    name: Literal["code"] = Field(
+        default="code", description="code: the completion passes the row's tests in the sandbox (opt-in)."
+    )
     column: str = Field(
         default="tests", min_length=1, description="The data column holding Python test code (asserts) to pass."
     )
