@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from shadowft.config import DataConfig, TrainConfig, load_config
 from shadowft.errors import ShadowFTError
@@ -216,8 +217,10 @@ def test_refused_before_any_stage_vllm_without_a_gpu_code_without_opt_in_missing
 
 
 @pytest.mark.slow
-def test_grpo_lora_trains_the_adapter_and_records_rewards_kl_and_lengths(llama_trio, tmp_path):
-    """A few real GRPO steps: 2 prompts x 2 generations of 8 tokens, the built-in reward and a user's."""
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_grpo_trains_and_records_rewards_kl_and_lengths(llama_trio, tmp_path, method):
+    """A few real GRPO steps: 2 prompts x 2 generations of 8 tokens, the built-in reward and a user's
+    (the tiny model never answers right: without the user's reward every advantage is 0 and nothing moves)."""
     from safetensors.torch import load_file
 
     from shadowft.train import train_model
@@ -227,6 +230,7 @@ def test_grpo_lora_trains_the_adapter_and_records_rewards_kl_and_lengths(llama_t
     prepare_grpo(DataConfig(sources=[_write(tmp_path / "g.jsonl", rows)]), llama_trio["instruct"], tmp_path / "p")
     spec = TrainConfig(
         objective="grpo",
+        method=method,
         batch_size=4,
         grad_accum=1,
         max_steps=3,
@@ -240,6 +244,11 @@ def test_grpo_lora_trains_the_adapter_and_records_rewards_kl_and_lengths(llama_t
     keys = {"reward", "rewards/exact_match/mean", "rewards/longer/mean", "kl", "completions/mean_length"}
     assert all(keys <= c.keys() for c in curve)
     assert any(c["rewards/longer/mean"] > 0 for c in curve) and curve[-1]["kl"] >= 0
+    if method == "full":  # every weight moved from Base's
+        start = load_file(str(llama_trio["base"] / "model.safetensors"))
+        tuned = load_file(str(tmp_path / "out" / "model.safetensors"))
+        assert all(not torch.equal(start[k], tuned[k]) for k in start)
+        return
     weights = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())  # it moved from 0
     assert not (tmp_path / "out" / "ref").exists()  # TRL's frozen reference adapter is not published
