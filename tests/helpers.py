@@ -103,3 +103,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def settled_task_runs(flow_run_id) -> list:
+    """The task runs of a finished flow run, read once the server has recorded them all: their states
+    arrive through the server's event recorder after the flow returns, so one read right away can miss
+    the last ones (a test read `states["evaluate-shadow-ft"]` before it existed). Reads until the count
+    is the same and every state final three times running (at most about 30 s)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    seen, stable, runs = -1, 0, []
+    with get_client(sync_client=True) as client:
+        for _ in range(100):
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            settled = all(r.state is not None and r.state.is_final() for r in runs)
+            stable = stable + 1 if settled and len(runs) == seen else 0
+            if stable >= 3:
+                break
+            seen = len(runs)
+            time.sleep(0.3)
+    return runs

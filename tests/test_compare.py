@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from shadowft.compare import (
 )
 from shadowft.errors import ShadowFTError
 from shadowft.evaluate.results import filtered_score
+from tests.helpers import settled_task_runs
 from tests.test_pipeline import write_dataset
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -306,25 +306,11 @@ def run_compare(
 ) -> tuple[str, dict[str, list[str]], dict]:
     """Run the comparison flow; return (flow state, {task run name: [state names]}, result). `keys`,
     when given, receives {task run name: [Prefect cache keys]} in the same order."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.compare import compare
 
     state = compare(config=cfg, return_state=True)
-    with get_client(sync_client=True) as client:
-        # task runs and their states arrive through the server's event recorder: read until settled
-        seen, stable = -1, 0
-        for _ in range(100):
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-            )
-            settled = all(r.state is not None and r.state.is_final() for r in runs)
-            stable = stable + 1 if settled and len(runs) == seen else 0
-            if stable >= 3:
-                break
-            seen = len(runs)
-            time.sleep(0.3)
+    runs = settled_task_runs(state.state_details.flow_run_id)
     states: dict[str, list[str]] = {}
     for r in runs:
         name = "comparison" if r.name.startswith("comparison") else r.name  # uncached: a generated suffix

@@ -13,6 +13,7 @@ import pytest
 
 from shadowft.config import RunConfig, load_config
 from shadowft.store import ArtifactStore
+from tests.helpers import settled_task_runs
 
 STAGES_BEFORE_EVAL = ["check_pair", "prepare_data", "train-base", "train-instruct", "graft-direct", "graft-shadow-ft"]
 EVALS = ["evaluate-instruct", "evaluate-direct", "evaluate-shadow-ft"]
@@ -53,16 +54,10 @@ def make_config(trio, data: Path, *overrides: str) -> RunConfig:
 
 def run_flow(cfg: RunConfig) -> tuple[str, dict[str, str], dict]:
     """Run the flow; return (flow state, {task run name: state name}, flow result or {})."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
     from flows.shadow_ft import shadow_ft
 
     state = shadow_ft(config=cfg, return_state=True)
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
+    runs = settled_task_runs(state.state_details.flow_run_id)
     fixed = ("report", "run-folder")  # task-run names with a generated suffix
     states = {next((f for f in fixed if r.name.startswith(f)), r.name): r.state.name for r in runs}
     result = state.result(raise_on_failure=False) if state.is_completed() else {}

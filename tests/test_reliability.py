@@ -22,7 +22,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from shadowft.store import ArtifactStore
-from tests.helpers import copy_dir, resize_vocab
+from tests.helpers import copy_dir, resize_vocab, settled_task_runs
 from tests.test_pipeline import make_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,8 +154,6 @@ PREFECT_CASES = [
 def test_bad_input_fails_the_prefect_task_with_its_message(
     prefect_api, store_home, llama_trio, bad_models, tmp_path, monkeypatch, case, model, data, overrides, task, message
 ):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.shadow_ft import shadow_ft
 
@@ -164,10 +162,7 @@ def test_bad_input_fails_the_prefect_task_with_its_message(
     cfg = make_config(trio, _data(data, tmp_path), *overrides)
     state = shadow_ft(config=cfg, return_state=True)
     assert state.is_failed()
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
+    runs = settled_task_runs(state.state_details.flow_run_id)
     states = {r.name: r.state for r in runs}
     failed = state if task == "flow" else states[task]
     assert failed.is_failed() and message in failed.message, failed.message
@@ -365,12 +360,11 @@ def test_killed_run_resumes_training_then_reuses_every_stage_before_eval(prefect
 
 def states_of_last_flow_run() -> dict[str, str]:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    runs = settled_task_runs(flow_run.id)
     return {r.name: r.state.name for r in runs}
 
 

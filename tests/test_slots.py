@@ -14,6 +14,7 @@ import pytest
 from shadowft.config import ResourcesConfig, load_config
 from shadowft.errors import CheckpointError, ShadowFTError
 from shadowft.resources import Slot, SlotPool, plan_slots, run_in_process
+from tests.helpers import settled_task_runs
 from tests.test_pipeline import make_config, write_dataset
 
 
@@ -93,12 +94,8 @@ def test_run_in_process_env_progress_and_errors():
 
 
 def _task_runs(flow_run_id) -> dict:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r for r in runs}
+    return {r.name: r for r in settled_task_runs(flow_run_id)}
 
 
 def _adapter_tensors(store: Path) -> dict[str, dict]:
