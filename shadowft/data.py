@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from shadowft.config import ZOO_PREFIX, DataConfig
-from shadowft.errors import OutputExistsError, ShadowFTError
-from shadowft.files import atomic_output_dir
+from shadowft.errors import ShadowFTError
+from shadowft.files import atomic_output_dir, refuse_nonempty
 from shadowft.formats import (
     TOOLS_HINT,
     RowRefused,
@@ -868,8 +868,7 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
     from datasets import Dataset, Features, Sequence, Value
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
+    refuse_nonempty(out_dir)
     tok = load_tokenizer(tokenizer_dir)
     input_ids, labels, per_source = tokenized_samples(spec, tok)
     dropped = sum(s.dropped for s in per_source)

@@ -66,6 +66,13 @@ def refuse_overlap(out: Path | str, inputs: Iterable[Path | str | None]) -> None
             )
 
 
+def refuse_nonempty(out: Path | str) -> None:
+    """A stage's output dir must be new or empty (the artifact store hands each stage a fresh one)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputExistsError(f"output directory {out} exists and is not empty", hint="choose a new directory")
+
+
 def check_output_dir(out: Path | str, overwrite: bool, marker: str | None = None) -> None:
     """Refuse a non-empty `out` unless `overwrite`; with a `marker`, `overwrite` replaces only a dir that
     holds that file (the provenance record the command itself writes), never an arbitrary folder.

@@ -46,8 +46,8 @@ from shadowft.data import (
     rendered,
     with_system_prompt,
 )
-from shadowft.errors import OutputExistsError, ShadowFTError
-from shadowft.files import atomic_output_dir
+from shadowft.errors import ShadowFTError
+from shadowft.files import atomic_output_dir, refuse_nonempty
 from shadowft.formats import check_preference_row, tool_definitions
 
 PREFERENCE_FORMATS = ("text", "messages", "sharegpt")
@@ -265,8 +265,7 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
             "data.packing applies to SFT only: DPO batches chosen and rejected replies of one prompt together",
             hint="set data.packing=false with train.objective=dpo",
         )
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
+    refuse_nonempty(out_dir)
     tok = load_tokenizer(tokenizer_dir)
     problems = _Problems(what="preference data", formats_hint=FORMATS_HINT)
     rows: list[tuple[int, str, list[dict[str, Any]], Any, Any, list[dict] | None]] = []

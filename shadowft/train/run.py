@@ -26,8 +26,8 @@ from typing import Any
 
 from shadowft.config import TrainConfig
 from shadowft.data import load_prepared
-from shadowft.errors import CheckpointError, OutputExistsError, ShadowFTError
-from shadowft.files import atomic_output_dir, write_json_atomic
+from shadowft.errors import CheckpointError, ShadowFTError
+from shadowft.files import atomic_output_dir, refuse_nonempty, write_json_atomic
 from shadowft.train.checkpoints import checkpoint_step, claim_work_dir
 from shadowft.train.job import FitOutcome, TrainJob
 from shadowft.train.launchers import get_launcher
@@ -105,8 +105,7 @@ def setup(
     """Validate the inputs (before any model loads) and claim the work dir. -> the job to launch"""
     if not (model_dir / "config.json").is_file():
         raise CheckpointError(f"{model_dir} is not a HF model directory (no config.json)")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
+    refuse_nonempty(out_dir)
     objective, dataset = get_objective(spec.objective), load_prepared(data_dir)
     objective.check_dataset(dataset, data_dir)
     objective.check_train_data(dataset, data_dir, spec)  # e.g. a column a chosen reward reads

@@ -352,14 +352,12 @@ def prepare_grpo(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> GRPOSt
         with_system_prompt,
     )
     from shadowft.data import _render as render
-    from shadowft.errors import OutputExistsError
-    from shadowft.files import atomic_output_dir
+    from shadowft.files import atomic_output_dir, refuse_nonempty
     from shadowft.preference import count_tokens
 
     out_dir = Path(out_dir)
     refuse_packing(spec, "grpo", "GRPO trains on the completions it generates")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
+    refuse_nonempty(out_dir)
     tok = load_tokenizer(tokenizer_dir)
     problems = _Problems(what="GRPO data", formats_hint=FORMATS_HINT)
     rows: list[tuple[int, str, list[dict[str, Any]], dict[str, str | None]]] = []

@@ -275,14 +275,12 @@ def prepare_kto(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> KTOStat
         rendered,
         with_system_prompt,
     )
-    from shadowft.errors import OutputExistsError
-    from shadowft.files import atomic_output_dir
+    from shadowft.files import atomic_output_dir, refuse_nonempty
     from shadowft.preference import count_tokens, render_replies
 
     out_dir = Path(out_dir)
     refuse_packing(spec, "kto", "KTO batches each prompt with another row's completion for its KL term")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OutputExistsError(f"output directory {out_dir} exists and is not empty", hint="choose a new directory")
+    refuse_nonempty(out_dir)
     tok = load_tokenizer(tokenizer_dir)
     problems = _Problems(what="KTO data", formats_hint=FORMATS_HINT + "; " + LABEL_HINT)
     rows: list[tuple[int, str, list[dict[str, str]], str, bool]] = []
