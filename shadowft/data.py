@@ -959,6 +959,17 @@ def known_records(
                 records.close()
 
 
+def publish_prepared(out_dir: Path, columns: dict[str, list[Any]], features: Any, tok: Any, stats: Any) -> None:
+    """Write a prepared data set (dataset, tokenizer, stats.json) and publish it by an atomic rename:
+    the layout `load_prepared` and the train stage read, for every objective's data."""
+    from datasets import Dataset
+
+    with atomic_output_dir(out_dir) as tmp:
+        Dataset.from_dict(columns, features=features).save_to_disk(str(tmp / "dataset"))
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+
+
 def with_system_prompt(msgs: list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
     """`msgs` with data.system_prompt first, unless they open with a system turn of their own."""
     if system_prompt and msgs[0]["role"] != "system":

@@ -42,12 +42,13 @@ from shadowft.data import (
     known_records,
     load_tokenizer,
     parse_turns,
+    publish_prepared,
     record_limit,
     rendered,
     with_system_prompt,
 )
 from shadowft.errors import ShadowFTError
-from shadowft.files import atomic_output_dir, refuse_nonempty
+from shadowft.files import refuse_nonempty
 from shadowft.formats import check_preference_row, tool_definitions
 
 PREFERENCE_FORMATS = ("text", "messages", "sharegpt")
@@ -257,7 +258,6 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
     Malformed rows (with file and line), a row whose chosen equals its rejected, and an empty result
     raise `ShadowFTError` before anything is written.
     """
-    from datasets import Dataset
 
     out_dir = Path(out_dir)
     if getattr(spec, "packing", False):
@@ -335,8 +335,5 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
         longest=longest,
         sources=per_source,
     )
-    with atomic_output_dir(out_dir) as tmp:
-        Dataset.from_dict(columns).save_to_disk(str(tmp / "dataset"))
-        tok.save_pretrained(str(tmp / "tokenizer"))
-        (tmp / "stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+    publish_prepared(out_dir, columns, None, tok, stats)
     return stats

@@ -101,7 +101,7 @@ def carried_by_suite(
     rows: dict[str, dict[str, float | None]], suites: list[str], n: dict[str, int | None]
 ) -> dict[str, dict[str, Any]]:
     """Per suite, the share of the tuned Base's gain over Base that the graft added to Instruct (one
-    seed: shown where the gain is beyond the binomial standard error of Base's score)."""
+    seed: shown where the gain is beyond the binomial standard error of the two scores' difference)."""
     from shadowft.compare import carried_share  # compare imports this module
 
     return {
@@ -123,7 +123,9 @@ def carried_markdown(summary: dict[str, Any]) -> list[str]:
     if not share:
         return []
     suites = [s for s in summary["suites"] if s in share]
-    cells = [f"{100 * share[s]['mean']:.0f}" if share[s]["shown"] else "—" for s in suites]
+    from shadowft.compare import carried_cell  # compare imports this module
+
+    cells = [carried_cell(share[s]) for s in suites]
     why = [f"- {s}: {share[s]['why']}." for s in suites if not share[s]["shown"]]
     return [
         "## Carried: how much of what tuning taught Base the graft brought to Instruct",

@@ -53,6 +53,16 @@ NOBODY = 65534
 
 Status = Literal["passed", "failed", "timeout"]
 
+#: The user's opt-in to running model-written code (lm-eval's and HF `evaluate`'s own variable).
+CODE_OPT_IN = "HF_ALLOW_CODE_EVAL"
+
+
+def code_execution_allowed(explicit: bool = False) -> bool:
+    """Whether model-written code may run here: asked for explicitly, or `HF_ALLOW_CODE_EVAL=1`
+    (the one rule for code suites and code rewards)."""
+    return explicit or os.environ.get(CODE_OPT_IN) == "1"
+
+
 # Runs in the child before the program: installs the audit-hook guard, then execs the program.
 # argv: [-c, sandbox_dir, denied_read_roots_json, allowed_read_roots_json]
 _PREAMBLE = r"""

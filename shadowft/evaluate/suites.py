@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -377,14 +376,12 @@ def _is_unsafe(entry: Any) -> bool:
     return bool(cfg.get("unsafe_code"))
 
 
-def _code_execution_allowed(explicit: bool) -> bool:
-    return explicit or os.environ.get("HF_ALLOW_CODE_EVAL") == "1"
-
-
 def require_code_opt_in(suites: Sequence[Suite], allow_code_execution: bool = False) -> bool:
     """Refuse suites that execute model-written code unless the user opted in. -> opted in"""
     code_suites = [s.name for s in suites if s.code_execution]
-    code_ok = _code_execution_allowed(allow_code_execution)
+    from shadowft.sandbox import code_execution_allowed
+
+    code_ok = code_execution_allowed(allow_code_execution)
     if code_suites and not code_ok:
         raise EvalError(
             f"suite(s) {', '.join(code_suites)} execute model-written code, which is off by default",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +42,6 @@ RewardFn = Callable[..., list[float | None]]
 DEFAULT_ANSWER = r"(?is)(?:the answer is|answer:)?\s*([^\n]*?)\.?\s*$"
 NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
-CODE_OPT_IN = "HF_ALLOW_CODE_EVAL"
 
 
 def _check_pattern(v: str | None) -> str | None:
@@ -268,7 +266,9 @@ RewardEntry = Annotated[
 
 def require_code_opt_in(names: list[str]) -> None:
     """Model-written code runs only with the user's opt-in (the code suites' HF_ALLOW_CODE_EVAL=1)."""
-    if names and os.environ.get(CODE_OPT_IN) != "1":
+    from shadowft.sandbox import CODE_OPT_IN, code_execution_allowed
+
+    if names and not code_execution_allowed():
         raise ShadowFTError(
             f"reward(s) {', '.join(names)} execute model-written code, which is off by default",
             hint=f"opt in with {CODE_OPT_IN}=1 (the code runs in shadowft's sandbox, shadowft/sandbox.py), "

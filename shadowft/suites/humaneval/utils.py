@@ -29,12 +29,12 @@ def build_program(doc: dict, completion: str) -> str:
 
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    if os.environ.get("HF_ALLOW_CODE_EVAL") != "1":
+    from shadowft.sandbox import code_execution_allowed, run_untrusted
+
+    if not code_execution_allowed():
         raise PermissionError(
             "humaneval_offline executes model-written code; opt in with HF_ALLOW_CODE_EVAL=1 "
             "or shadowft's --allow-code-exec"
         )
-    from shadowft.sandbox import run_untrusted
-
     outcome = run_untrusted(build_program(doc, results[0]), timeout_s=TIMEOUT_S, memory_mb=MEMORY_MB)
     return {"pass@1": 1.0 if outcome.passed else 0.0}

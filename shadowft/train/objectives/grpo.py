@@ -340,19 +340,19 @@ def prepare_grpo(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> GRPOSt
     `tokenizer_dir` and write the dataset (prompt, the reference columns, where each row came from),
     tokenizer and ``stats.json`` to `out_dir` (published by an atomic rename). Malformed rows (with
     file and line) and an empty result raise `ShadowFTError` before anything is written."""
-    from datasets import Dataset
 
     from shadowft.data import (
         _Problems,
         check_size,
         known_records,
         load_tokenizer,
+        publish_prepared,
         record_limit,
         rendered,
         with_system_prompt,
     )
     from shadowft.data import _render as render
-    from shadowft.files import atomic_output_dir, refuse_nonempty
+    from shadowft.files import refuse_nonempty
     from shadowft.preference import count_tokens
 
     out_dir = Path(out_dir)
@@ -421,8 +421,5 @@ def prepare_grpo(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> GRPOSt
     from datasets import Features, Value
 
     features = Features({k: Value("string") for k in columns})
-    with atomic_output_dir(out_dir) as tmp:
-        Dataset.from_dict(columns, features=features).save_to_disk(str(tmp / "dataset"))
-        tok.save_pretrained(str(tmp / "tokenizer"))
-        (tmp / "stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+    publish_prepared(out_dir, columns, features, tok, stats)
     return stats

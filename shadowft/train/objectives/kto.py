@@ -264,18 +264,19 @@ def prepare_kto(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> KTOStat
     write the dataset (prompt, completion, label), tokenizer and ``stats.json`` to `out_dir`
     (published by an atomic rename). Malformed or unlabelled rows (with file and line), data of one
     label only, and an empty result raise `ShadowFTError` before anything is written."""
-    from datasets import Dataset, Features, Value
+    from datasets import Features, Value
 
     from shadowft.data import (
         _Problems,
         check_size,
         known_records,
         load_tokenizer,
+        publish_prepared,
         record_limit,
         rendered,
         with_system_prompt,
     )
-    from shadowft.files import atomic_output_dir, refuse_nonempty
+    from shadowft.files import refuse_nonempty
     from shadowft.preference import count_tokens, render_replies
 
     out_dir = Path(out_dir)
@@ -358,8 +359,5 @@ def prepare_kto(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> KTOStat
         sources=per_source,
     )
     features = Features({"prompt": Value("string"), "completion": Value("string"), "label": Value("bool")})
-    with atomic_output_dir(out_dir) as tmp:
-        Dataset.from_dict(columns, features=features).save_to_disk(str(tmp / "dataset"))
-        tok.save_pretrained(str(tmp / "tokenizer"))
-        (tmp / "stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+    publish_prepared(out_dir, columns, features, tok, stats)
     return stats
