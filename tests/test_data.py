@@ -334,7 +334,7 @@ def test_record_over_the_size_limit_is_refused_before_it_is_read_whole(tmp_path,
 
 
 _BIG_LINE = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from shadowft.config import DataConfig
 from shadowft.data import prepare_dataset
@@ -349,7 +349,10 @@ try:
     prepare_dataset(DataConfig(sources=[str(f)]), Path(sys.argv[1]), f.parent / "out")
 except ShadowFTError as exc:
     print(exc.message)
-print("maxrss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM, this process's own peak: ru_maxrss also counts the parent's peak at fork (Linux keeps
+# it across exec), so a test run that had grown pytest to 3 GB failed here with the line never read
+hwm_kb = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+print("maxrss_mb", hwm_kb // 1024)
 """
 
 
