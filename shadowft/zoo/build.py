@@ -18,12 +18,13 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field
 
 from shadowft.errors import ShadowFTError
+from shadowft.files import refuse_nonempty
 from shadowft.zoo import corpus
 from shadowft.zoo.tools import TOOL_CHAT_TEMPLATE, tool_rows
 
@@ -492,3 +493,46 @@ def _announce(cfg: FamilyConfig) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def build_instruct_variant(
+    family: FamilyPaths, out: Path, sft: TrainSpec, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
+    """An Instruct of the same Base post-trained less or more (`sft` replaces the family's own phase):
+    pairs at other distances sigma(Base, Instruct), for measuring how far a Base update carries.
+    Same chat samples and sampling seed as the family's own Instruct; written to a temporary sibling
+    and renamed into place. Returns the manifest (also `variant.json` in `out`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shadowft.pair import similarity
+
+    out = Path(out)
+    refuse_nonempty(out)
+    cfg = FamilyConfig.model_validate(family.read_manifest()["config"])
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with _deterministic(cfg.threads):
+            tokenizer = AutoTokenizer.from_pretrained(str(family.base))
+            model = AutoModelForCausalLM.from_pretrained(str(family.base), dtype=torch.float32, use_safetensors=True)
+            samples = corpus.sft_samples(random.Random(f"{seed}:sft"), cfg.sft_samples, corpus.eval_questions())
+            gen = torch.Generator().manual_seed(seed + 1)
+            t = time.perf_counter()
+            losses = _train(model, _sft_batches(tokenizer, samples, sft, gen), sft, cfg, "tune instruct", progress)
+            _save(model, tokenizer, tmp)
+        manifest = {
+            "family": str(family.root),
+            "sft": sft.model_dump(),
+            "seed": seed,
+            "sigma_to_base": float(similarity(family.base, tmp).mean),
+            "loss_last": sum(losses[-20:]) / len(losses[-20:]),
+            "seconds": round(time.perf_counter() - t, 1),
+            "autocast": "bf16" if autocast_bf16(cfg) else "fp32",
+        }
+        (tmp / "variant.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()  # empty: refuse_nonempty said so
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
