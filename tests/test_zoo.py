@@ -182,6 +182,26 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, ci_family):
     assert (ci_family.data / "general.jsonl").read_bytes() == (other.data / "general.jsonl").read_bytes()
 
 
+def test_an_instruct_variant_with_the_familys_own_post_training_is_its_instruct(tmp_path, ci_family):
+    """build_instruct_variant (experiment v3's pairs at other sigmas) repeats the family's own Instruct
+    phase from the saved Base: with the family's spec the weights are the same bits; less post-training
+    gives a pair nearer Base."""
+    from shadowft.errors import ShadowFTError
+    from shadowft.zoo.build import FamilyConfig, build_instruct_variant
+
+    spec = FamilyConfig.model_validate(ci_family.read_manifest()["config"]).sft
+    same = build_instruct_variant(ci_family, tmp_path / "same", spec, seed=3, progress=False)
+    assert (tmp_path / "same" / "model.safetensors").read_bytes() == (ci_family.instruct / "model.safetensors").read_bytes()
+    less = build_instruct_variant(
+        ci_family, tmp_path / "less", spec.model_copy(update={"lr": spec.lr / 10}), seed=3, progress=False
+    )
+    assert 0 < less["sigma_to_base"] < same["sigma_to_base"]
+    assert less["sigma_to_base"] == pytest.approx(_sigma_mean(ci_family.base, tmp_path / "less"), rel=1e-5)
+    assert json.loads((tmp_path / "less" / "variant.json").read_text())["sft"]["lr"] == spec.lr / 10
+    with pytest.raises(ShadowFTError, match="not empty"):
+        build_instruct_variant(ci_family, tmp_path / "less", spec, seed=3, progress=False)
+
+
 @pytest.mark.slow
 def test_cli_zoo_build(tmp_path):
     from typer.testing import CliRunner
