@@ -191,7 +191,9 @@ def test_an_instruct_variant_with_the_familys_own_post_training_is_its_instruct(
 
     spec = FamilyConfig.model_validate(ci_family.read_manifest()["config"]).sft
     same = build_instruct_variant(ci_family, tmp_path / "same", spec, seed=3, progress=False)
-    assert (tmp_path / "same" / "model.safetensors").read_bytes() == (ci_family.instruct / "model.safetensors").read_bytes()
+    assert (tmp_path / "same" / "model.safetensors").read_bytes() == (
+        ci_family.instruct / "model.safetensors"
+    ).read_bytes()
     less = build_instruct_variant(
         ci_family, tmp_path / "less", spec.model_copy(update={"lr": spec.lr / 10}), seed=3, progress=False
     )
