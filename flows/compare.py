@@ -34,12 +34,13 @@ from tasks.weights import graft
 def compare(config: CompareConfig = CompareConfig()) -> dict:
     config.check()  # alpha auto without held-out data: fail before any stage
     run, base, instruct, store = resolve_run(config.run)
+    res = run.resources  # where heavy stages run (slots, GPUs), as in a single run
 
     check_pair(run.pair, base, instruct, run.graft.scope, store)
     data = prepare_data(run.data, instruct, store, run.train.objective)
 
     evals: dict[str, dict[str, Artifact]] = {
-        "instruct": {"-": evaluate(run.eval, instruct, "instruct", store, data=data)}
+        "instruct": {"-": evaluate(run.eval, instruct, "instruct", store, res, data)}
     }
     info: dict[str, dict[str, Any]] = {"instruct": {"kind": "reference", "chat_template": True}}
     # Base as plain text (a reference point); with the tuned Base rows, Base and the tuned Base are scored
@@ -48,7 +49,7 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
     tuned_bases = config.include_base and config.include_tuned_base
     as_base = run.eval.model_copy(update={"apply_chat_template": None if tuned_bases else False})
     if config.include_base:
-        evals["base"] = {"-": evaluate(as_base, base, "base", store, data=data)}
+        evals["base"] = {"-": evaluate(as_base, base, "base", store, res, data)}
         info["base"] = {"kind": "reference", "chat_template": None if tuned_bases else False}
     for method in config.methods if tuned_bases else []:
         name = f"{TUNED_BASE}-{method}"
@@ -72,16 +73,16 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
             tc = config.train_for(method, seed)
             tag = f"{method}-s{seed}"
             # Shadow-FT: tune Base; the update is the delta (full) or the adapter (LoRA)
-            tuned_base = train(tc, base, data, f"base-{tag}", store)
+            tuned_base = train(tc, base, data, f"base-{tag}", store, res)
             update = update_of(method, base, tuned_base, store)
             # conventional: tune Instruct (a LoRA adapter is merged into it)
-            tuned_inst = train(tc, instruct, data, f"instruct-{tag}", store)
+            tuned_inst = train(tc, instruct, data, f"instruct-{tag}", store, res)
             direct = as_model(method, instruct, tuned_inst, f"direct-{tag}", store)
             # the trained models as full weights, to measure how far each moved from its start
             moved_base = as_model(method, base, tuned_base, f"base-merged-{tag}", store)
             if tuned_bases:
                 evals[f"{TUNED_BASE}-{method}"][str(seed)] = evaluate(
-                    as_base, moved_base, f"{TUNED_BASE}-{tag}", store, data=data
+                    as_base, moved_base, f"{TUNED_BASE}-{tag}", store, res, data
                 )
 
             for v in (v for v in variants if v.method == method):
@@ -90,13 +91,13 @@ def compare(config: CompareConfig = CompareConfig()) -> dict:
                     model, trained = direct, (direct, instruct)
                 elif v.alpha == "auto":  # the candidates' stages are named after the variant and seed
                     model, selection = graft_with_chosen_alpha(
-                        v.graft, run.eval, instruct, update, data, store, label, prefix=f"{label}-"
+                        v.graft, run.eval, instruct, update, data, store, label, prefix=f"{label}-", resources=res
                     )
                     info[v.name].setdefault("chosen_alpha", {})[str(seed)] = float(chosen_alpha(selection))
                     trained = (moved_base, base)
                 else:
                     model, trained = graft(v.graft, instruct, update, label, store), (moved_base, base)
-                evals[v.name][str(seed)] = evaluate(run.eval, model, label, store, data=data)
+                evals[v.name][str(seed)] = evaluate(run.eval, model, label, store, res, data)
                 if config.distances:
                     distances[v.name][str(seed)] = {
                         "trained": distance(*trained, f"trained-{label}", store),

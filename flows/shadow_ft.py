@@ -19,7 +19,7 @@ from prefect import flow
 from prefect.futures import PrefectFuture
 
 from flows.params import with_overrides
-from shadowft.config import EvalConfig, GraftConfig, RunConfig
+from shadowft.config import EvalConfig, GraftConfig, ResourcesConfig, RunConfig
 from shadowft.stages import chosen_alpha, preflight, resolve_model, zoo_placeholders
 from shadowft.store import Artifact
 from shadowft.train.methods import get_method
@@ -56,6 +56,7 @@ def graft_with_chosen_alpha(
     store: str,
     label: str = "shadow-ft",
     prefix: str = "",
+    resources: ResourcesConfig | None = None,
 ) -> tuple[Artifact, Artifact]:
     """graft.alpha auto: a cached graft per alpha of the grid, its loss on the validation split and
     its retention scores; the choice picks one of them. `label` names the chosen graft, `prefix` the
@@ -67,9 +68,11 @@ def graft_with_chosen_alpha(
         grafts[str(a)] = graft(graft_cfg.candidate(a), instruct, update, f"{prefix}alpha-{a}", store)
         losses[str(a)] = validation_loss(grafts[str(a)], data, f"{prefix}alpha-{a}", store)
         if graft_cfg.retention:
-            kept[str(a)] = evaluate(retention, grafts[str(a)], f"{prefix}retention-alpha-{a}", store)
+            kept[str(a)] = evaluate(retention, grafts[str(a)], f"{prefix}retention-alpha-{a}", store, resources)
     # Instruct's retention scores: one model, so one name for every caller
-    instruct_kept = evaluate(retention, instruct, "retention-instruct", store) if graft_cfg.retention else None
+    instruct_kept = (
+        evaluate(retention, instruct, "retention-instruct", store, resources) if graft_cfg.retention else None
+    )
     selection = select_alpha(graft_cfg, grafts, losses, kept, instruct_kept, store, label=prefix.rstrip("-"))
     return graft_chosen(graft_cfg, selection, grafts[chosen_alpha(selection)], label, store), selection
 
@@ -131,7 +134,9 @@ def shadow_ft(config: RunConfig = RunConfig(), overrides: list[str] | None = Non
     update = update_of(config.train.method, base, tuned_base.result(), store)
     models: dict[str, Path | Artifact] = {"instruct": instruct} if "instruct" in config.baselines else {}
     if config.graft.alpha == "auto":  # alpha chosen on held-out data (a cached graft per candidate)
-        shadow, selection = graft_with_chosen_alpha(config.graft, config.eval, instruct, update, data, store)
+        shadow, selection = graft_with_chosen_alpha(
+            config.graft, config.eval, instruct, update, data, store, resources=res
+        )
     else:
         shadow, selection = graft(config.graft, instruct, update, "shadow-ft", store), None
     models["shadow-ft"] = shadow

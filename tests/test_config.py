@@ -133,11 +133,11 @@ def test_examples_load_and_toy_documents_every_key():
 
 def test_placeholders_resolve(tmp_path):
     c = load_config(EXAMPLES / "toy.yaml")
-    assert c.placeholders() == ["zoo:base", "zoo:instruct", "zoo:train"]
-    r = c.resolve({"base": tmp_path / "b", "instruct": tmp_path / "i", "train": tmp_path / "t.jsonl"})
+    assert c.placeholders() == ["zoo:base", "zoo:instruct", "zoo:general"]
+    r = c.resolve({"base": tmp_path / "b", "instruct": tmp_path / "i", "general": tmp_path / "t.jsonl"})
     assert r.pair.base == str(tmp_path / "b") and r.data.sources == [str(tmp_path / "t.jsonl")]
     assert r.placeholders() == []
-    with pytest.raises(ShadowFTError, match="unknown placeholder 'zoo:train'"):
+    with pytest.raises(ShadowFTError, match="unknown placeholder 'zoo:general'"):
         c.resolve({"base": "b", "instruct": "i"})
 
 

@@ -34,15 +34,17 @@ def test_demo_config_end_to_end(prefect_env, zoo_family, method, lr):
     flow_state, states, result = run_flow(cfg)
     assert flow_state == "Completed", states
     summary = json.loads((Path(result["report"]) / "summary.json").read_text())
-    assert list(summary["scores"]) == ["instruct", "direct", "shadow-ft"]
-    assert summary["suites"] == ["toy-math", "toy-coding", "toy-reasoning", "toy-domain"]
+    # the demo's rows: Base and the tuned Base too, for the share of the shadow's gain the graft carried
+    assert list(summary["scores"]) == ["instruct", "base", "tuned-base", "direct", "shadow-ft"]
+    assert summary["suites"] == ["toy-math", "toy-coding", "toy-reasoning"]
+    assert set(summary["carried"]) == set(summary["suites"])
     assert summary["chance"]["toy-reasoning"] == 0.5
     inst = summary["scores"]["instruct"]
     assert inst["toy-coding"] > 0.2 and inst["toy-math"] > 0.05  # the family's skills are there
     # every model's score per suite is the mean of eval.limit per-sample records of its own evaluation
     assert summary["n"] == {s: 20 for s in summary["suites"]}
     index = json.loads((Path(result["folder"]) / "artifacts.json").read_text())["artifacts"]
-    for model in ("instruct", "direct", "shadow-ft"):
+    for model in summary["scores"]:
         for suite in summary["suites"]:
             score, counts = score_from_samples(Path(index[f"eval-{model}"]["path"]), suite)
             assert summary["scores"][model][suite] == pytest.approx(score, abs=1e-6) and set(counts) == {20}
