@@ -434,7 +434,8 @@ class GraftConfig(_Section):
     retention: dict[str, float] = Field(
         default_factory=dict,
         description="For alpha: auto, {suite: max_drop}: a candidate may score at most max_drop points (of 100) "
-        "below Instruct on each suite; empty = no retention rule.",
+        "below Instruct on each suite; empty = no retention rule, and the validation loss alone picks alpha "
+        "(on data in another answer style than Instruct's it picked the largest alpha every time: docs/RESULTS.md).",
     )
     scope: str = Field(
         default="projections",
