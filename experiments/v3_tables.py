@@ -60,7 +60,9 @@ def main() -> None:
                 one = name.replace(" a=auto", "")
                 a, b = per_seed_means(models[name], args.suites), per_seed_means(models[one], args.suites)
                 mean, sd, se = _stats([a[k] - b[k] for k in a])
-                print(f"{name} minus {one}: {100 * mean:+.1f} ± {100 * sd:.1f} (SE {100 * se:.1f}: {_verdict(mean, se)})")
+                print(
+                    f"{name} minus {one}: {100 * mean:+.1f} ± {100 * sd:.1f} (SE {100 * se:.1f}: {_verdict(mean, se)})"
+                )
         if args.carried:
             for name, c in s.get("carried", {}).items():
                 cell = c.get(args.carried)

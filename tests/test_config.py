@@ -77,8 +77,14 @@ def test_yaml_with_overrides(tmp_path):
         ("data.sources=[]", "data.sources: must not be empty"),
         ("baselines=[instruct, shadow]", "baselines.1: must be one of"),
         ("graft.scope=([", "graft.scope: not 'projections', 'all' or a valid regular expression"),
-        ("graft.per_module.alpha_by_module={'(': 0.5}", "graft.per_module.alpha_by_module: '(' is not a valid regular expression"),
-        ("graft.per_module.alpha_by_module={mlp: .nan}", "graft.per_module.alpha_by_module: alpha of 'mlp' must be a finite number"),
+        (
+            "graft.per_module.alpha_by_module={'(': 0.5}",
+            "graft.per_module.alpha_by_module: '(' is not a valid regular expression",
+        ),
+        (
+            "graft.per_module.alpha_by_module={mlp: .nan}",
+            "graft.per_module.alpha_by_module: alpha of 'mlp' must be a finite number",
+        ),
         ("graft.method=tie", "graft.method: unknown graft method 'tie' (did you mean 'ties'?)"),
         ("train.lora_targets=[q_proj, lm_head]", "train.lora_targets: lm_head is not adapted"),
         ("train.lrr=1e-4", "train.lrr: unknown key (did you mean 'lr'?)"),
@@ -167,7 +173,12 @@ def test_stage_specs_own_the_cache_keys(tmp_path):
     assert eval_spec(b.eval, model).config == {**a.eval.cache_view(), "code": False}
     # pair.force is keyed (a forced check records "(forced)" in pair.json); report keys its models and title
     pair = pair_spec(a.pair, model, model, "projections")
-    assert pair.config == {"max_sigma": a.pair.max_sigma, "force": False, "scope": "projections", "trust_remote_code": False}
+    assert pair.config == {
+        "max_sigma": a.pair.max_sigma,
+        "force": False,
+        "scope": "projections",
+        "trust_remote_code": False,
+    }
     assert pair_spec(a.pair.model_copy(update={"force": True}), model, model, "projections").key != pair.key
     evals = {"instruct": Artifact(stage="eval", key="e", path=tmp_path, build_id="b")}
     report = report_spec(evals, title="T")
@@ -201,7 +212,10 @@ def test_graft_method_settings_and_cache_keys(llama_trio):
     attn = "q_proj|k_proj|v_proj|o_proj"
     pm = load_config(None, [f"graft.alpha_by_module={{'{attn}': 0.5, mlp: 1.0}}"])
     swapped = load_config(None, [f"graft.alpha_by_module={{mlp: 1.0, '{attn}': 0.5}}"])
-    assert pm.graft.effective_method == "per_module" and list(pm.graft.method_settings["alpha_by_module"]) == [attn, "mlp"]
+    assert pm.graft.effective_method == "per_module" and list(pm.graft.method_settings["alpha_by_module"]) == [
+        attn,
+        "mlp",
+    ]
     assert pm.graft.cache_view() == {
         "alpha": 1.0,
         "scope": "projections",
