@@ -493,3 +493,30 @@ def test_compare_alpha_auto_variant_then_rerun_is_cached(prefect_env, llama_trio
     }
     assert not reran, reran
     assert result2["comparison"] == result["comparison"]
+
+
+def test_every_heavy_stage_of_a_comparison_gets_the_runs_resources():
+    """`compare` called train / evaluate (and alpha auto's retention evaluations) without `run.resources`,
+    so a comparison always ran in one default slot, whatever slots or GPUs the run named (found by
+    experiment v3). Each heavy-stage call in the flows must pass them on: the resources argument is the
+    task's 6th (train) / 5th (evaluate) positional one, or named."""
+    import ast
+
+    flows = Path(__file__).resolve().parents[1] / "flows"
+    where = {"train": 6, "evaluate": 5, "graft_with_chosen_alpha": None}
+    checked = 0
+    for name in ("compare.py", "shadow_ft.py"):
+        for node in ast.walk(ast.parse((flows / name).read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if fn == "submit" and isinstance(node.func, ast.Attribute):
+                fn = getattr(node.func.value, "id", None)
+            if fn not in where:
+                continue
+            checked += 1
+            named = any(k.arg == "resources" for k in node.keywords)
+            assert named or (where[fn] is not None and len(node.args) >= where[fn]), (
+                f"flows/{name}:{node.lineno}: {fn}(...) without the run's resources"
+            )
+    assert checked >= 12  # the calls were found (train, evaluate, their .submit, alpha auto)
