@@ -17,8 +17,12 @@ from pathlib import Path
 
 
 def _stats(xs: list[float]) -> tuple[float, float, float]:
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    """Mean, std and standard error over seeds, by the comparison's own `mean_std`."""
+    from shadowft.compare import mean_std
+
+    m, sd = mean_std(xs)
+    assert m is not None, "no scores"
+    sd = sd or 0.0  # one seed: no spread
     return m, sd, sd / math.sqrt(len(xs))
 
 

@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from shadowft.errors import ShadowFTError
-from shadowft.files import refuse_nonempty
+from shadowft.files import atomic_output_dir
 from shadowft.zoo import corpus
 from shadowft.zoo.tools import TOOL_CHAT_TEMPLATE, tool_rows
 
@@ -192,9 +192,14 @@ def _train(model, batches, spec: TrainSpec, cfg: FamilyConfig, desc: str, progre
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+            bar.set_postfix(loss=f"{_tail_mean(losses):.3f}")
     model.eval()
     return losses
+
+
+def _tail_mean(losses: list[float], n: int = 20) -> float:
+    """The mean of the last `n` losses: a training's loss, less noisy than its last step's."""
+    return sum(losses[-n:]) / len(losses[-n:])
 
 
 def _pretrain_batches(tokenizer, docs: list[str], cfg: FamilyConfig, gen: torch.Generator):
@@ -249,6 +254,20 @@ def _sft_batches(tokenizer, samples: list[list[dict]], spec: TrainSpec, gen: tor
         return ids, labels, mask
 
     return next_batch
+
+
+def _instruct_samples(cfg: FamilyConfig, seed: int, exclude: set[str]) -> list[list[dict]]:
+    """The chat samples of Instruct's post-training (the family's, and its variants')."""
+    return corpus.sft_samples(random.Random(f"{seed}:sft"), cfg.sft_samples, exclude)
+
+
+def _tune_instruct(
+    model, tokenizer, samples: list[list[dict]], spec: TrainSpec, cfg: FamilyConfig, seed: int, progress: bool
+) -> list[float]:
+    """Instruct's post-training phase on `model` (Base, as pretrained): batches drawn with the seed's
+    own generator, so a variant with the family's spec repeats it bit for bit."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return _train(model, _sft_batches(tokenizer, samples, spec, gen), spec, cfg, "tune instruct", progress)
 
 
 def _model_config(cfg: FamilyConfig, tokenizer):
@@ -330,7 +349,7 @@ def _build(tmp: Path, cfg: FamilyConfig, seed: int, progress: bool) -> dict:
     exclude = corpus.eval_questions()
     rng = random.Random(f"{seed}:pretrain")
     docs = corpus.pretrain_docs(rng, cfg.pretrain_docs, exclude, cfg.chat_frac)
-    sft = corpus.sft_samples(random.Random(f"{seed}:sft"), cfg.sft_samples, exclude)
+    sft = _instruct_samples(cfg, seed, exclude)
     sft_text = [corpus.render_chatml(m) for m in sft[:500]]
     tokenizer = build_tokenizer(docs[:3000] + sft_text, vocab_size=cfg.vocab_size)
     tokenizer.chat_template = TOOL_CHAT_TEMPLATE  # ChatML, and tools (renders the rest exactly as ChatML)
@@ -351,15 +370,7 @@ def _build(tmp: Path, cfg: FamilyConfig, seed: int, progress: bool) -> dict:
 
     t = time.perf_counter()
     _stage(progress, 3, f"tune Instruct ({cfg.sft.steps} steps of {cfg.sft.batch_size} chat samples)")
-    gen = torch.Generator().manual_seed(seed + 1)
-    sft_losses = _train(
-        model,
-        _sft_batches(tokenizer, sft, cfg.sft, gen),
-        cfg.sft,
-        cfg,
-        "tune instruct",
-        progress,
-    )
+    sft_losses = _tune_instruct(model, tokenizer, sft, cfg.sft, cfg, seed, progress)
     _save(model, tokenizer, tmp / "instruct")
     timings["instruct_s"] = time.perf_counter() - t
 
@@ -378,9 +389,9 @@ def _build(tmp: Path, cfg: FamilyConfig, seed: int, progress: bool) -> dict:
         "pretrain_tokens": n_tokens,
         "loss": {
             "pretrain_first": pre_losses[0],
-            "pretrain_last": sum(pre_losses[-20:]) / len(pre_losses[-20:]),
+            "pretrain_last": _tail_mean(pre_losses),
             "instruct_first": sft_losses[0],
-            "instruct_last": sum(sft_losses[-20:]) / len(sft_losses[-20:]),
+            "instruct_last": _tail_mean(sft_losses),
         },
         "data": counts,
         "timings": {k: round(v, 2) for k, v in timings.items()},
@@ -506,33 +517,23 @@ def build_instruct_variant(
 
     from shadowft.pair import similarity
 
-    out = Path(out)
-    refuse_nonempty(out)
     cfg = FamilyConfig.model_validate(family.read_manifest()["config"])
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_output_dir(out) as tmp:  # refuses a non-empty `out` before the training
         with _deterministic(cfg.threads):
             tokenizer = AutoTokenizer.from_pretrained(str(family.base))
             model = AutoModelForCausalLM.from_pretrained(str(family.base), dtype=torch.float32, use_safetensors=True)
-            samples = corpus.sft_samples(random.Random(f"{seed}:sft"), cfg.sft_samples, corpus.eval_questions())
-            gen = torch.Generator().manual_seed(seed + 1)
+            samples = _instruct_samples(cfg, seed, corpus.eval_questions())
             t = time.perf_counter()
-            losses = _train(model, _sft_batches(tokenizer, samples, sft, gen), sft, cfg, "tune instruct", progress)
+            losses = _tune_instruct(model, tokenizer, samples, sft, cfg, seed, progress)
             _save(model, tokenizer, tmp)
         manifest = {
             "family": str(family.root),
             "sft": sft.model_dump(),
             "seed": seed,
             "sigma_to_base": float(similarity(family.base, tmp).mean),
-            "loss_last": sum(losses[-20:]) / len(losses[-20:]),
+            "loss_last": _tail_mean(losses),
             "seconds": round(time.perf_counter() - t, 1),
             "autocast": "bf16" if autocast_bf16(cfg) else "fp32",
         }
         (tmp / "variant.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()  # empty: refuse_nonempty said so
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
