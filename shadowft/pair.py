@@ -17,7 +17,8 @@ import torch
 
 from shadowft.checkpoint import Checkpoint
 from shadowft.errors import PairError
-from shadowft.scope import in_scope
+from shadowft.modality import VISION_ROLES, ModelParts, checkpoint_parts
+from shadowft.scope import in_scope, language_model_prefixes
 
 # Config fields that must agree for tensors to mean the same thing.
 STRUCTURAL_FIELDS = (
@@ -31,6 +32,8 @@ STRUCTURAL_FIELDS = (
     "head_dim",
     "hidden_act",
 )
+#: the sub-configs of a vision-language model's config whose structure must match too
+SUB_CONFIGS = ("text_config", "vision_config")
 LAYER_TENSOR = re.compile(r"(^|\.)(layers|h|blocks)\.\d+\.")
 CHUNK = 1 << 22  # elements per float32 work chunk (16 MB)
 DEFAULT_MAX_SIGMA = 0.15
@@ -59,6 +62,9 @@ class SimilarityReport:
     max: float
     min: float
     n_summarised: int
+    #: a vision-language pair: mean sigma of each part (vision tower, projector, language model, lm_head);
+    #: the summary above is the language model's
+    by_role: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +87,7 @@ def similarity(
     b: str | Path | Checkpoint,
     progress: Callable[[str], None] | None = None,
     sample_elements: int | None = None,
+    parts: ModelParts | None = None,
 ) -> SimilarityReport:
     """The paper's sigma for every tensor the two models share with equal shapes.
 
@@ -88,7 +95,8 @@ def similarity(
     excluded), falling back to every shared tensor for models without numbered layers. With
     `sample_elements`, each tensor's sigma is measured on that many elements in evenly spread runs
     (the same positions in both models): what the graft's guard uses, so that telling a pair
-    (< 0.06) from an unrelated model (~0.5) costs a small fraction of the graft.
+    (< 0.06) from an unrelated model (~0.5) costs a small fraction of the graft. With the `parts` of
+    a vision-language model, the summary is the language model's and `by_role` holds each part's mean.
     """
     ca = a if isinstance(a, Checkpoint) else Checkpoint(a, role="model A")
     cb = b if isinstance(b, Checkpoint) else Checkpoint(b, role="model B")
@@ -103,7 +111,10 @@ def similarity(
         values[name] = tensor_sigma(va, vb)
         if progress:
             progress(name)
-    layer_values = [v for k, v in values.items() if LAYER_TENSOR.search(k)] or list(values.values())
+    multimodal = parts is not None and parts.multimodal
+    roles = parts.roles(list(values)) if parts is not None and multimodal else {}
+    summarised = {k: v for k, v in values.items() if not roles or roles[k] == "language_model"}
+    layer_values = [v for k, v in summarised.items() if LAYER_TENSOR.search(k)] or list(summarised.values())
     if not layer_values:
         raise PairError(
             f"{ca.path} and {cb.path} share no tensor of equal shape",
@@ -116,6 +127,10 @@ def similarity(
         max=max(layer_values),
         min=min(layer_values),
         n_summarised=len(layer_values),
+        by_role={
+            r: statistics.fmean(v for k, v in values.items() if roles[k] == r)
+            for r in dict.fromkeys(roles.values())
+        },
     )
 
 
@@ -139,13 +154,18 @@ class PairReport:
         return d
 
 
-def config_differences(a: dict, b: dict, a_name: str = "base", b_name: str = "instruct") -> list[str]:
-    """Structural config fields that differ (fields missing on either side are not compared)."""
-    return [
-        f"config field {key} differs: {a_name} {a.get(key)!r} vs {b_name} {b.get(key)!r}"
+def config_differences(a: dict, b: dict, a_name: str = "base", b_name: str = "instruct", where: str = "") -> list[str]:
+    """Structural config fields that differ (fields missing on either side are not compared), in
+    a vision-language config's text and vision sub-configs too."""
+    found = [
+        f"config field {where}{key} differs: {a_name} {a.get(key)!r} vs {b_name} {b.get(key)!r}"
         for key in STRUCTURAL_FIELDS
         if a.get(key) is not None and b.get(key) is not None and a.get(key) != b.get(key)
     ]
+    for sub in SUB_CONFIGS:
+        if isinstance(a.get(sub), dict) and isinstance(b.get(sub), dict):
+            found += config_differences(a[sub], b[sub], a_name, b_name, f"{where}{sub}.")
+    return found
 
 
 @dataclass
@@ -162,8 +182,13 @@ class Structure:
 
     def to_dict(self) -> dict:
         keys = (*STRUCTURAL_FIELDS, "vocab_size", "tie_word_embeddings")
+        subs = {
+            s: {k: self.config[s][k] for k in STRUCTURAL_FIELDS if k in self.config[s]}
+            for s in SUB_CONFIGS
+            if isinstance(self.config.get(s), dict)
+        }
         return {
-            "config": {k: self.config[k] for k in keys if k in self.config},
+            "config": {**{k: self.config[k] for k in keys if k in self.config}, **subs},
             "tensors": {n: list(s) for n, s in self.shapes.items()},
         }
 
@@ -173,10 +198,16 @@ class Structure:
 
 
 def structure_problems(
-    base: Structure, instruct: Structure, scope: str, base_name: str = "base", vocab_rows_ok: bool = False
+    base: Structure,
+    instruct: Structure,
+    scope: str,
+    base_name: str = "base",
+    vocab_rows_ok: bool = False,
+    language_model: tuple[str, ...] = (),
 ) -> tuple[list[str], list[str]]:
     """(errors, warnings): structural differences inside the graft scope are errors (with
-    `vocab_rows_ok`, tensors that differ only in their number of rows, the vocab, are warnings)."""
+    `vocab_rows_ok`, tensors that differ only in their number of rows, the vocab, are warnings).
+    `language_model`: a VLM's language-model prefixes (`shadowft.scope.language_model_prefixes`)."""
     errors = config_differences(base.config, instruct.config, base_name)
     warnings: list[str] = []
     for key in ("vocab_size", "tie_word_embeddings"):
@@ -189,7 +220,7 @@ def structure_problems(
     only_base = sorted(set(base.shapes) - set(instruct.shapes))
     only_instruct = sorted(set(instruct.shapes) - set(base.shapes))
     for names, where in ((only_base, base_name), (only_instruct, "instruct")):
-        scoped = [n for n in names if in_scope(n, scope)]
+        scoped = [n for n in names if in_scope(n, scope, language_model)]
         if scoped:
             errors.append(f"{len(scoped)} tensor(s) in scope exist only in {where}: {', '.join(scoped[:5])}")
         elif names:
@@ -201,12 +232,14 @@ def structure_problems(
         if sb != si:
             msg = f"tensor {name} has shape {list(sb)} in {base_name} but {list(si)} in instruct"
             rows_only = vocab_rows_ok and len(sb) == len(si) and sb[1:] == si[1:]
-            (errors if in_scope(name, scope) and not rows_only else warnings).append(msg)
+            (errors if in_scope(name, scope, language_model) and not rows_only else warnings).append(msg)
     return errors, warnings
 
 
 def _structure_problems(base: Checkpoint, instruct: Checkpoint, scope: str) -> tuple[list[str], list[str]]:
-    return structure_problems(Structure.of(base), Structure.of(instruct), scope)
+    return structure_problems(
+        Structure.of(base), Structure.of(instruct), scope, language_model=language_model_prefixes(instruct.path)
+    )
 
 
 @dataclass(frozen=True)
@@ -276,6 +309,22 @@ def check_remote_code(model_dir: str | Path, role: str, trust_remote_code: bool 
     return [f"{role} model runs its own code (trust_remote_code): {', '.join(needs[:3])}"]
 
 
+def vision_part_warnings(sigma: SimilarityReport, scope: str) -> list[str]:
+    """A vision-language pair whose vision tower or projector differs between Base and Instruct: said,
+    with what the graft does with it (copied from Instruct unless the scope grafts it)."""
+    found = []
+    for role in VISION_ROLES:
+        value = sigma.by_role.get(role)
+        if value:
+            fate = (
+                "copied from instruct (graft scope 'projections' grafts the language model only)"
+                if scope == "projections"
+                else f"grafted only where graft scope {scope!r} selects its tensors"
+            )
+            found.append(f"the {role.replace('_', ' ')} differs between base and instruct (sigma {value:.4f}): {fate}")
+    return found
+
+
 def check_pair(
     base: str | Path,
     instruct: str | Path,
@@ -316,7 +365,9 @@ def check_pair(
                 hint="use the Base model that this Instruct model was trained from (same architecture and sizes)",
             )
         if compute_sigma and not errors:
-            report.sigma = similarity(cb, ci, progress=progress)
+            parts = checkpoint_parts(instruct)
+            report.sigma = similarity(cb, ci, progress=progress, parts=parts)
+            report.warnings += vision_part_warnings(report.sigma, scope)
             options = PairOptions(max_sigma, force, *option_names)
             try:
                 msg = sigma_verdict(report.sigma.mean, options)

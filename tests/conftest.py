@@ -103,6 +103,22 @@ def bf16_trio(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def gemma3_vlm_trio(tmp_path_factory) -> dict[str, Path]:
+    """Tiny Gemma-3 vision-language trio (SigLIP tower, projector, Gemma-3 text model), with its processor."""
+    from shadowft.tiny_vlm import make_vlm_trio
+
+    return make_vlm_trio(tmp_path_factory.mktemp("gemma3vlm"), arch="gemma3")
+
+
+@pytest.fixture(scope="session")
+def llava_vlm_trio(tmp_path_factory) -> dict[str, Path]:
+    """Tiny Llava vision-language trio (CLIP tower, MLP projector, Llama text model), with its processor."""
+    from shadowft.tiny_vlm import make_vlm_trio
+
+    return make_vlm_trio(tmp_path_factory.mktemp("llavavlm"), arch="llava")
+
+
+@pytest.fixture(scope="session")
 def zoo_family(tmp_path_factory):
     """The real default toy family, installed from the package once per session (seconds), or SHADOWFT_ZOO_DIR."""
     from shadowft.zoo import build_family

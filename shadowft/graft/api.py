@@ -22,7 +22,7 @@ from shadowft.graft.registry import check_source, make_method, resolve_method_na
 from shadowft.graft.sources import PathLike, check_inputs_exist, check_one_source, open_source, validate_graft
 from shadowft.graft.validate import VocabPolicy
 from shadowft.pair import PairOptions
-from shadowft.scope import compile_scope
+from shadowft.scope import scope_for
 
 _CHECK = PairOptions()  # the default: check sigma against 0.15, hints name the CLI's options
 
@@ -99,7 +99,7 @@ def graft(
     check_one_source(delta=delta, base=base, tuned=tuned, adapter=adapter)
     check_inputs_exist(instruct=instruct)  # a symlink loop is an error, not a traceback in resolve()
     combine = make_method(resolve_method_name(method), alpha, settings)
-    pattern = compile_scope(scope)
+    pattern = scope_for(scope, instruct)  # a VLM: `projections` are the language model's
     out = Path(out)
     check_out(out, [instruct, delta, base, tuned, adapter], overwrite)
 

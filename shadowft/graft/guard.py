@@ -15,7 +15,9 @@ from pathlib import Path
 from shadowft.checkpoint import Checkpoint
 from shadowft.errors import PairError
 from shadowft.graft.validate import VocabPolicy
+from shadowft.modality import checkpoint_parts
 from shadowft.pair import PairOptions, Structure, sigma_verdict, similarity, structure_problems
+from shadowft.scope import language_model_prefixes
 
 #: Elements per tensor on which the graft's guard measures sigma (16 runs of 4096). On the
 #: benchmark's 1.3B trio the full sigma took 3-4x the graft itself; sampled, a small fraction.
@@ -43,7 +45,12 @@ def check_structure(
     """Raise PairError on an in-scope structural difference; -> warnings. Vocab rows that differ
     are left to the vocab policy (validated before, in `validate.py`)."""
     errors, warnings = structure_problems(
-        base, Structure.of(instruct), scope, base_name=label, vocab_rows_ok=policy == "overlap"
+        base,
+        Structure.of(instruct),
+        scope,
+        base_name=label,
+        vocab_rows_ok=policy == "overlap",
+        language_model=language_model_prefixes(instruct.path),
     )
     if errors:
         raise PairError(
@@ -65,7 +72,8 @@ def check_base(
     result = PairCheck("structure", str(base.path))
     result.warnings = check_structure(Structure.of(base), instruct, scope, label, policy)
     if options is not None:
-        result.sigma = similarity(base, instruct, sample_elements=GUARD_SAMPLE).mean
+        parts = checkpoint_parts(instruct.path)  # a VLM: the verdict is the language model's sigma
+        result.sigma = similarity(base, instruct, sample_elements=GUARD_SAMPLE, parts=parts).mean
         result.sigma_sample = GUARD_SAMPLE
         result.checked = "structure+sigma"
         msg = sigma_verdict(result.sigma, options, f"sigma({label}, instruct)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shadowft.checkpoint import Checkpoint, check_inside, read_json_object
@@ -178,6 +178,19 @@ class LoraAdapter:
         out_f = self.ckpt.tensors[m.b].shape[0]
         in_f = self.ckpt.tensors[m.a].shape[1]
         return (in_f, out_f) if m.fan_in_fan_out else (out_f, in_f)
+
+    def spell_as(self, model: Checkpoint) -> None:
+        """Name the targets as `model`'s files do. PEFT names them as the loaded model's modules
+        (`model.language_model.layers...`); transformers writes some architectures' files in another
+        spelling (a VLM's `language_model.model.layers...`), mapped by its own renaming rules."""
+        if all(t in model.tensors for t in self.modules):
+            return
+        from shadowft.modality import checkpoint_parts
+
+        parts = checkpoint_parts(model.path)
+        in_files = {parts.module_name(n): n for n in model.tensors}
+        spelled = {t: t if t in model.tensors else in_files.get(t, t) for t in self.modules}
+        self.modules = {spelled[t]: replace(m, target=spelled[t]) for t, m in self.modules.items()}
 
     def check_fits(self, model: Checkpoint) -> None:
         """Refuse an adapter whose targets are missing from, or shaped differently in, `model`."""

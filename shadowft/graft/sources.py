@@ -266,6 +266,8 @@ class LoraSource(UpdateSource):
             return check_base(cb, instruct, scope, options, label="adapter base", policy=policy)
 
     def validate(self, instruct: Checkpoint, pattern: re.Pattern[str], policy: VocabPolicy) -> None:
+        self.adapter.spell_as(instruct)
+        self.biases = {m.target[: -len("weight")] + "bias": m for m in self.adapter.modules.values() if m.bias}
         self.adapter.check_fits(instruct)
         missing_bias = [b for b in self.biases if b not in instruct.tensors]
         if missing_bias:
