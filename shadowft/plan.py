@@ -43,7 +43,28 @@ KNOWN_MODELS: dict[str, dict[str, Any]] = {
         intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, model_type="llama",
     ),
 }  # fmt: skip
-_ALIASES = {"-Base": "", "-Instruct": "", "-instruct": ""}
+# Gemma-3's vision-language models (the paper's multimodal family): a SigLIP tower (400M) in front of
+# the Gemma-3 language model; Base `-pt` and Instruct `-it` share them.
+_SIGLIP = dict(
+    model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+    num_attention_heads=16, image_size=896, patch_size=14, vision_use_head=False,
+)
+KNOWN_MODELS.update({
+    f"google/gemma-3-{size}": dict(
+        model_type="gemma3", mm_tokens_per_image=256, vision_config=_SIGLIP,
+        text_config=dict(
+            model_type="gemma3_text", hidden_size=h, intermediate_size=inter, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd, vocab_size=262208,
+            tie_word_embeddings=True,
+        ),
+    )
+    for size, h, inter, layers, heads, kv, hd in (
+        ("4b", 2560, 10240, 34, 8, 4, 256),
+        ("12b", 3840, 15360, 48, 16, 8, 256),
+        ("27b", 5376, 21504, 62, 32, 16, 128),
+    )
+})  # fmt: skip
+_ALIASES = {"-Base": "", "-Instruct": "", "-instruct": "", "-pt": "", "-it": ""}
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,10 @@ class ModelShape:
     vocab: int
     #: in x out of each projection in one layer, by module name (for LoRA adapter sizes)
     projections: dict[str, tuple[int, int]]
+    #: a vision-language model: the vision tower's and projector's parameters (included in `params`)
+    vision_params: int = 0
+    #: a trained vision tower's activations per image (bytes per compute byte), and image tokens
+    vision_activations_per_image: int = 0
 
     def lora_params(self, rank: int, targets: list[str]) -> int:
         names = list(self.projections) if targets == ["all-linear"] else targets
@@ -63,7 +88,10 @@ class ModelShape:
 
 
 def shape_from_config(cfg: dict[str, Any]) -> ModelShape:
-    """Parameter count and sizes from a HF config.json (dense Llama-style decoders)."""
+    """Parameter count and sizes from a HF config.json (dense Llama-style decoders, and vision-language
+    models made of one in front of a SigLIP / CLIP vision tower)."""
+    if isinstance(cfg.get("text_config"), dict) and isinstance(cfg.get("vision_config"), dict):
+        return _vlm_shape(cfg)
     try:
         h, n_layers, vocab = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"]), int(cfg["vocab_size"])
         heads = int(cfg["num_attention_heads"])
@@ -85,13 +113,58 @@ def shape_from_config(cfg: dict[str, Any]) -> ModelShape:
         "down_proj": (inter, h),
     }
     per_layer = sum(i * o for i, o in proj.values()) + 2 * h
-    if str(cfg.get("model_type", "")).startswith("qwen3"):
+    if str(cfg.get("model_type", "")).startswith(("qwen3", "gemma3")):
         per_layer += 2 * hd  # q_norm, k_norm
+    if str(cfg.get("model_type", "")).startswith("gemma3"):
+        per_layer += 2 * h  # pre- and post-feedforward norms
     if cfg.get("attention_bias"):
         per_layer += heads * hd + 2 * kv * hd + h
     embed = vocab * h
     params = embed + n_layers * per_layer + h + (0 if cfg.get("tie_word_embeddings") else embed)
     return ModelShape(params=params, layers=n_layers, hidden=h, vocab=vocab, projections=proj)
+
+
+def _vlm_shape(cfg: dict[str, Any]) -> ModelShape:
+    """A vision-language model: its language model's shape, plus the vision tower and projector
+    (ViT encoder layers: attention and MLP with biases, two norms; patch and position embeddings)."""
+    text = _text_config(cfg)
+    lm = shape_from_config(text)
+    vc = cfg["vision_config"]
+    try:
+        vh, vi, vl = int(vc["hidden_size"]), int(vc["intermediate_size"]), int(vc["num_hidden_layers"])
+        image, patch = int(vc["image_size"]), int(vc["patch_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShadowFTError(
+            f"cannot size this model's vision tower from its config.json (missing vision_config {exc})",
+            hint="the estimate knows SigLIP / CLIP vision towers",
+        ) from None
+    clip = str(vc.get("model_type", "")).startswith("clip")
+    patches = (image // patch) ** 2
+    tower = 3 * patch * patch * vh + (0 if clip else vh) + (patches + clip) * vh  # patch and position embeddings
+    tower += vl * (4 * (vh * vh + vh) + 2 * vh * vi + vi + vh + 4 * vh) + 2 * vh + (3 * vh if clip else 0)
+    if vc.get("vision_use_head", not clip):
+        tower += vh * vh * 4 + 4 * vh + 2 * vh * vi + vi + vh + 2 * vh + vh  # SigLIP's attention-pooling head
+    th = lm.hidden
+    projector = vh * th + vh if cfg.get("model_type") == "gemma3" else vh * th + th * th + 2 * th
+    return ModelShape(
+        params=lm.params + tower + projector,
+        layers=lm.layers,
+        hidden=th,
+        vocab=lm.vocab,
+        projections=lm.projections,
+        vision_params=tower + projector,
+        vision_activations_per_image=patches * vl * 17 * vh,
+    )
+
+
+def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The language model's config of a VLM config (vocab and tying may sit at the top level)."""
+    text = dict(cfg["text_config"])
+    for key in ("vocab_size", "tie_word_embeddings"):
+        if key not in text and key in cfg:
+            text[key] = cfg[key]
+    text.setdefault("tie_word_embeddings", cfg.get("tie_word_embeddings", False))
+    return text
 
 
 def model_shape(model: str | Path) -> ModelShape:
@@ -165,14 +238,17 @@ def estimate(
     lora_targets: list[str] | None = None,
     device: str = "cuda",
     device_bytes: float = 80 * GiB,
+    train_vision: bool = False,
 ) -> MemoryEstimate:
-    """The per-device memory of one training setup (see the module docstring for the arithmetic)."""
+    """The per-device memory of one training setup (see the module docstring for the arithmetic).
+    A vision-language model's tower and projector are frozen unless `train_vision`: held, not trained
+    (a trained tower adds its activations for one image per sample)."""
     b = 2 if precision in ("bf16", "fp16") else 4
     shard = world_size if distributed in ("fsdp", "deepspeed") else 1
     p = shape.params
     if method == "full":
-        trainable = p
-        weights, grads, opt = 4 * p / shard, 4 * p / shard, 8 * p / shard
+        trainable = p if train_vision else p - shape.vision_params
+        weights, grads, opt = 4 * p / shard, 4 * trainable / shard, 8 * trainable / shard
     else:
         trainable = shape.lora_params(lora_rank, lora_targets or list(DEFAULT_LORA_TARGETS))
         weights = b * p / shard + 4 * trainable / shard
@@ -184,6 +260,8 @@ def estimate(
     else:
         acts = tokens * shape.layers * per_layer
     acts += tokens * shape.vocab * 8  # fp32 logits + their gradient
+    if train_vision:
+        acts += batch_size * shape.vision_activations_per_image * b
     return MemoryEstimate(
         model=model,
         method=method,
@@ -245,6 +323,7 @@ def estimate_for(
         lora_targets=spec.lora_targets,
         device=plan.device,
         device_bytes=device_bytes or device_capacity(plan.device, plan.num_processes),
+        train_vision=not (getattr(spec, "freeze_vision_tower", True) and getattr(spec, "freeze_projector", True)),
     )
 
 
@@ -318,8 +397,10 @@ def check_fit(est: MemoryEstimate, max_devices: int | None = None) -> None:
 def format_estimate(est: MemoryEstimate) -> str:
     """A few lines for the terminal: the per-device breakdown."""
     g = GiB
+    shape = model_shape(est.model)
+    vision = f" (vision tower and projector {shape.vision_params / 1e6:.0f}M)" if shape.vision_params else ""
     lines = [
-        f"model      {est.model}: {est.params / 1e9:.2f}B parameters, {est.trainable:,} trained ({est.method})",
+        f"model      {est.model}: {est.params / 1e9:.2f}B parameters{vision}, {est.trainable:,} trained ({est.method})",
         f"setup      {est.setting()}, {est.precision}, batch {est.batch_size} x {est.seq_len} tokens per device",
         f"per device weights {est.weights / g:.1f} GiB + gradients {est.gradients / g:.1f} + optimizer "
         f"{est.optimizer / g:.1f} + activations {est.activations / g:.1f} + overhead {est.overhead / g:.1f}"

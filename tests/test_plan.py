@@ -88,3 +88,35 @@ def test_a_plan_that_does_not_fit_this_machine_says_how_to_plan_for_gpus():
     assert "shadowft plan examples/qwen3-4b-lora.yaml --gpus" in hint and "prints the estimate" not in hint
     told = CliRunner().invoke(app, ["plan", "examples/qwen3-4b-lora.yaml", "--gpus", "1", "--gpu-memory", "16"])
     assert isinstance(told.exception, ShadowFTError) and "this machine" not in told.exception.hint
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "llava"])
+def test_a_vlm_is_sized_to_the_parameter_from_its_config(arch: str, tmp_path) -> None:
+    """The vision tower and projector are counted: the estimate equals the real model's count."""
+    from transformers import AutoModelForImageTextToText
+
+    from shadowft.tiny_vlm import make_vlm_trio
+
+    base = make_vlm_trio(tmp_path, arch)["base"]
+    model = AutoModelForImageTextToText.from_pretrained(base)
+    shape = model_shape(base)
+    assert shape.params == sum(p.numel() for p in model.parameters())
+    tower = sum(
+        p.numel() for n, p in model.named_parameters() if ".vision_tower." in n or ".multi_modal_projector." in n
+    )
+    assert shape.vision_params == tower
+
+
+def test_gemma3_sizes_match_the_published_parameter_counts() -> None:
+    # google/gemma-3-{4b,12b,27b}-it model cards: 4,300,079,472 / 12,187,325,040 / 27,432,406,640 parameters
+    assert model_shape("google/gemma-3-4b-it").params == 4_300_079_472
+    assert model_shape("google/gemma-3-12b-pt").params == 12_187_325_040
+    assert model_shape("google/gemma-3-27b-it").params == 27_432_406_640
+    shape = model_shape("google/gemma-3-4b-pt")
+    kw = dict(model="g", precision="bf16", distributed="none", world_size=1, batch_size=1, seq_len=4096)
+    frozen = estimate(shape, method="full", gradient_checkpointing=True, **kw)
+    trained = estimate(shape, method="full", gradient_checkpointing=True, train_vision=True, **kw)
+    assert frozen.trainable == shape.params - shape.vision_params  # the tower is held, not trained
+    assert trained.optimizer - frozen.optimizer == 8 * shape.vision_params
+    assert trained.activations > frozen.activations
+    assert "| google/gemma-3-27b | lora | 1 |" in sizing_table()
