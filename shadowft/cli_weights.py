@@ -69,9 +69,10 @@ def similarity(
     top: Annotated[int, typer.Option(help="Rows of the per-tensor table (largest sigma first).")] = 10,
 ) -> None:
     """The paper's sigma(A, B) = sum|A-B| / (sum|A| + sum|B|) per tensor, summarised over layers."""
+    from shadowft.modality import checkpoint_parts
     from shadowft.pair import similarity as compute
 
-    report = compute(a, b)
+    report = compute(a, b, parts=checkpoint_parts(b))  # a VLM: per part, the language model's as the summary
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
@@ -80,12 +81,19 @@ def similarity(
         table.add_column(col, justify="right")
     table.add_row(*(f"{getattr(report, c):.5f}" for c in ("mean", "median", "max", "min")))
     console.print(table)
+    _print_parts(report.by_role)
     worst = Table(title=f"top {top} tensors by sigma")
     worst.add_column("tensor")
     worst.add_column("sigma", justify="right")
     for name, v in sorted(report.tensors.items(), key=lambda kv: -kv[1])[:top]:
         worst.add_row(name, f"{v:.5f}")
     console.print(worst)
+
+
+def _print_parts(by_role: dict[str, float]) -> None:
+    """A vision-language pair's sigma per part (the summary above is the language model's)."""
+    if by_role:
+        console.print("sigma by part: " + "  ".join(f"{role} {v:.4f}" for role, v in by_role.items()))
 
 
 def check_pair(
@@ -107,6 +115,7 @@ def check_pair(
     console.print(f"[green]ok[/]: {base} and {instruct} form a graftable pair")
     if s is not None:
         console.print(f"sigma mean {s.mean:.4f}  median {s.median:.4f}  max {s.max:.4f}  min {s.min:.4f}")
+        _print_parts(s.by_role)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
 

@@ -161,3 +161,11 @@ def test_graft_command_ends_without_interpreter_teardown(llama_trio, tmp_path):
     assert r.returncode == 2 and "error:" in r.stderr and not marker.exists()  # --out exists: a user error
     r = subprocess.run([sys.executable, "-c", prog, "--version"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and marker.exists()  # other commands end as usual
+
+
+def test_check_pair_of_a_vlm_prints_sigma_per_part_and_what_the_graft_copies(llava_vlm_trio):
+    r = run("check-pair", "--base", llava_vlm_trio["base"], "--instruct", llava_vlm_trio["instruct"])
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())  # rich wraps at 80 columns without a terminal
+    assert "sigma by part:" in out and "vision_tower" in out and "language_model" in out
+    assert "copied from instruct" in out
