@@ -17,7 +17,7 @@ import torch
 
 from shadowft.checkpoint import Checkpoint
 from shadowft.errors import PairError
-from shadowft.modality import VISION_ROLES, ModelParts, checkpoint_parts
+from shadowft.modality import ROLES, VISION_ROLES, ModelParts, checkpoint_parts
 from shadowft.scope import in_scope, language_model_prefixes
 
 # Config fields that must agree for tensors to mean the same thing.
@@ -129,7 +129,8 @@ def similarity(
         n_summarised=len(layer_values),
         by_role={
             r: statistics.fmean(v for k, v in values.items() if roles[k] == r)
-            for r in dict.fromkeys(roles.values())
+            for r in ROLES
+            if r in roles.values()
         },
     )
 
