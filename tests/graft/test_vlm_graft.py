@@ -152,3 +152,30 @@ def test_files_in_the_module_spelling_are_grafted_on_their_language_model_only(g
     got, instruct = _tensors(out), _tensors(trio["instruct"])
     changed = [n for n in got if not torch.equal(got[n], instruct[n])]
     assert changed and all(n.startswith("model.language_model.layers.") for n in changed)
+
+
+def test_qwen2_vl_keeps_its_projector_inside_the_vision_model_and_it_is_found() -> None:
+    """Qwen2-VL (a Base / Instruct VLM family) nests its projector, the patch merger, in the vision model.
+    Built on the meta device: its processor needs torchvision, which is not installed here."""
+    from transformers import AutoModelForImageTextToText, Qwen2VLConfig
+
+    from shadowft.modality import module_parts
+
+    text = dict(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+        bos_token_id=None,
+        eos_token_id=1,
+    )
+    vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, patch_size=8, spatial_merge_size=2)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(Qwen2VLConfig(text_config=text, vision_config=vision))
+    parts = module_parts(model)
+    assert parts.role("model.visual.merger.mlp.0.weight") == "projector"
+    assert parts.role("model.visual.blocks.0.attn.qkv.weight") == "vision_tower"
+    assert parts.role("model.language_model.layers.0.self_attn.q_proj.weight") == "language_model"
