@@ -52,6 +52,13 @@ def eval_(
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Run the model repo's own Python code (off by default).")
     ] = False,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="How the model runs under lm-eval (eval.backend): hf, vllm, hf-multimodal (vision-language "
+            "models), vllm-vlm; with its default settings."
+        ),
+    ] = "hf",
 ) -> None:
     """Evaluate a model on suites with lm-eval; print a table and write the results JSON."""
     from shadowft.evaluate import EvalError, evaluate_model
@@ -76,6 +83,7 @@ def eval_(
         trust_remote_code=trust_remote_code,
         max_gen_toks=max_gen_toks,
         results_name=output.name,
+        backend=backend,
     )
     from shadowft.report import suite_stderr
     from shadowft.tables import pct

@@ -35,10 +35,16 @@ from typing import Any
 TRANSFORMERS_NAMES = (
     "AutoConfig",
     "AutoModelForCausalLM",
+    "AutoModelForImageTextToText",
+    "AutoProcessor",
     "AutoTokenizer",
     "DataCollatorWithFlattening",
+    "Gemma3Config",
+    "Gemma3Processor",
     "GenerationConfig",
     "LlamaConfig",
+    "LlavaConfig",
+    "LlavaProcessor",
     "PreTrainedTokenizerFast",
     "PrinterCallback",
     "Qwen3Config",
@@ -50,7 +56,10 @@ TRANSFORMERS_NAMES = (
 )
 
 #: The libraries (modules) each kind of stage uses in its own thread. Stages that only read and write
-#: safetensors (pair, delta, graft, distance, alpha selection, report) need none.
+#: safetensors (delta, distance, alpha selection, report) need none; the pair check and the graft read a
+#: vision-language model's structure with transformers (`shadowft.modality`).
+#: a vision-language model's structure and its file -> module names (`shadowft.modality`)
+_STRUCTURE = ("transformers", "transformers.conversion_mapping", "transformers.core_model_loading")
 _TRAIN = ("transformers", "transformers.integrations", "peft", "datasets", "accelerate", "trl")
 _EVAL = (
     "transformers",
@@ -62,6 +71,8 @@ _EVAL = (
     "lm_eval.models.huggingface",
 )
 STAGE_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "pair": _STRUCTURE,
+    "graft": _STRUCTURE,
     "data": ("transformers", "datasets"),
     "train": _TRAIN,
     "val_loss": ("transformers", "datasets"),

@@ -263,7 +263,18 @@ class TrainConfig(_Section):
         default_factory=lambda: list(DEFAULT_LORA_TARGETS),
         min_length=1,
         description="Module names that get adapters; default all linear layers except lm_head. "
-        "['all-linear'] lets PEFT find them for other architectures.",
+        "['all-linear'] lets PEFT find them for other architectures. In a vision-language model only the "
+        "language model's modules of these names get adapters.",
+    )
+    freeze_vision_tower: bool = Field(
+        default=True,
+        description="Vision-language pairs: keep the vision tower (image encoder) frozen, as LLaMA-Factory does. "
+        "false trains it too (full: its weights; lora: adapters on all its linear layers). Text pairs ignore it.",
+    )
+    freeze_projector: bool = Field(
+        default=True,
+        description="Vision-language pairs: keep the multimodal projector (image features -> language model) "
+        "frozen. false trains it too (full: its weights; lora: adapters on its linear layers). Text pairs ignore it.",
     )
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in the backward pass (less memory, ~30% slower)."
@@ -386,6 +397,8 @@ class TrainConfig(_Section):
         other_objectives = {n for n in OBJECTIVES if n != self.objective and n in type(self).model_fields}
         launchers = {n for n in LAUNCHERS if n in type(self).model_fields}
         left_out = set(exclude) | _NOT_IN_KEY["train"] | other_methods | other_objectives | launchers
+        # the freeze settings at their defaults are left out: keys from before they existed stay valid
+        left_out |= {f for f in ("freeze_vision_tower", "freeze_projector") if getattr(self, f)}
         view = self.model_dump(mode="json", exclude=left_out)
         for name, launcher in LAUNCHERS.items():
             view.update(launcher.cache_key(settings_for(self, LAUNCHERS, name)))  # type: ignore[arg-type]
@@ -617,7 +630,8 @@ class EvalConfig(_Section):
     backend: registered_name(BACKENDS, "evaluation backend") = Field(  # type: ignore[valid-type]
         default="hf",
         description="How the model runs under lm-eval: hf (transformers, one device) or vllm (lm-eval's vLLM "
-        "model: needs the `vllm` extra and a GPU).",
+        "model: needs the `vllm` extra and a GPU) for text models; hf-multimodal (transformers) or vllm-vlm (vLLM, "
+        "GPU) for vision-language models: a VLM pair (Gemma-3 pt/it, ...) needs one of these.",
     )
     fewshot_as_multiturn: bool = Field(
         default=True,

@@ -104,6 +104,7 @@ class DataStats:
     sources: list[SourceStats] = field(default_factory=list)
     out_dir: str = ""
     packing: bool = False  # data.packing: the train stage packs batches padding-free
+    images: int = 0  # images the samples hold (a vision-language pair's data; `shadowft.vlm_data`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -776,14 +777,20 @@ def tokenize_conversation(
     if enc is None:
         enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
+    return ids, span_labels(ids, enc["offset_mapping"], spans)
+
+
+def span_labels(ids: list[int], offsets: Any, spans: list[tuple[int, int]]) -> list[int]:
+    """Labels for tokens `ids` with character `offsets`: the token where it starts inside an
+    assistant span (sorted character `spans`), -100 elsewhere."""
     labels = [IGNORE_INDEX] * len(ids)
     k = 0
-    for t, (a, b) in enumerate(enc["offset_mapping"]):
+    for t, (a, b) in enumerate(offsets):
         while k < len(spans) and spans[k][1] <= a:
             k += 1
         if k < len(spans) and b > a and spans[k][0] <= a < spans[k][1]:
             labels[t] = ids[t]
-    return ids, labels
+    return labels
 
 
 def load_tokenizer(tokenizer_dir: Path):
@@ -867,6 +874,12 @@ def prepare_dataset(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> Dat
     """
     from datasets import Dataset, Features, Sequence, Value
 
+    from shadowft.modality import is_multimodal
+
+    if is_multimodal(tokenizer_dir):  # a vision-language pair: rows may hold images, rendered by its processor
+        from shadowft.vlm_data import prepare_vlm_dataset
+
+        return prepare_vlm_dataset(spec, tokenizer_dir, out_dir)
     out_dir = Path(out_dir)
     refuse_nonempty(out_dir)
     tok = load_tokenizer(tokenizer_dir)

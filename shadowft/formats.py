@@ -43,9 +43,12 @@ KTO_COLUMNS = ("kto_tag", "label")
 KTO_HINT = "set train.objective: kto (KTO trains on rows labelled desirable / undesirable)"
 PREFERENCE_HINT = "looks like preference data: set train.objective: dpo"
 MEDIA_HINT = (
-    "shadowft trains text-only pairs: remove the image/video/audio rows (or the column), or keep them for a "
-    "multimodal trainer"
+    "this pair is text-only: a vision-language pair (Base and Instruct `...ForConditionalGeneration` with a "
+    "vision_config, e.g. Gemma-3) trains image rows (train.objective sft or dpo); for this pair remove the "
+    "image/video/audio rows (or the column)"
 )
+#: videos and audio: no pair trains them (a vision-language pair's rows may hold images only)
+AV_HINT = "shadowft trains text and images: remove the video/audio rows (or the column)"
 TOOLS_HINT = (
     "use an Instruct model whose chat template supports tools (its apply_chat_template renders `tools`, "
     "`tool_calls` and the `tool` role: Qwen2.5 / Qwen3, Llama 3.1+, the embedded family), or remove the tool rows"
@@ -151,11 +154,14 @@ def _has_media(value: Any) -> bool:
     return bool(value) and not (isinstance(value, str) and not value.strip())
 
 
-def check_text_only(record: dict[str, Any]) -> None:
-    """`RowRefused` for a row with images, videos or audio (a column or a placeholder in its text)."""
+def check_text_only(record: dict[str, Any], images: bool = False) -> None:
+    """`RowRefused` for a row with images, videos or audio (a column or a placeholder in its text);
+    with `images` (a vision-language pair) only videos and audio are refused."""
     for col in MEDIA_COLUMNS:
+        if images and col == "images":
+            continue
         if _has_media(record.get(col)):
-            raise RowRefused(f"the row has {col} (field {col!r})", MEDIA_HINT)
+            raise RowRefused(f"the row has {col} (field {col!r})", AV_HINT if images else MEDIA_HINT)
     for key in ("messages", "conversations", "conversation", "instruction", "input", "prompt"):
         value = record.get(key)
         texts = [value] if isinstance(value, str) else []
@@ -164,9 +170,28 @@ def check_text_only(record: dict[str, Any]) -> None:
                 if isinstance(t, dict):
                     texts += [v for k, v in t.items() if k in ("content", "value") and isinstance(v, str)]
         for text in texts:
-            m = MEDIA_PLACEHOLDER.search(text)
-            if m:
-                raise RowRefused(f"field {key!r} holds a {m.group(0)} placeholder (a multimodal row)", MEDIA_HINT)
+            for m in MEDIA_PLACEHOLDER.finditer(text):
+                if not (images and m.group(1) == "image"):
+                    raise RowRefused(
+                        f"field {key!r} holds a {m.group(0)} placeholder (a multimodal row)",
+                        AV_HINT if images else MEDIA_HINT,
+                    )
+
+
+TEXT_OBJECTIVE_HINT = (
+    "this objective trains text only (a vision-language pair trains image rows with train.objective sft or "
+    "dpo): remove the image/video/audio rows (or the column)"
+)
+
+
+def check_text_objective_row(record: Any) -> None:
+    """`RowRefused` for a row with images, videos or audio, for an objective that trains text only (KTO,
+    GRPO), whatever the pair: the media would be dropped and `<image>` trained as text."""
+    if isinstance(record, dict):
+        try:
+            check_text_only(record)
+        except RowRefused as exc:
+            raise RowRefused(str(exc), TEXT_OBJECTIVE_HINT) from None
 
 
 def kto_label(record: dict[str, Any]) -> str | None:
@@ -174,11 +199,12 @@ def kto_label(record: dict[str, Any]) -> str | None:
     return next((k for k in KTO_COLUMNS if isinstance(record.get(k), bool)), None)
 
 
-def check_sft_row(record: Any) -> None:
-    """`RowRefused` for a row SFT must not train on: media, a KTO label, or a preference pair."""
+def check_sft_row(record: Any, images: bool = False) -> None:
+    """`RowRefused` for a row SFT must not train on: media (but images, with `images`: a
+    vision-language pair), a KTO label, or a preference pair."""
     if not isinstance(record, dict):
         return
-    check_text_only(record)
+    check_text_only(record, images)
     label = kto_label(record)
     if label is not None:
         raise RowRefused(
@@ -190,11 +216,12 @@ def check_sft_row(record: Any) -> None:
         raise RowRefused("the row has chosen and rejected replies (a preference pair)", PREFERENCE_HINT)
 
 
-def check_preference_row(record: Any) -> None:
-    """`RowRefused` for a row DPO must not train on: media or a KTO label."""
+def check_preference_row(record: Any, images: bool = False) -> None:
+    """`RowRefused` for a row DPO must not train on: media (but images, with `images`: a
+    vision-language pair) or a KTO label."""
     if not isinstance(record, dict):
         return
-    check_text_only(record)
+    check_text_only(record, images)
     label = kto_label(record)
     if label is not None and not ("chosen" in record and "rejected" in record):
         raise RowRefused(f"the row is labelled for KTO (boolean {label!r}), not a chosen/rejected pair", KTO_HINT)

@@ -265,6 +265,12 @@ def prepare_preferences(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) ->
             "data.packing applies to SFT only: DPO batches chosen and rejected replies of one prompt together",
             hint="set data.packing=false with train.objective=dpo",
         )
+    from shadowft.modality import is_multimodal
+
+    if is_multimodal(tokenizer_dir):  # a vision-language pair: prompts may hold images, rendered by its processor
+        from shadowft.vlm_data import prepare_vlm_preferences
+
+        return prepare_vlm_preferences(spec, tokenizer_dir, out_dir)
     refuse_nonempty(out_dir)
     tok = load_tokenizer(tokenizer_dir)
     problems = _Problems(what="preference data", formats_hint=FORMATS_HINT)

@@ -52,6 +52,8 @@ TOKENIZER_FILES = (
     "merges.txt",
     "tokenizer.model",
     "added_tokens.json",
+    "processor_config.json",  # a vision-language model's processor: how images become tokens
+    "preprocessor_config.json",
 )
 
 Progress = Callable[[dict[str, Any]], None]
@@ -126,18 +128,23 @@ def tokenizer_ref(model_dir: str | Path) -> str:
     return "tok:" + h.hexdigest()
 
 
-def source_ref(source: str) -> str:
+def source_ref(source: str, images: bool = False) -> str:
     """A data source's part of the data key: the content of every local file it reads (a
-    `dataset_info.json#NAME` source: the index and the data it names), else its name (a hub id)."""
+    `dataset_info.json#NAME` source: the index and the data it names; with `images`, for a
+    vision-language pair, the image files its rows name), else its name (a hub id)."""
+    from shadowft.vlm_data import image_files
+
+    pictures = image_files(source) if images else []
+    media = ("+img:" + "+".join(fingerprint_path(f) for f in pictures)) if pictures else ""
     p = Path(source)
     if p.exists():
-        return "fp:" + fingerprint_path(p)
+        return "fp:" + fingerprint_path(p) + media
     from shadowft.formats import source_files
 
     files = source_files(source)
     if not files:
         return f"name:{source}"
-    return "fp:" + "+".join(fingerprint_path(f) for f in files) + "#" + source.rpartition("#")[2]
+    return "fp:" + "+".join(fingerprint_path(f) for f in files) + media + "#" + source.rpartition("#")[2]
 
 
 def artifact_ref(a: Artifact) -> str:
@@ -194,7 +201,13 @@ def preflight(config: RunConfig) -> None:
     # the launch (processes, nodes, strategy), the launcher's engine config and the tracker: before any stage
     check_launch(config.train)
     # a missing engine or GPU fails now, not after hours of training
-    get_backend(config.eval.backend, **_backend_settings(config.eval)).preflight()
+    engine = get_backend(config.eval.backend, **_backend_settings(config.eval))
+    engine.preflight()
+    # and so does a backend for the other modality (a text backend on a VLM pair): every evaluated model
+    # is of Instruct's kind; hub ids and `zoo:` names are checked when the eval stage runs
+    instruct = Path(config.pair.instruct).expanduser()
+    if (instruct / "config.json").is_file():
+        engine.check_model(instruct)
 
 
 def _backend_settings(eval_cfg: EvalConfig) -> dict[str, Any]:
@@ -283,6 +296,7 @@ def pair_spec(pair: PairConfig, base: Path, instruct: Path, scope: str) -> Stage
 def data_spec(data: DataConfig, instruct: Path, objective: str = "sft") -> StageSpec:
     """Prepared training data, as the objective prepares it (`Objective.prepare_data`: tokenized
     conversations for SFT, rendered pairs for DPO, ...); the objective adds its part to the key."""
+    from shadowft.modality import is_multimodal
     from shadowft.train.objectives import get_objective
 
     impl = get_objective(objective)
@@ -300,9 +314,11 @@ def data_spec(data: DataConfig, instruct: Path, objective: str = "sft") -> Stage
             "truncated": stats.truncated,
         }
 
-    inputs = {"tokenizer": tokenizer_ref(instruct), **{f"source{i}": source_ref(s) for i, s in enumerate(data.sources)}}
+    media = is_multimodal(instruct)  # a vision-language pair's rows name image files: their content is data
+    inputs = {"tokenizer": tokenizer_ref(instruct)}
+    inputs.update({f"source{i}": source_ref(s, media) for i, s in enumerate(data.sources)})
     config = data.cache_view()
-    inputs.update({f"validation{i}": source_ref(s) for i, s in enumerate(data.validation_sources)})
+    inputs.update({f"validation{i}": source_ref(s, media) for i, s in enumerate(data.validation_sources)})
     config.update(impl.data_key())  # SFT adds nothing: its keys are those from before objectives existed
     return StageSpec("data", config, inputs, produce)
 

@@ -73,8 +73,8 @@ def build_processor(arch: VlmArch, texts: list[str] | None = None, vocab_size: i
         from transformers import Gemma3Processor
         from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-        images = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_pan_and_scan=False)
-        return Gemma3Processor(image_processor=images, tokenizer=tok, chat_template=template, image_seq_length=4)
+        gemma_images = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_pan_and_scan=False)
+        return Gemma3Processor(image_processor=gemma_images, tokenizer=tok, chat_template=template, image_seq_length=4)
     if arch == "llava":
         from transformers import LlavaProcessor
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -133,9 +133,8 @@ def tiny_vlm_config(arch: VlmArch, tokenizer: Any, hidden_size: int = 32, num_la
             boi_token_index=ids("<start_of_image>"),
             eoi_token_index=ids("<end_of_image>"),
             image_token_index=ids("<image_soft_token>"),
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=True,
+            **{"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},  # PretrainedConfig's
         )
     if arch == "llava":
         from transformers import LlavaConfig
@@ -143,7 +142,7 @@ def tiny_vlm_config(arch: VlmArch, tokenizer: Any, hidden_size: int = 32, num_la
         return LlavaConfig(
             text_config={"model_type": "llama", **text},
             vision_config={"model_type": "clip_vision_model", **vision, "projection_dim": hidden_size},
-            image_token_id=ids("<image>"),
+            image_token_index=ids("<image>"),
             vision_feature_select_strategy="full",
             vision_feature_layer=-1,
             tie_word_embeddings=False,
@@ -161,6 +160,8 @@ def random_vlm(config: Any, seed: int = 0) -> Any:
         for _name, p in model.named_parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
+            elif not p.any():  # Gemma-3 starts its image projection at zero: such a model ignores images
+                p.normal_(0.0, 0.02)
     return model.eval()
 
 

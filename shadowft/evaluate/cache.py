@@ -8,10 +8,19 @@ killed run keeps them; sampled generations are never answered from the cache), b
 answer as JSON text, checked against the shape its request type returns (a `(float, bool)` pair, a
 float, a string). A row that is not such JSON (a planted pickle, a truncated write) is a miss: the
 request goes to the model and its answer replaces the row. Nothing read from the file is executed.
+
+Requests with images (lm-eval's multimodal tasks: a third argument `{"visual": [...]}`) are keyed
+with their images (lm-eval's `hash_args` hashes an image's PNG bytes), but lm-eval's multimodal
+models report answers to the cache hook under the text and generation settings alone (`hf_vlms`,
+`vllm_vlms`: "cache key for multimodal input should be what?"), a key that would give one picture's
+answer to another with the same question. So those hook reports are dropped, and the requests go to
+the model in chunks of its batch size (sorted longest first, as lm-eval batches them), each chunk's
+answers stored under the full key as it returns: a killed run keeps all but the chunk in flight.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -23,6 +32,10 @@ from typing import Any
 #: The request types lm-eval sends to a model; every other attribute passes through unchanged.
 REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
 TABLE = "answers"
+#: The keys of lm-eval's multimodal request argument (`Instance.args[2]`).
+MEDIA_KEYS = ("visual", "audio")
+#: Requests per model call for requests with media when the model's batch size is not a number.
+MEDIA_CHUNK = 32
 
 
 def _decode(attr: str, text: Any) -> Any | None:
@@ -93,14 +106,21 @@ def _hash_args(attr: str, args: Iterable[Any]) -> str:
     return hash_args(attr, args)
 
 
+def has_media(args: tuple[Any, ...]) -> bool:
+    """Whether a request's arguments carry images or audio (lm-eval's third, multimodal argument)."""
+    return len(args) > 2 and isinstance(args[2], dict) and any(args[2].get(k) for k in MEDIA_KEYS)
+
+
 class _Hook:
-    """lm-eval's `CacheHook` interface: the model reports each answer as soon as it has it."""
+    """lm-eval's `CacheHook` interface: the model reports each answer as soon as it has it (reports
+    are dropped while `muted`: requests with media, whose reported key lacks the media)."""
 
     def __init__(self, store: AnswerStore | None) -> None:
         self.store = store
+        self.muted = False
 
     def add_partial(self, attr: str, req: Iterable[Any], res: Any) -> None:
-        if self.store is not None:
+        if self.store is not None and not self.muted:
             self.store.put(_hash_args(attr, req), res)
 
 
@@ -112,7 +132,8 @@ class CachedLM:
     def __init__(self, lm: Any, path: Path) -> None:
         self.lm = lm
         self.store = AnswerStore(path)
-        lm.set_cache_hook(_Hook(self.store))
+        self.hook = _Hook(self.store)
+        lm.set_cache_hook(self.hook)
 
     def __getattr__(self, attr: str) -> Any:
         value = getattr(self.lm, attr)
@@ -130,11 +151,41 @@ class CachedLM:
                 todo.append(i)
             else:
                 answers[i] = cached
+        if todo and any(has_media(requests[i].args) for i in todo):
+            for i, answer in self._run_in_chunks(attr, run, [requests[i] for i in todo]).items():
+                answers[todo[i]] = answer
+            return answers
         fresh = run([requests[i] for i in todo]) if todo else []
         for i, answer in zip(todo, fresh, strict=True):
             answers[i] = answer
             self.store.put(_hash_args(attr, requests[i].args), answer)
         return answers
+
+    def _run_in_chunks(self, attr: str, run: Callable[..., list[Any]], requests: list[Any]) -> dict[int, Any]:
+        """Requests with media: one model call per batch, each batch's answers stored under their full
+        keys when it returns (the model's own reports are muted). -> position in `requests` -> answer"""
+        from lm_eval.api import model as lm_model  # its `tqdm` carries the evaluation's progress label
+
+        size = getattr(self.lm, "batch_size", None)
+        size = size if isinstance(size, int) and size > 0 else MEDIA_CHUNK
+        order = sorted(range(len(requests)), key=lambda i: -len(str(requests[i].args[0])))
+        quiet = "disable_tqdm" in inspect.signature(run).parameters
+        out: dict[int, Any] = {}
+        bar = lm_model.tqdm(total=len(requests), desc=f"Running {attr} requests", disable=not quiet)
+        self.hook.muted = True
+        try:
+            for start in range(0, len(order), size):
+                chunk = order[start : start + size]
+                batch = [requests[i] for i in chunk]
+                fresh = run(batch, disable_tqdm=True) if quiet else run(batch)
+                for i, answer in zip(chunk, fresh, strict=True):
+                    out[i] = answer
+                    self.store.put(_hash_args(attr, requests[i].args), answer)
+                bar.update(len(chunk))
+        finally:
+            self.hook.muted = False
+            bar.close()
+        return out
 
     def close(self) -> None:
         """Detach from the model (its hook goes back to a no-op) and close the file."""

@@ -15,6 +15,12 @@ runs through the same evaluation stage, backend, request cache and results schem
 
 The folder also describes itself (`shadowft-suite.json`), so `shadowft eval MODEL --suite FOLDER`
 runs and names it as a run did.
+
+Held-out conversations with images (a vision-language pair's data) keep them: the images are written
+beside the rows (`images/`, read by the task's `doc_to_image`), and each image's expansion in the
+rendered prompt (the processor's tokens for it) becomes lm-eval's `<image>` placeholder again, which
+the `hf-multimodal` backend turns back into the processor's marker: the model sees the prompt and the
+pictures as training did.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "suites" / "own_data"
 EXTRA_GEN_TOKENS = 16
 MAX_GEN_TOKENS = 512
 IGNORE_INDEX = -100
+#: lm-eval's image placeholder in a prompt (the multimodal models put the image's marker there)
+IMAGE_PLACEHOLDER = "<image>"
+#: Added to the task's YAML when held-out rows carry images.
+DOC_TO_IMAGE = "doc_to_image: !function utils.images   # the row's pictures (PNG files beside the rows)\n"
 _ROLE_WORDS = {"system", "user", "assistant", "human", "gpt", "model"}
 
 
@@ -68,9 +78,10 @@ def display_question(prompt: str, special: list[str]) -> str:
     return " ".join(prompt.split())[-200:]
 
 
-def own_data_rows(data_dir: Path) -> tuple[list[dict[str, str]], list[str], int]:
+def own_data_rows(data_dir: Path) -> tuple[list[dict[str, Any]], list[str], int]:
     """The rows of the validation split of a prepared SFT dataset: prompt (rendered, up to the last
-    reply), answer (that reply, stripped) and question (for tables); the stop strings (end-of-turn
+    reply), answer (that reply, stripped), question (for tables) and, for a row with images, images
+    (PIL images; the prompt then has an `<image>` placeholder for each); the stop strings (end-of-turn
     tokens that close the replies) and the longest reply in tokens. Empty without a validation split."""
     from transformers import AutoTokenizer
 
@@ -81,14 +92,17 @@ def own_data_rows(data_dir: Path) -> tuple[list[dict[str, str]], list[str], int]
     if val is None or not {"input_ids", "labels"} <= set(val.column_names):
         return [], [], 0
     tok = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
+    with_images = "images" in val.column_names and any(val["images"])
+    processor = _processor(data_dir / "tokenizer") if with_images else None
     special_ids = set(tok.all_special_ids)
     special = [str(t) for t in tok.all_special_tokens] + [
         str(t.content) for t in getattr(tok, "added_tokens_decoder", {}).values() if getattr(t, "special", False)
     ]
-    rows: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
     stops: list[str] = []
     longest = 0
-    for ids, labels in zip(val["input_ids"], val["labels"], strict=True):
+    pictures = val["images"] if with_images else [None] * len(val)
+    for ids, labels, images in zip(val["input_ids"], val["labels"], pictures, strict=True):
         span = _last_span(labels)
         if span is None:
             continue
@@ -102,8 +116,40 @@ def own_data_rows(data_dir: Path) -> tuple[list[dict[str, str]], list[str], int]
         prompt = str(tok.decode(ids[:start], skip_special_tokens=False, clean_up_tokenization_spaces=False))
         answer = str(tok.decode(reply, skip_special_tokens=True, clean_up_tokenization_spaces=False)).strip()
         longest = max(longest, len(reply))
-        rows.append({"prompt": prompt, "answer": answer, "question": display_question(prompt, special)})
+        row: dict[str, Any] = {"prompt": prompt, "answer": answer, "question": display_question(prompt, special)}
+        if images:
+            row["prompt"] = _collapse_images(processor, prompt, images)
+            row["question"] = display_question(row["prompt"].replace(IMAGE_PLACEHOLDER, " "), special)
+            row["images"] = images
+        rows.append(row)
     return rows, stops, longest
+
+
+def _processor(path: Path) -> Any:
+    from shadowft.vlm_data import load_processor
+
+    return load_processor(path)
+
+
+def _collapse_images(processor: Any, prompt: str, images: list[Any]) -> str:
+    """The rendered prompt with each image's expansion (the processor's text for the image: its marker
+    expanded into the image's tokens) replaced by lm-eval's `<image>` placeholder, in order."""
+    from shadowft.errors import EvalError
+    from shadowft.evaluate.backends.hf_multimodal import image_marker
+
+    marker = image_marker(processor)
+    out, rest = "", prompt
+    for k, image in enumerate(images):
+        ids = processor(text=[marker], images=[[image.convert("RGB")]], add_special_tokens=False)["input_ids"][0]
+        expansion = str(processor.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        head, found, rest = rest.partition(expansion)
+        if not found:
+            raise EvalError(
+                f"cannot find image {k + 1} of a held-out conversation in its rendered prompt",
+                hint="set eval.own_data: false to evaluate without the own-data suite",
+            )
+        out += head + IMAGE_PLACEHOLDER
+    return out + rest
 
 
 def write_own_data_task(data_dir: Path, out_dir: Path) -> Path | None:
@@ -114,6 +160,15 @@ def write_own_data_task(data_dir: Path, out_dir: Path) -> Path | None:
         return None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with_images = any(r.get("images") for r in rows)
+    for i, row in enumerate(rows):  # the images as PNG files beside the rows, named in the row
+        names = []
+        for k, image in enumerate(row.pop("images", None) or []):
+            names.append(f"images/{i}-{k}.png")
+            (out_dir / "images").mkdir(exist_ok=True)
+            image.convert("RGB").save(out_dir / names[-1], format="PNG")
+        if with_images:
+            row["images"] = names
     (out_dir / f"{OWN_DATA_TASK}.jsonl").write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
     )
@@ -121,6 +176,8 @@ def write_own_data_task(data_dir: Path, out_dir: Path) -> Path | None:
     max_gen = min(MAX_GEN_TOKENS, longest + EXTRA_GEN_TOKENS)
     config = (TEMPLATE_DIR / f"{OWN_DATA_TASK}.yaml.template").read_text()
     config = config.replace("UNTIL", json.dumps(stops)).replace("MAX_GEN_TOKS", str(max_gen))
+    if with_images:
+        config = config.replace("doc_to_target: answer\n", "doc_to_target: answer\n" + DOC_TO_IMAGE)
     (out_dir / f"{OWN_DATA_TASK}.yaml").write_text(config, encoding="utf-8")
     (out_dir / SUITE_FILE).write_text(json.dumps(suite_description(len(rows)), indent=2) + "\n")
     return out_dir

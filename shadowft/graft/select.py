@@ -19,11 +19,12 @@ from shadowft.errors import ShadowFTError
 
 def validation_loss(model_dir: str | Path, data_dir: str | Path, batch_size: int = 8) -> dict[str, Any]:
     """Mean cross-entropy per assistant token of `model_dir` on the validation split of a prepared
-    dataset (`data_dir/validation`): the labels of training (-100 on prompt and padding)."""
+    dataset (`data_dir/validation`): the labels of training (-100 on prompt, image tokens and padding),
+    batched by the training collator (a vision-language model's pixel values included)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from shadowft.data import IGNORE_INDEX, load_validation
+    from shadowft.train.fit import load_model
 
     data = load_validation(Path(data_dir))
     if data is None or len(data) == 0:
@@ -32,23 +33,15 @@ def validation_loss(model_dir: str | Path, data_dir: str | Path, batch_size: int
             hint="set data.validation_ratio (e.g. 0.1) or data.validation_sources",
         )
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), torch_dtype=torch.float32, use_safetensors=True, trust_remote_code=False
-    )
+    model: Any = load_model(Path(model_dir), torch.float32)
     model.to(device).eval()
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    collate = _collator(model, Path(model_dir), Path(data_dir), data.column_names)
     total, tokens = 0.0, 0
-    rows = list(zip(data["input_ids"], data["labels"], strict=True))
     with torch.inference_mode():
-        for s in range(0, len(rows), batch_size):
-            batch = rows[s : s + batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, (x, y) in enumerate(batch):
-                ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        for s in range(0, len(data), batch_size):
+            batch = collate([data[i] for i in range(s, min(s + batch_size, len(data)))])
+            labels = batch.pop("labels")
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
             target = labels[:, 1:].to(device)
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]),
@@ -61,7 +54,21 @@ def validation_loss(model_dir: str | Path, data_dir: str | Path, batch_size: int
     del model
     if tokens == 0:
         raise ShadowFTError(f"the validation split of {data_dir} has no assistant tokens")
-    return {"loss": total / tokens, "tokens": tokens, "samples": len(rows)}
+    return {"loss": total / tokens, "tokens": tokens, "samples": len(data)}
+
+
+def _collator(model: Any, model_dir: Path, data_dir: Path, columns: list[str]) -> Any:
+    """The training collator: text padded (right, so padding never changes a real token's logits);
+    with images, the vision collator with the processor the data was prepared with."""
+    from shadowft.train.objectives.sft import PadCollator
+
+    if "images" in columns:
+        from shadowft.train.fit import load_processing
+        from shadowft.vlm_data import VisionCollator
+
+        return VisionCollator(load_processing(data_dir / "tokenizer", model_dir))
+    pad = model.config.pad_token_id if getattr(model.config, "pad_token_id", None) is not None else 0
+    return PadCollator(pad)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any
 
 from shadowft.data import load_prepared
 from shadowft.errors import CheckpointError, ShadowFTError
+from shadowft.modality import is_multimodal
 from shadowft.threads import resolve_threads, thread_limit
 from shadowft.train.checkpoints import is_finished
 from shadowft.train.job import FitOutcome, TrainJob
@@ -66,14 +67,21 @@ def training_args(job: TrainJob) -> dict[str, Any]:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         eval_strategy="no",
+        # a text-only batch leaves an unfrozen vision tower / projector without gradients: DDP must expect it
+        ddp_find_unused_parameters=True if trains_vision(job) else None,
     )
+
+
+def trains_vision(job: TrainJob) -> bool:
+    """Whether a vision-language model's tower or projector is trained (train.freeze_* false)."""
+    return is_multimodal(job.model_dir) and not (job.spec.freeze_vision_tower and job.spec.freeze_projector)
 
 
 def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
     """Train per `job`; resume from `job.resume` when set. `progress` gets every step and log."""
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers import PrinterCallback
 
     spec = job.spec
     objective, method = get_objective(spec.objective), get_method(spec.method)
@@ -86,18 +94,10 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
         )
     attn = resolve_attn_implementation(spec.attn_implementation, job.device)
     tok_dir = job.data_dir / "tokenizer" if (job.data_dir / "tokenizer").is_dir() else job.model_dir
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    tokenizer = load_processing(tok_dir, job.model_dir)
 
     transformers.set_seed(spec.seed)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(job.model_dir),
-            dtype=method.load_dtype(job.precision),
-            trust_remote_code=job.trust_remote_code,
-            attn_implementation=attn,
-        )
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"cannot load a causal LM from {job.model_dir}: {exc}") from None
+    model = load_model(job.model_dir, method.load_dtype(job.precision), job.trust_remote_code, attn)
     vocab = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]
     max_id = objective.max_token_id(dataset)
     if max_id >= vocab:
@@ -134,6 +134,8 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
     )
     trainer = objective.build_trainer(parts)
     trainer.remove_callback(PrinterCallback)  # progress goes to `progress`, not stdout
+    if is_multimodal(job.model_dir) and spec.distributed not in SHARDED:
+        load_renamed_checkpoints(trainer, job.model_dir)
     world_size = int(trainer.args.world_size)
     threads = resolve_threads(spec.threads, total, local_processes=max(1, world_size // spec.num_nodes))
     resume = str(job.resume) if job.resume else None
@@ -177,6 +179,86 @@ def fit(job: TrainJob, progress: ProgressFn | None = None) -> FitOutcome:
         attn_implementation=attn,
         packing=packing,
     )
+
+
+#: the files of a saved processor (beside its tokenizer's)
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def load_model(model_dir: Path, dtype: Any, trust_remote_code: bool = False, attn: str | None = None) -> Any:
+    """The model to train: a causal LM, or for a vision-language model dir (`shadowft.modality`) the
+    whole `...ForConditionalGeneration` (vision tower, projector, language model)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    multimodal = is_multimodal(model_dir)
+    auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    try:
+        return auto.from_pretrained(
+            str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn
+        )
+    except Exception as exc:  # noqa: BLE001
+        what = "vision-language model" if multimodal else "causal LM"
+        raise CheckpointError(f"cannot load a {what} from {model_dir}: {exc}") from None
+
+
+def load_processing(tok_dir: Path, model_dir: Path) -> Any:
+    """The tokenizer the data was prepared with; for a vision-language model whose data stage kept its
+    processor (data with images: SFT, DPO), the processor (tokenizer and image processor: the collator
+    computes pixel values, and it is saved with a full model)."""
+    if is_multimodal(model_dir) and any((tok_dir / f).is_file() for f in PROCESSOR_FILES):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(str(tok_dir))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tok_dir))
+
+
+def load_renamed_checkpoints(trainer: Any, model_dir: Path) -> None:
+    """Resume a model whose checkpoint files spell its tensors differently from its modules.
+
+    transformers 5 saves a checkpoint under the architecture's original tensor names (Llava's
+    `language_model.model.layers...`, Gemma-3's `vision_tower.vision_model...`), but its Trainer loads
+    a checkpoint back with `load_state_dict` by module name: every tensor is "unexpected", nothing
+    is loaded, and the resumed run silently goes on from the weights it started with. This loads the
+    checkpoint's tensors under their module names (transformers' own renaming rules, through
+    `shadowft.modality`); adapters and checkpoints without full weights load as before."""
+    from safetensors.torch import load_file
+
+    from shadowft.modality import checkpoint_parts
+
+    original = trainer._load_from_checkpoint  # private API, as `_train` uses it
+    parts = checkpoint_parts(model_dir)
+
+    def load(resume_from_checkpoint: str, model: Any = None) -> None:
+        ckpt = Path(resume_from_checkpoint)
+        index = ckpt / "model.safetensors.index.json"
+        if index.is_file():
+            import json
+
+            files = sorted({ckpt / f for f in json.loads(index.read_text())["weight_map"].values()})
+        elif (ckpt / "model.safetensors").is_file():
+            files = [ckpt / "model.safetensors"]
+        else:
+            return original(resume_from_checkpoint, model)
+        target = model if model is not None else trainer.model
+        state: dict[str, Any] = {}
+        for f in files:
+            state.update({parts.module_name(k): v for k, v in load_file(str(f), device="cpu").items()})
+        result = target.load_state_dict(state, strict=False)
+        loaded = {id(p) for n, p in target.named_parameters(remove_duplicate=False) if n in state}
+        missing = [
+            n for n, p in target.named_parameters(remove_duplicate=False) if n not in state and id(p) not in loaded
+        ]
+        if result.unexpected_keys or missing:
+            raise CheckpointError(
+                f"checkpoint {ckpt.name} does not match the model: "
+                f"{len(result.unexpected_keys)} unknown tensor(s) (e.g. {result.unexpected_keys[:2]}), "
+                f"{len(missing)} missing (e.g. {missing[:2]})"
+            )
+        return None
+
+    trainer._load_from_checkpoint = load
 
 
 #: attention implementations that keep packed conversations apart using position ids

@@ -62,7 +62,10 @@ class LoraMethod(TrainMethod):
         from peft import LoraConfig, get_peft_model
 
         targets: list[str] | str = spec.lora_targets
-        if targets == ["all-linear"]:
+        parts = _parts(model)
+        if parts is not None:  # a vision-language model: the language model's layers (and unfrozen parts')
+            targets = multimodal_targets(model, parts, spec)
+        elif targets == ["all-linear"]:
             targets = "all-linear"
         else:
             names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -100,6 +103,17 @@ class FullMethod(TrainMethod):
     name = "full"
     produces = "model"
 
+    def prepare(self, model: Any, spec: TrainConfig) -> Any:
+        """A vision-language model's frozen parts (train.freeze_vision_tower / freeze_projector) get no
+        gradients: their weights leave training bit-identical."""
+        parts = _parts(model)
+        if parts is not None:
+            frozen = frozen_roles(spec)
+            for name, p in model.named_parameters():
+                if parts.role(name) in frozen:
+                    p.requires_grad_(False)
+        return model
+
     def save(self, model: Any, tokenizer: Any, spec: TrainConfig, model_dir: Path, out: Path) -> None:
         import torch
 
@@ -111,6 +125,77 @@ class FullMethod(TrainMethod):
 
 
 METHODS: dict[str, TrainMethod] = {m.name: m for m in (LoraMethod(), FullMethod())}
+
+
+def _parts(model: Any) -> Any:
+    """The roles of a vision-language model's modules (`shadowft.modality.module_parts`), None for text."""
+    from shadowft.modality import module_parts
+
+    parts = module_parts(model)
+    return parts if parts.multimodal else None
+
+
+def frozen_roles(spec: TrainConfig) -> set[str]:
+    """The parts of a vision-language model that training leaves as they are."""
+    return {
+        r for r, frozen in (("vision_tower", spec.freeze_vision_tower), ("projector", spec.freeze_projector)) if frozen
+    }
+
+
+def multimodal_targets(model: Any, parts: Any, spec: TrainConfig) -> str:
+    """PEFT's target_modules for a vision-language model, as a regex over module names: the language
+    model's modules named in train.lora_targets (its linear layers for ['all-linear']), plus every
+    linear layer of an unfrozen vision tower or projector. The head and frozen parts get none."""
+    import re
+
+    import torch
+
+    def linear_leaves(prefix: str, role: str) -> set[str]:
+        return {
+            n.rsplit(".", 1)[-1]
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and n.startswith(prefix + ".") and parts.role(n) == role
+        }
+
+    def pattern(prefix: str, role: str, leaves: set[str]) -> str:
+        # a part nested in this one (Qwen2-VL's merger, the projector inside its vision tower) is not this part
+        nested = [
+            q[len(prefix) + 1 :]
+            for r, qs in parts.prefixes.items()
+            if r != role
+            for q in qs
+            if q.startswith(prefix + ".")
+        ]
+        skip = f"(?!(?:{'|'.join(map(re.escape, nested))})\\.)" if nested else ""
+        return rf"{re.escape(prefix)}\.{skip}(?:.*\.)?(?:{'|'.join(map(re.escape, sorted(leaves)))})"
+
+    alternatives = []
+    for lm in parts.prefixes.get("language_model", ()):
+        leaves = linear_leaves(lm, "language_model")
+        if spec.lora_targets != ["all-linear"]:
+            names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n.startswith(lm + ".")}
+            missing = [t for t in spec.lora_targets if t not in names]
+            if missing:
+                raise ShadowFTError(
+                    f"train.lora_targets: no module named {', '.join(missing)} in this model's language model",
+                    hint=f"its linear layers are: {', '.join(sorted(leaves))} (or use ['all-linear'])",
+                )
+            leaves = set(spec.lora_targets)
+        alternatives.append(pattern(lm, "language_model", leaves))
+    frozen = frozen_roles(spec)
+    for role in ("vision_tower", "projector"):
+        if role in frozen:
+            continue
+        for prefix in parts.prefixes.get(role, ()):
+            leaves = linear_leaves(prefix, role)
+            if not leaves:
+                raise ShadowFTError(
+                    f"train.freeze_{'vision_tower' if role == 'vision_tower' else 'projector'}=false with LoRA: "
+                    f"the {role.replace('_', ' ')} ({prefix}) has no linear layers for an adapter",
+                    hint="train it with train.method=full, or keep it frozen",
+                )
+            alternatives.append(pattern(prefix, role, leaves))
+    return "|".join(alternatives)
 
 
 def get_method(name: str) -> TrainMethod:

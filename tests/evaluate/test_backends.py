@@ -14,7 +14,7 @@ from shadowft.evaluate.backends.hf import HFBackend
 
 
 def test_backend_registry():
-    assert isinstance(get_backend("hf"), HFBackend) and set(BACKENDS) == {"hf", "vllm"}
+    assert isinstance(get_backend("hf"), HFBackend) and set(BACKENDS) == {"hf", "vllm", "hf-multimodal", "vllm-vlm"}
     assert all(issubclass(b, EvalBackend) for b in BACKENDS.values())
     with pytest.raises(ShadowFTError, match="unknown evaluation backend 'vlm'") as err:
         get_backend("vlm")

@@ -179,3 +179,19 @@ def test_qwen2_vl_keeps_its_projector_inside_the_vision_model_and_it_is_found() 
     assert parts.role("model.visual.merger.mlp.0.weight") == "projector"
     assert parts.role("model.visual.blocks.0.attn.qkv.weight") == "vision_tower"
     assert parts.role("model.language_model.layers.0.self_attn.q_proj.weight") == "language_model"
+
+
+def test_validation_loss_of_a_vlm_reads_the_images(gemma3_vlm_trio, tmp_path: Path) -> None:
+    """graft.alpha auto scores each candidate on the held-out split: for a VLM, with its pixel values."""
+    from shadowft.config import DataConfig
+    from shadowft.graft.select import validation_loss
+    from shadowft.vlm_data import prepare_vlm_dataset
+    from tests.test_pipeline_vlm import write_image_dataset
+
+    data = write_image_dataset(tmp_path / "data", n=8)
+    spec = DataConfig(sources=[str(data)], max_length=64, validation_ratio=0.5)
+    prepare_vlm_dataset(spec, gemma3_vlm_trio["instruct"], tmp_path / "prepared")
+    base = validation_loss(gemma3_vlm_trio["base"], tmp_path / "prepared")
+    instruct = validation_loss(gemma3_vlm_trio["instruct"], tmp_path / "prepared")
+    assert base["samples"] == instruct["samples"] == 4 and base["tokens"] > 0
+    assert base["loss"] != instruct["loss"] and all(x["loss"] == x["loss"] for x in (base, instruct))

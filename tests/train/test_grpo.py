@@ -289,3 +289,10 @@ def test_plan_counts_the_completions_in_a_grpo_steps_sequence():
     grpo = ["train.objective=grpo", "train.batch_size=4", "train.grad_accum=1"]
     assert seq() == 128 and seq(*grpo) == 128 + 64
     assert seq(*grpo, "train.grpo.max_completion_length=200") == 328
+
+
+def test_image_rows_are_refused_grpo_trains_text_only(llama_trio, tmp_path):
+    rows = [{"prompt": "p"}, {"prompt": "<image>how many?"}]
+    with pytest.raises(ShadowFTError, match=r"g\.jsonl line 2: field 'prompt' holds a <image> placeholder") as err:
+        prepare_grpo(DataConfig(sources=[_write(tmp_path / "g.jsonl", rows)]), llama_trio["instruct"], tmp_path / "o")
+    assert "trains text only" in str(err.value) + str(err.value.hint)

@@ -192,3 +192,13 @@ def test_kto_data_check_refuses_one_label_before_the_model_loads(llama_trio, kto
     (tmp_path / "one" / "stats.json").write_text((kto_dir / "stats.json").read_text())
     with pytest.raises(ShadowFTError, match="only desirable"):
         get_objective("kto").check_dataset(ds, tmp_path / "one")
+
+
+def test_image_rows_are_refused_kto_trains_text_only(llama_trio, gemma3_vlm_trio, tmp_path):
+    """The media would be dropped and `<image>` trained as text: refused, for a text or a VLM pair."""
+    good = {"prompt": "p", "completion": "c", "label": True}
+    src = _write(tmp_path / "k.jsonl", [good, {**good, "prompt": "<image>what is it?", "images": ["x.png"]}])
+    for pair in (llama_trio, gemma3_vlm_trio):
+        with pytest.raises(ShadowFTError, match=r"k\.jsonl line 2: the row has images") as err:
+            prepare_kto(DataConfig(sources=[src]), pair["instruct"], tmp_path / "out")
+        assert "trains text only" in str(err.value) + str(err.value.hint)

@@ -8,6 +8,9 @@ A backend owns everything that varies with it, so no stage or config section nam
   registry (`shadowft.registry.with_settings_sections`), e.g. `eval.vllm`; the backend is built with
   them (`get_backend(name, **settings)`), and only the chosen backend's sub-section is keyed;
 - `preflight`: what it needs (packages, GPUs), checked before any stage runs;
+- `check_model(model_dir)`: whether it runs this model (a text backend refuses a vision-language
+  model and the other way round), checked before the tasks or the model load;
+- `multimodal`: whether it runs tasks with images (a suite with images on a text backend is refused);
 - `devices(settings)`: the GPUs one evaluation occupies (checked against the stage's slot when the
   config loads);
 - `settings()`: what is recorded with the results.
@@ -47,6 +50,8 @@ class EvalBackend:
     name: ClassVar[str]
     #: The backend's settings (the `eval.<name>` sub-section); none by default.
     Settings: ClassVar[type[SettingsModel]] = SettingsModel
+    #: Runs tasks whose requests carry images (lm-eval's MULTIMODAL models).
+    multimodal: ClassVar[bool] = False
 
     def __init__(self, **settings: Any) -> None:
         try:
@@ -66,6 +71,10 @@ class EvalBackend:
 
     def preflight(self) -> None:
         """Raise `EvalError` when this backend cannot run here (missing package, no GPU)."""
+
+    def check_model(self, model_dir: Path) -> None:
+        """Raise `EvalError` when this backend cannot run the model in `model_dir` (checked before the
+        tasks and the model load)."""
 
     def settings(self) -> dict[str, Any]:
         """The backend's own settings, recorded in `results.json`."""

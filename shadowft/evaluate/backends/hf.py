@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shadowft.errors import EvalError
 from shadowft.evaluate.backends.base import EvalBackend, LoadedModel, thinking_args
 
 
@@ -18,6 +19,19 @@ def auto_device(device: str | None) -> str:
 
 class HFBackend(EvalBackend):
     name = "hf"
+
+    def check_model(self, model_dir: Path) -> None:
+        """A vision-language model is refused: lm-eval's `hf` model would load it as a causal LM and fail
+        deep inside transformers (or run its text model without the vision tower)."""
+        from shadowft.modality import is_multimodal
+
+        if is_multimodal(model_dir):
+            raise EvalError(
+                f"{model_dir} is a vision-language model (its config has a vision_config); eval.backend hf "
+                "evaluates text models only",
+                hint="this is a vision-language model: set eval.backend: hf-multimodal (or vllm-vlm on GPUs; "
+                "shadowft eval: --backend hf-multimodal)",
+            )
 
     def load(
         self,

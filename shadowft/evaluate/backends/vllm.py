@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -62,25 +62,32 @@ class VLLMBackend(EvalBackend):
         s = VLLMSettings.model_validate(settings, from_attributes=True)
         return s.tensor_parallel_size * s.data_parallel_size
 
+    #: The backend that runs the same models without vLLM (named in the refusals' hints).
+    cpu_backend: ClassVar[str] = "hf"
+
     def preflight(self) -> None:
+        name, other = self.name, self.cpu_backend
         if importlib.util.find_spec("vllm") is None:
-            raise EvalError("eval.backend is vllm but vLLM is not installed", hint=INSTALL_HINT)
+            raise EvalError(
+                f"eval.backend is {name} but vLLM is not installed", hint=INSTALL_HINT.replace("=hf", f"={other}")
+            )
         gpus = visible_gpus()
         if gpus == 0:
             raise EvalError(
-                "eval.backend is vllm but no CUDA GPU is visible", hint="run on a GPU machine, or use eval.backend=hf"
+                f"eval.backend is {name} but no CUDA GPU is visible",
+                hint=f"run on a GPU machine, or use eval.backend={other}",
             )
         need = self.devices(self.config)
         if gpus < need:
             raise EvalError(
-                f"vllm needs {need} GPUs (tensor_parallel_size x data_parallel_size) but {gpus} are visible",
-                hint="lower eval.vllm.tensor_parallel_size / data_parallel_size, or give the stage more devices "
+                f"{name} needs {need} GPUs (tensor_parallel_size x data_parallel_size) but {gpus} are visible",
+                hint=f"lower eval.{name}.tensor_parallel_size / data_parallel_size, or give the stage more devices "
                 "(resources.devices_per_stage)",
             )
         if self.config.data_parallel_size > 1 and importlib.util.find_spec("ray") is None:
             raise EvalError(
-                "eval.vllm.data_parallel_size > 1 needs Ray (lm-eval runs replicas as Ray actors)",
-                hint="pip install ray, or set eval.vllm.data_parallel_size=1",
+                f"eval.{name}.data_parallel_size > 1 needs Ray (lm-eval runs replicas as Ray actors)",
+                hint=f"pip install ray, or set eval.{name}.data_parallel_size=1",
             )
 
     def model_args(

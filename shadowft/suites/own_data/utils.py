@@ -16,3 +16,17 @@ def chrf(references: list[str], predictions: list[str], **kwargs) -> float:
     while isinstance(prediction, list):  # a filtered response may arrive as a one-element list
         prediction = prediction[0]
     return sacrebleu.sentence_chrf(str(prediction), [str(references[0])]).score / 100.0
+
+
+def images(doc: dict) -> list:
+    """doc_to_image: the row's pictures, PNG files named relative to this folder."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    here = Path(__file__).resolve().parent
+    out = []
+    for name in doc.get("images") or []:
+        with Image.open(here / name) as image:
+            out.append(image.convert("RGB"))
+    return out

@@ -353,6 +353,7 @@ def prepare_grpo(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> GRPOSt
     )
     from shadowft.data import _render as render
     from shadowft.files import refuse_nonempty
+    from shadowft.formats import check_text_objective_row
     from shadowft.preference import count_tokens
 
     out_dir = Path(out_dir)
@@ -371,6 +372,7 @@ def prepare_grpo(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> GRPOSt
         detect_grpo_format,
         lambda _: "unrecognised GRPO row (" + FORMATS_HINT + ")",
         taken=lambda: len(rows),
+        check=check_text_objective_row,  # images, videos, audio (SFT and DPO train a VLM pair's images)
     ):
         try:
             prompt, refs = to_grpo(rec.data, fmt)

@@ -277,6 +277,7 @@ def prepare_kto(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> KTOStat
         with_system_prompt,
     )
     from shadowft.files import refuse_nonempty
+    from shadowft.formats import check_text_objective_row
     from shadowft.preference import count_tokens, render_replies
 
     out_dir = Path(out_dir)
@@ -295,6 +296,7 @@ def prepare_kto(spec: DataConfig, tokenizer_dir: Path, out_dir: Path) -> KTOStat
         detect_kto_format,
         _unrecognised,
         taken=lambda: len(rows),
+        check=check_text_objective_row,  # images, videos, audio (SFT and DPO train a VLM pair's images)
     ):
         try:
             prompt, completion, label = to_kto(rec.data, fmt)

@@ -63,13 +63,20 @@ class SFT(Objective):
 
     def describe_data(self, stats: dict[str, Any]) -> str:
         tokens = f"{stats['tokens']} ({stats['assistant_tokens']} assistant tokens carry the loss)"
+        if stats.get("images"):
+            tokens += f"; {stats['images']} images"
         return data_markdown("Dataset", "samples", stats, tokens)
 
     def data_key(self) -> dict[str, Any]:
         return {}  # the data stage's key from before objectives existed: SFT caches stay valid
 
-    def collator(self, tokenizer: Any, device: str) -> PadCollator:
-        return PadCollator(pad_id(tokenizer), 8 if device == "cuda" else None)
+    def collator(self, tokenizer: Any, device: str) -> Any:
+        multiple = 8 if device == "cuda" else None
+        if getattr(tokenizer, "image_processor", None) is not None:  # a vision-language pair's processor
+            from shadowft.vlm_data import VisionCollator
+
+            return VisionCollator(tokenizer, multiple)
+        return PadCollator(pad_id(tokenizer), multiple)
 
     def packed_collator(self, tokenizer: Any) -> Any:
         return packed_collator()
