@@ -19,6 +19,7 @@ from prefect import flow
 from prefect.futures import PrefectFuture
 
 from flows.params import with_overrides
+from shadowft.cluster import check_store_on_nodes
 from shadowft.config import EvalConfig, GraftConfig, ResourcesConfig, RunConfig
 from shadowft.stages import chosen_alpha, preflight, resolve_model, zoo_placeholders
 from shadowft.store import Artifact
@@ -102,6 +103,16 @@ def resolve_run(config: RunConfig) -> tuple[RunConfig, Path, Path, str]:
     return config, base, instruct, store
 
 
+def for_cluster(config: RunConfig):
+    """The flow as it runs for `config.resources.cluster`: on a Ray cluster, heavy stages are Ray tasks
+    (`tasks._cluster`); locally, the flow as defined."""
+    if config.resources.cluster == "local":
+        return shadow_ft
+    from tasks._cluster import task_runner_for
+
+    return shadow_ft.with_options(task_runner=task_runner_for(config.resources))
+
+
 @flow(name="shadow-ft")
 def shadow_ft(config: RunConfig = RunConfig(), overrides: list[str] | None = None) -> dict:
     """Shadow-FT on a Base / Instruct pair, with the conventional baselines, evaluated and reported.
@@ -114,6 +125,11 @@ def shadow_ft(config: RunConfig = RunConfig(), overrides: list[str] | None = Non
     started = time.time()
     config = with_overrides(config, overrides)  # the first log line says where the config came from
     config, base, instruct, store = resolve_run(config)
+    if config.resources.cluster != "local":  # every Ray node must see the store: checked before any stage
+        from tasks._cluster import check_flow_on_ray
+
+        check_flow_on_ray(config.resources)
+        check_store_on_nodes(store)
 
     pair = check_pair(config.pair, base, instruct, config.graft.scope, store)
     data = prepare_data(config.data, instruct, store, config.train.objective)

@@ -214,12 +214,12 @@ def run(
         cfg = load_config(config, set_ or [])  # config errors stop here, before Prefect starts
     preflight(cfg)  # missing inputs, unknown suites, code suites without opt-in: also before Prefect starts
     with _flow_command():
-        from flows.shadow_ft import shadow_ft
+        from flows.shadow_ft import for_cluster
 
         _quiet_user_error_tracebacks()
         # A ShadowFTError raised in a task fails the task and the flow, and Prefect re-raises it here:
-        # `main` prints its message and hint and exits 2.
-        _print_summary(shadow_ft(config=cfg))
+        # `main` prints its message and hint and exits 2. On a Ray cluster, heavy stages are Ray tasks.
+        _print_summary(for_cluster(cfg)(config=cfg))
 
 
 def demo(
@@ -247,6 +247,11 @@ def compare(
     with _suites_checked(set_ or []):
         cfg = load_compare_config(config, set_ or [])
     cfg.check()  # alphas auto without a validation split: before Prefect starts
+    if cfg.run.resources.cluster != "local":
+        raise ShadowFTError(
+            f"run.resources.cluster={cfg.run.resources.cluster}: comparisons run on this machine only so far",
+            hint="set run.resources.cluster=local (Ray clusters run `shadowft run`, docs/CLUSTERS.md)",
+        )
     preflight(cfg.run)
     with _flow_command():
         if threads:

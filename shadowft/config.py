@@ -34,7 +34,7 @@ from shadowft.errors import ShadowFTError
 from shadowft.evaluate.backends import BACKENDS
 from shadowft.graft.registry import METHODS as GRAFT_METHODS
 from shadowft.graft.registry import make_method, resolve_method_name
-from shadowft.registry import registered_name, settings_for, with_settings_sections
+from shadowft.registry import registered_name, section_key, settings_for, with_settings_sections
 from shadowft.train.launchers import LAUNCHERS
 from shadowft.train.objectives import OBJECTIVES, get_objective
 
@@ -394,8 +394,9 @@ class TrainConfig(_Section):
         (the machine picks it, every launcher trains the same model); what its settings change is
         (`Launcher.cache_key`, e.g. accelerate's config file), for every registered launcher."""
         other_methods = set().union(*(f for m, f in METHOD_FIELDS.items() if m != self.method))
-        other_objectives = {n for n in OBJECTIVES if n != self.objective and n in type(self).model_fields}
-        launchers = {n for n in LAUNCHERS if n in type(self).model_fields}
+        fields = type(self).model_fields
+        other_objectives = {section_key(n) for n in OBJECTIVES if n != self.objective and section_key(n) in fields}
+        launchers = {section_key(n) for n in LAUNCHERS if section_key(n) in fields}
         left_out = set(exclude) | _NOT_IN_KEY["train"] | other_methods | other_objectives | launchers
         # the freeze settings at their defaults are left out: keys from before they existed stay valid
         left_out |= {f for f in ("freeze_vision_tower", "freeze_projector") if getattr(self, f)}
@@ -599,7 +600,7 @@ class GraftConfig(_Section):
         when it is the default `linear`, so artifacts made before methods existed keep their keys;
         otherwise its name and its `cache_settings` (only the chosen method's sub-section).
         """
-        sections = {n for n in GRAFT_METHODS if n in type(self).model_fields}
+        sections = {section_key(n) for n in GRAFT_METHODS if section_key(n) in type(self).model_fields}
         view = self.model_dump(mode="json", exclude={"method", "alpha_grid", "retention"} | sections)
         name = self.effective_method
         if name != "linear":
@@ -671,7 +672,7 @@ class EvalConfig(_Section):
         """The eval stage's settings for its key: settings that do not change the results
         (`_NOT_IN_KEY`) and the other backends' sub-sections left out (engine settings count only
         for the engine that reads them)."""
-        others = {n for n in BACKENDS if n != self.backend and n in type(self).model_fields}
+        others = {section_key(n) for n in BACKENDS if n != self.backend and section_key(n) in type(self).model_fields}
         return self.model_dump(mode="json", exclude=_NOT_IN_KEY["eval"] | others)
 
 
@@ -698,6 +699,24 @@ class ResourcesConfig(_Section):
         description="GPUs each heavy stage gets (a multi-process training or a tensor-parallel vLLM "
         "evaluation needs as many as it has processes).",
     )
+    cluster: str = Field(
+        default="local",
+        description="Where heavy stages run: local (this machine, in slots), auto (the Ray cluster this "
+        "machine belongs to, after `ray start`) or ray://HOST:PORT (a Ray cluster's client address). With "
+        "Ray, each heavy stage is a Ray task asking for devices_per_stage GPUs (none on a CPU-only cluster) "
+        "and cpus_per_stage CPUs, placed by Ray; the store and Prefect's result storage must be on storage "
+        "every node sees, and the run needs a Prefect server (PREFECT_API_URL) every node reaches.",
+    )
+    cpus_per_stage: int = Field(
+        default=1, ge=1, le=1024, description="CPUs a heavy stage asks a Ray cluster for (resources.cluster)."
+    )
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_address(cls, v: str) -> str:
+        if v in ("local", "auto") or re.fullmatch(r"ray://[\w.\-]+:\d+", v):
+            return v
+        raise ValueError("use local, auto or ray://HOST:PORT")
 
     @field_validator("devices")
     @classmethod

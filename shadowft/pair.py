@@ -128,9 +128,7 @@ def similarity(
         min=min(layer_values),
         n_summarised=len(layer_values),
         by_role={
-            r: statistics.fmean(v for k, v in values.items() if roles[k] == r)
-            for r in ROLES
-            if r in roles.values()
+            r: statistics.fmean(v for k, v in values.items() if roles[k] == r) for r in ROLES if r in roles.values()
         },
     )
 

@@ -48,7 +48,7 @@ KNOWN_MODELS: dict[str, dict[str, Any]] = {
 _SIGLIP = dict(
     model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
     num_attention_heads=16, image_size=896, patch_size=14, vision_use_head=False,
-)
+)  # fmt: skip
 KNOWN_MODELS.update({
     f"google/gemma-3-{size}": dict(
         model_type="gemma3", mm_tokens_per_image=256, vision_config=_SIGLIP,

@@ -136,12 +136,19 @@ def _summary(impl: Any) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
+def section_key(name: str) -> str:
+    """The config key of implementation `name`'s sub-section: its name with `-` as `_` (`eval.hf_multimodal`
+    for the `hf-multimodal` backend). An identifier: the Prefect UI's form reports errors by key path,
+    and a key with a hyphen left a refused value without its message."""
+    return name.replace("-", "_")
+
+
 def settings_sections(
     registry: Mapping[str, Any], *, selector: str | None = None, common: Collection[str] = ()
 ) -> dict[str, Any]:
     """`create_model` field definitions: one per implementation in `registry` whose settings model
     declares a field not in `common` (fields every implementation shares, e.g. graft's `alpha`),
-    named by the implementation, typed by its settings model, defaulting to its defaults, described
+    named by the implementation (`section_key`), typed by its settings model, defaulting to its defaults, described
     by its summary (+ "; used with `selector`: name" when `selector` is given)."""
     fields: dict[str, Any] = {}
     for name, impl in registry.items():
@@ -151,7 +158,7 @@ def settings_sections(
         description = _summary(impl)
         if selector:
             description = f"{description.rstrip('.')}; used with {selector}: {name}."
-        fields[name] = (model, Field(default_factory=model, description=description))
+        fields[section_key(name)] = (model, Field(default_factory=model, description=description))
     return fields
 
 
@@ -189,5 +196,6 @@ def settings_for(section: BaseModel, registry: Mapping[str, Any], name: str) -> 
     model = settings_model(registry[name])
     if model is None:
         return None
-    held = getattr(section, name, None) if name in type(section).model_fields else None
+    key = section_key(name)
+    held = getattr(section, key, None) if key in type(section).model_fields else None
     return held if isinstance(held, model) else model()

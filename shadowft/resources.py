@@ -4,8 +4,9 @@ A *slot* is a group of `devices_per_stage` GPUs (an empty group on CPU). `plan_s
 visible or configured GPUs into slots; `SlotPool` hands them out with one file lock per slot
 (`fcntl.flock`: held by an open file, so it works across threads and processes and is released when
 its holder dies); `run_in_process` runs a stage function in a fresh spawned process that sees only
-its slot's GPUs (`CUDA_VISIBLE_DEVICES`) and exits with its parent. The orchestration layer adds a
-Prefect concurrency limit of the same size so that the waiting is visible in the UI.
+its slot's GPUs (`CUDA_VISIBLE_DEVICES`) and exits with its parent. With a Prefect server the
+orchestration layer hands the slots out through Prefect's leased concurrency limits instead of these
+locks (`tasks._slots`: one mechanism per case, and why).
 """
 
 from __future__ import annotations

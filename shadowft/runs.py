@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from shadowft.cluster import describe_placement, placements
 from shadowft.errors import ShadowFTError
 from shadowft.files import umask
 from shadowft.report import DIGITS, REFERENCE_MODEL, carried_markdown, own_data_note, rounded, suite_stderr
@@ -103,11 +104,17 @@ def describe(config: dict[str, Any], stages: dict[str, Path], evals: dict[str, P
             lm_eval_version=first_eval.get("lm_eval_version"),
         )
     times = []
+    where: dict[str, dict[str, Any]] = {}  # build id -> where it was built (heavy stages record it)
     for label, path in [*stages.items(), *((f"eval-{m}", p) for m, p in evals.items())]:
         m = _manifest(path)
         created = m.get("created")
         reused = isinstance(created, str) and datetime.fromisoformat(created).timestamp() < started - 1
-        times.append({"stage": label, "seconds": m.get("seconds"), "reused": reused, "key": m.get("key")})
+        if not where and len(path.parents) > 2:  # <store>/artifacts/<stage>/<key>
+            where = placements(path.parents[2])
+        ran_on = where.get(m.get("build_id", ""))
+        times.append(
+            {"stage": label, "seconds": m.get("seconds"), "reused": reused, "key": m.get("key"), "ran_on": ran_on}
+        )
     pair = config.get("pair", {})
     return rounded(
         {
@@ -201,8 +208,16 @@ def report_markdown(title: str, summary: dict[str, Any], run: dict[str, Any]) ->
         "## Stage times",
         "",
         *markdown_table(
-            ["stage", "seconds", "this run"],
-            [[t["stage"], _fmt(t["seconds"]), "reused" if t["reused"] else "built"] for t in run["stage_times"]],
+            ["stage", "seconds", "this run", "ran on"],
+            [
+                [
+                    t["stage"],
+                    _fmt(t["seconds"]),
+                    "reused" if t["reused"] else "built",
+                    describe_placement(t.get("ran_on")),
+                ]
+                for t in run["stage_times"]
+            ],
         ),
         "",
         "Files: [summary.json](summary.json), [config.yaml](config.yaml), [artifacts.json](artifacts.json) "

@@ -92,9 +92,9 @@ def inline_chart(chart: Path) -> str:
 
 # -- heavy stages in slots --------------------------------------------------------------------------
 
-#: Heavy stage tasks carry this tag (filter them in the UI). The slots themselves are file locks,
-#: not a Prefect concurrency limit: a limit's slot held by a killed run stayed taken on the server
-#: here (every later heavy stage waited for it), while a file lock goes with the process holding it.
+#: Heavy stage tasks carry this tag (filter them in the UI). The slots are Prefect's leased global
+#: concurrency limits with a Prefect server, file locks under the store without one (`tasks._slots`
+#: says why: one mechanism per case).
 HEAVY_TAG = "shadowft-heavy-stage"
 
 
@@ -105,24 +105,52 @@ def _build_stage_in_child(spec_fn: SpecFn, args: dict[str, Any], progress: bool)
 
 
 def build_stage_in_slot(spec_fn: SpecFn, resources: Any, label: str, **args: Any) -> tuple[Artifact, bool]:
-    """Build a heavy stage (training, evaluation) once a slot is free (a file lock per slot under the
-    store, shared by every run on that store); the wait and the slot taken are logged to the task
-    run. With several slots, or GPUs, the stage runs in a process of its own that sees only its
-    slot's devices; with one CPU slot, in this process as before."""
+    """Build a heavy stage (training, evaluation) once a slot is free: a leased Prefect concurrency
+    limit per slot with a Prefect server (the UI's concurrency page shows who holds it), a file lock
+    per slot under the store without one (`tasks._slots`); the wait and the slot taken are logged to
+    the task run. With several slots, or GPUs, the stage runs in a process of its own that sees only
+    its slot's devices; with one CPU slot, in this process as before. As a Ray task (a cluster), Ray
+    has placed it and chosen its GPUs: it runs at once, in the Ray worker. Where a stage was built is
+    recorded in the store (`shadowft.cluster.record_placement`) for the run folder's report."""
+    from prefect.logging import get_run_logger
+
+    from shadowft.cluster import here, in_ray_task, record_placement
+
+    if in_ray_task():
+        with interrupt.stage(label):
+            art, built = build_stage(spec_fn, **args)
+        if built:
+            record_placement(args["store_root"], art.stage, art.key, art.build_id, here())
+        get_run_logger().info("%s ran on Ray node %s", label, here())
+        return art, built
+    art, built, devices = _build_in_local_slot(spec_fn, resources, label, args)
+    if built:
+        record_placement(args["store_root"], art.stage, art.key, art.build_id, here(devices))
+    return art, built
+
+
+def _build_in_local_slot(
+    spec_fn: SpecFn, resources: Any, label: str, args: dict[str, Any]
+) -> tuple[Artifact, bool, list[int]]:
+    """This machine: wait for a slot, then build (in this process, or one of its own). -> (.., devices)"""
     from prefect.logging import get_run_logger
 
     from shadowft.resources import SlotPool, plan_slots, run_in_process
+    from tasks._slots import LeasedSlots, prefect_server_configured
 
     logger = get_run_logger()
     slots = plan_slots(resources)
-    pool = SlotPool(Path(args["store_root"]) / "slots", slots)
+    pool: LeasedSlots | SlotPool = (
+        LeasedSlots(slots) if prefect_server_configured() else SlotPool(Path(args["store_root"]) / "slots", slots)
+    )
     busy = f"{label} waits for a free slot (all {len(slots)} busy)"
     # interrupt.stage: what Ctrl-C says was running (also while waiting for a slot)
     with interrupt.stage(label), pool.acquire(on_wait=lambda: logger.info(busy)) as slot:
         if len(slots) == 1 and not slot.devices:
-            return build_stage(spec_fn, **args)
+            return (*build_stage(spec_fn, **args), [])
         logger.info("%s runs in slot %d (devices: %s)", label, slot.index, slot.devices or "cpu")
         progress = args.pop("progress", None)
-        return run_in_process(
+        art, built = run_in_process(
             _build_stage_in_child, spec_fn, args, progress is not None, env=slot.env(), progress=progress
         )
+        return art, built, slot.devices

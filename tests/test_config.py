@@ -117,7 +117,13 @@ def test_file_errors_name_the_file_and_key(tmp_path):
 
 
 def test_examples_load_and_toy_documents_every_key():
-    for name in ("toy.yaml", "qwen3-4b-lora.yaml", "qwen3-4b-full.yaml", "llama-3.1-8b-lora.yaml", "gemma-3-4b-lora.yaml"):
+    for name in (
+        "toy.yaml",
+        "qwen3-4b-lora.yaml",
+        "qwen3-4b-full.yaml",
+        "llama-3.1-8b-lora.yaml",
+        "gemma-3-4b-lora.yaml",
+    ):
         load_config(EXAMPLES / name)
     g = load_config(EXAMPLES / "gemma-3-4b-lora.yaml")
     assert (g.pair.base, g.eval.backend, g.train.freeze_vision_tower) == ("google/gemma-3-4b-pt", "hf-multimodal", True)

@@ -102,3 +102,15 @@ def test_common_fields_and_params_and_clashes():
     assert G.model_fields["g"].description == "Graft-like: settings are called Params."
     with pytest.raises(TypeError, match="clash"):
         with_settings_sections({"method": _Fast})(G)
+
+
+def test_a_hyphenated_implementation_gets_an_identifier_key_for_its_sub_section():
+    """`hf-multimodal`'s settings are `eval.hf_multimodal`: the Prefect UI form lost the error of a refused
+    value under a key with a hyphen (tests/test_ui_browser.py)."""
+    from shadowft.config import load_config
+    from shadowft.registry import section_key
+
+    assert section_key("hf-multimodal") == "hf_multimodal" and section_key("vllm") == "vllm"
+    cfg = load_config(None, ["eval.backend=hf-multimodal", "eval.hf_multimodal.max_images=2"])
+    assert cfg.eval.backend_settings.max_images == 2
+    assert cfg.eval.cache_view()["hf_multimodal"]["max_images"] == 2 and "vllm_vlm" not in cfg.eval.cache_view()

@@ -188,13 +188,14 @@ def test_every_setting_renders_with_its_description_and_range(served):
                 ".schema-form-property__label", has_text=re.compile(r"^Gpu Memory Utilization( \(Optional\))?$")
             ),
         )
+        # the innermost property with that label: eval.vllm_vlm's, the last of the two engines that have it
         gpu_memory = prop.last.locator("input").first
         gpu_memory.scroll_into_view_if_needed()
         expect(gpu_memory).to_have_value("0.9", timeout=30_000)  # the settings' default
         page.screenshot(path=str(SHOTS / "run-form-vllm.png"))
         gpu_memory.fill("1.5")  # its range reaches the form: refused before any run exists
         page.get_by_role("button", name="Submit").click()
-        refused = page.get_by_text(re.compile(r"config\.eval\.vllm\.gpu_memory_utilization.*maximum"))
+        refused = page.get_by_text(re.compile(r"config\.eval\.vllm(_vlm)?\.gpu_memory_utilization.*maximum"))
         expect(refused.first).to_be_visible(timeout=30_000)
         assert flow_runs(base, manual["id"]) == []
         page.screenshot(path=str(SHOTS / "run-form-vllm-invalid.png"))

@@ -87,7 +87,13 @@ def dots_row(rng: random.Random, count: int | None = None) -> dict[str, Any]:
         d = rng.randint(7, 10)
         dots.append([(c % 3) * cell + rng.randint(1, cell - d - 1), (c // 3) * cell + rng.randint(1, cell - d - 1), d])
     name = rng.choice(sorted(COLOURS))
-    return {"kind": "dots", "dots": dots, "count": n, "rgb": list(COLOURS[name]), "background": list(rng.choice(BACKGROUNDS))}
+    return {
+        "kind": "dots",
+        "dots": dots,
+        "count": n,
+        "rgb": list(COLOURS[name]),
+        "background": list(rng.choice(BACKGROUNDS)),
+    }
 
 
 def square_row(rng: random.Random, name: str | None = None) -> dict[str, Any]:

@@ -138,9 +138,9 @@ def test_vllm_vlm_is_refused_without_vllm(tmp_path):
     from shadowft.stages import preflight
 
     with pytest.raises(EvalError, match="vllm-vlm but vLLM is not installed"):  # and before any stage
-        preflight(load_config(None, ["eval.backend=vllm-vlm", "eval.vllm-vlm.max_images=2"]))
+        preflight(load_config(None, ["eval.backend=vllm-vlm", "eval.vllm_vlm.max_images=2"]))
     with pytest.raises(ShadowFTError, match="needs 2 GPUs per evaluation"):  # its engine settings are its own
-        load_config(None, ["eval.backend=vllm-vlm", "eval.vllm-vlm.tensor_parallel_size=2"])
+        load_config(None, ["eval.backend=vllm-vlm", "eval.vllm_vlm.tensor_parallel_size=2"])
 
 
 def test_unknown_backend_lists_the_multimodal_ones():

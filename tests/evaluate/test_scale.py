@@ -89,7 +89,9 @@ def test_vllm_config_is_keyed_and_validated():
     assert a["backend"] == "vllm" and a != b and a != hf
     with pytest.raises(ShadowFTError, match=r"eval.vllm.gpu_memory_utilization: must be at most 1"):
         load_config(None, ["eval.backend=vllm", "eval.vllm.gpu_memory_utilization=1.5"])
-    with pytest.raises(ShadowFTError, match=r"eval.backend: unknown evaluation backend 'lmdeploy'; known .*: hf, .*vllm"):
+    with pytest.raises(
+        ShadowFTError, match=r"eval.backend: unknown evaluation backend 'lmdeploy'; known .*: hf, .*vllm"
+    ):
         load_config(None, ["eval.backend=lmdeploy"])
     with pytest.raises(ShadowFTError, match=r"needs 2 GPUs per evaluation .* resources.devices_per_stage is 1"):
         load_config(None, ["eval.backend=vllm", "eval.vllm.tensor_parallel_size=2"])

@@ -94,7 +94,9 @@ def test_a_config_accelerate_refuses_fails_before_launch(tmp_path):
     bad = tmp_path / "fsdp.yaml"
     bad.write_text((CONFIG_DIR / "fsdp.yaml").read_text() + "fsdp_shard_everything_twice: true\n")
     with pytest.raises(ShadowFTError, match="accelerate refuses the config"):
-        check_accelerate_config(resolve_launch(TrainConfig(distributed="fsdp", accelerate={"config": str(bad)}), gpus=8))
+        check_accelerate_config(
+            resolve_launch(TrainConfig(distributed="fsdp", accelerate={"config": str(bad)}), gpus=8)
+        )
     with pytest.raises(ShadowFTError, match="sets distributed_type DEEPSPEED, but train.distributed is fsdp"):
         cfg = str(CONFIG_DIR / "deepspeed_zero3.yaml")
         check_accelerate_config(resolve_launch(TrainConfig(distributed="fsdp", accelerate={"config": cfg}), gpus=8))

@@ -25,7 +25,8 @@ def test_objective_registry():
 
 
 def test_launcher_registry():
-    assert get_launcher().name == "inprocess" and set(LAUNCHERS) == {"inprocess", "torchrun", "accelerate"}
+    assert get_launcher().name == "inprocess"
+    assert set(LAUNCHERS) == {"inprocess", "torchrun", "accelerate", "ray-train"}
     assert all(issubclass(lc, Launcher) for lc in LAUNCHERS.values())
     with pytest.raises(ShadowFTError, match="unknown launcher 'mpirun'") as err:
         get_launcher("mpirun")

@@ -1,5 +1,5 @@
 """lm-eval's `vllm-vlm` backend: a vision-language model under vLLM's engine (lm-eval's `VLLM_VLM`),
-for image suites on GPUs. The engine arguments are the `vllm` backend's (`eval.vllm-vlm` holds its
+for image suites on GPUs. The engine arguments are the `vllm` backend's (`eval.vllm_vlm` holds its
 own copy of them) plus the image settings; the preflight is the `vllm` backend's (vLLM installed,
 enough CUDA GPUs, Ray for data parallel), so on a machine without them it refuses before any stage
 runs. The model dir must hold a vision-language model (`check_model`).

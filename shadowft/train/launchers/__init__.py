@@ -8,8 +8,14 @@ from shadowft.train.launchers.accelerate import Accelerate
 from shadowft.train.launchers.base import Launcher, LaunchRequest
 from shadowft.train.launchers.inprocess import InProcess
 from shadowft.train.launchers.process import Torchrun
+from shadowft.train.launchers.raytrain import RayTrain
 
-LAUNCHERS: dict[str, type[Launcher]] = {"inprocess": InProcess, "torchrun": Torchrun, "accelerate": Accelerate}
+LAUNCHERS: dict[str, type[Launcher]] = {
+    "inprocess": InProcess,
+    "torchrun": Torchrun,
+    "accelerate": Accelerate,
+    "ray-train": RayTrain,
+}
 DEFAULT_LAUNCHER = "inprocess"
 
 
