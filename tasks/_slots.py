@@ -17,6 +17,7 @@ Which mechanism, measured against Prefect 3.8.8:
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,17 @@ from shadowft.resources import Slot
 #: Lease length in seconds (the server's minimum): how long a dead holder keeps its slot at most,
 #: before the repossessor's next pass.
 LEASE_S = 60.0
+
+
+class _QuietBusySlots(logging.Filter):
+    """Prefect's slot-acquisition service logs an ERROR for every refused attempt (HTTP 423: the slot is
+    busy). `LeasedSlots.acquire` tries each slot without waiting, so while it polls, a busy slot is the
+    expected answer, not an error: those records are dropped (any other failure is re-raised by `_try`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            isinstance(record.args, tuple) and record.args[:1] == ("ConcurrencySlotAcquisitionWithLeaseService",)
+        )
 
 
 def prefect_server_configured() -> bool:
@@ -110,13 +122,20 @@ class LeasedSlots:
         ctx = TaskRunContext.get()
         holder = ConcurrencyLeaseHolder(type="task_run", id=ctx.task_run.id) if ctx is not None else None
         waited = False
-        while True:
-            for slot in self.slots:
-                with self._try(slot, holder) as held:
-                    if held:
-                        yield slot
-                        return
-            if not waited and on_wait is not None:
-                on_wait()
-            waited = True
-            time.sleep(self.poll_s)
+        quiet = _QuietBusySlots()
+        service_log = logging.getLogger("prefect._internal.concurrency")
+        service_log.addFilter(quiet)
+        try:
+            while True:
+                for slot in self.slots:
+                    with self._try(slot, holder) as held:
+                        if held:
+                            service_log.removeFilter(quiet)
+                            yield slot
+                            return
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                time.sleep(self.poll_s)
+        finally:
+            service_log.removeFilter(quiet)

@@ -134,3 +134,20 @@ def test_leased_slot_of_a_killed_run_comes_back_within_its_lease(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(10)
+
+
+def test_a_busy_slot_while_polling_is_not_logged_as_an_error():
+    """Prefect's acquisition service logs an ERROR for each refused try (423); polling the slots makes
+    those expected, so they are dropped while LeasedSlots polls, and nothing else is."""
+    import logging
+
+    from tasks._slots import _QuietBusySlots
+
+    def record(*args: object) -> logging.LogRecord:
+        return logging.LogRecord(
+            "prefect._internal.concurrency", logging.ERROR, "f", 1, "Service %r failed to process item %r", args, None
+        )
+
+    quiet = _QuietBusySlots()
+    assert not quiet.filter(record("ConcurrencySlotAcquisitionWithLeaseService", (1, "x")))
+    assert quiet.filter(record("EventsWorker", (1, "x")))

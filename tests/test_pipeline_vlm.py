@@ -85,18 +85,20 @@ def test_a_vlm_pair_runs_the_whole_flow_and_reruns_from_cache(prefect_env, gemma
 
 
 @pytest.mark.slow
-def test_full_fine_tuning_of_a_llava_pair_grafts_its_delta_on_the_language_model(prefect_env, llava_vlm_trio, tmp_path):
-    """The second architecture, the other method: full FT of Base (tower and projector frozen), its delta
-    extracted and grafted, evaluated with images."""
+@pytest.mark.parametrize(("arch", "method"), [("llava", "full"), ("gemma3", "full"), ("llava", "lora")])
+def test_each_architecture_and_method_grafts_onto_the_language_model_only(prefect_env, arch, method, request, tmp_path):
+    """The other (architecture, method) pairs: full FT of Base (tower and projector frozen) has its delta
+    extracted and grafted, LoRA its adapter; each evaluated with images."""
+    trio = request.getfixturevalue(f"{arch}_vlm_trio")
     data = write_image_dataset(tmp_path / "data")
     cfg = load_config(
         None,
         [
-            f"pair.base={llava_vlm_trio['base']}",
-            f"pair.instruct={llava_vlm_trio['instruct']}",
+            f"pair.base={trio['base']}",
+            f"pair.instruct={trio['instruct']}",
             f"data.sources=[{data}]",
             "data.max_length=64",
-            "train.method=full",
+            f"train.method={method}",
             "train.max_steps=2",
             "train.batch_size=4",
             "eval.suites=[toy-colour]",
@@ -108,11 +110,11 @@ def test_full_fine_tuning_of_a_llava_pair_grafts_its_delta_on_the_language_model
     )
     flow_state, states, result = run_flow(cfg)
     assert flow_state == "Completed", states
-    assert states["extract_delta"] == "Completed", states
+    assert (states.get("extract_delta") == "Completed") == (method == "full"), states
     summary = json.loads((Path(result["report"]) / "summary.json").read_text())
     assert list(summary["scores"]) == ["instruct", "shadow-ft"]
     shadow = Path(result["models"]["shadow-ft"])
     got = load_file(str(shadow / "model.safetensors"))
-    instruct = load_file(str(llava_vlm_trio["instruct"] / "model.safetensors"))
+    instruct = load_file(str(trio["instruct"] / "model.safetensors"))
     parts = checkpoint_parts(shadow)
     assert {parts.role(n) for n in got if not torch.equal(got[n], instruct[n])} == {"language_model"}
