@@ -7,7 +7,9 @@ node) stops renewing and the server's repossessor frees the slot once the lease 
 (`LEASE_S` plus the repossessor's loop, 15 s by default).
 
 Which mechanism, measured against Prefect 3.8.8:
-- `PREFECT_API_URL` set (a `prefect server start` or Prefect Cloud): these leased limits.
+- `SHADOWFT_SLOTS=prefect` and `PREFECT_API_URL` set (a `prefect server start` or Prefect Cloud, whose
+  repossessor frees a dead holder's slot): these leased limits.
+- Otherwise (and by default): the file locks below.
 - No API URL (Prefect's ephemeral API, started inside each `shadowft run`): the file locks of
   `shadowft.resources.SlotPool`. An ephemeral server does not run the repossessor service
   (`prefect.server.services.repossessor` is not marked `run_in_ephemeral`) and keeps leases in its own
@@ -40,11 +42,21 @@ class _QuietBusySlots(logging.Filter):
         )
 
 
+#: Opt-in: slots as leased Prefect limits (`SHADOWFT_SLOTS=prefect`); file locks otherwise.
+SLOTS_ENV = "SHADOWFT_SLOTS"
+
+
 def prefect_server_configured() -> bool:
-    """True when flow runs report to a Prefect server (PREFECT_API_URL), not to an ephemeral API."""
+    """True when slots are leased Prefect limits: asked for (`SHADOWFT_SLOTS=prefect`) and flow runs
+    report to a Prefect server (PREFECT_API_URL). Opt-in, because a killed holder's slot comes back only
+    where the server runs its repossessor (`prefect server start`, Prefect Cloud): a server without it
+    (an ephemeral or test harness API) keeps the slot taken, and the next run waits forever (measured:
+    the Ctrl-C-then-rerun test hung), while a file lock goes with its holder."""
+    import os
+
     from prefect.settings import PREFECT_API_URL
 
-    return bool(PREFECT_API_URL.value())
+    return os.environ.get(SLOTS_ENV, "").strip().lower() == "prefect" and bool(PREFECT_API_URL.value())
 
 
 def default_prefix() -> str:

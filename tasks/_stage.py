@@ -92,9 +92,9 @@ def inline_chart(chart: Path) -> str:
 
 # -- heavy stages in slots --------------------------------------------------------------------------
 
-#: Heavy stage tasks carry this tag (filter them in the UI). The slots are Prefect's leased global
-#: concurrency limits with a Prefect server, file locks under the store without one (`tasks._slots`
-#: says why: one mechanism per case).
+#: Heavy stage tasks carry this tag (filter them in the UI). The slots are file locks under the store,
+#: or with SHADOWFT_SLOTS=prefect and a Prefect server Prefect's leased global concurrency limits
+#: (`tasks._slots` says why: one mechanism per case).
 HEAVY_TAG = "shadowft-heavy-stage"
 
 
@@ -105,9 +105,9 @@ def _build_stage_in_child(spec_fn: SpecFn, args: dict[str, Any], progress: bool)
 
 
 def build_stage_in_slot(spec_fn: SpecFn, resources: Any, label: str, **args: Any) -> tuple[Artifact, bool]:
-    """Build a heavy stage (training, evaluation) once a slot is free: a leased Prefect concurrency
-    limit per slot with a Prefect server (the UI's concurrency page shows who holds it), a file lock
-    per slot under the store without one (`tasks._slots`); the wait and the slot taken are logged to
+    """Build a heavy stage (training, evaluation) once a slot is free: a file lock per slot under
+    the store, or with SHADOWFT_SLOTS=prefect and a Prefect server a leased Prefect concurrency limit
+    per slot (the UI's concurrency page shows who holds it; `tasks._slots`); the wait and the slot taken are logged to
     the task run. With several slots, or GPUs, the stage runs in a process of its own that sees only
     its slot's devices; with one CPU slot, in this process as before. As a Ray task (a cluster), Ray
     has placed it and chosen its GPUs: it runs at once, in the Ray worker. Where a stage was built is

@@ -93,7 +93,7 @@ def test_leased_slot_of_a_killed_run_comes_back_within_its_lease(tmp_path):
                 pass
             assert time.time() < end and server.poll() is None, "the Prefect server did not start"
             time.sleep(0.5)
-        run_env = {**env, "PREFECT_API_URL": url}
+        run_env = {**env, "PREFECT_API_URL": url, "SHADOWFT_SLOTS": "prefect"}
         prefix = f"test-slot-{uuid.uuid4().hex[:8]}"
 
         def start(tag: str) -> subprocess.Popen:
