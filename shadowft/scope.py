@@ -54,11 +54,9 @@ def language_model_prefixes(model_dir: str | Path | None) -> tuple[str, ...]:
     spellings); () for a text model, or when the dir is unknown."""
     if model_dir is None:
         return ()
-    from shadowft.modality import checkpoint_parts, is_multimodal
+    from shadowft.modality import checkpoint_parts
 
-    if not is_multimodal(model_dir):
-        return ()
-    return checkpoint_parts(model_dir).spellings("language_model")
+    return checkpoint_parts(model_dir).spellings("language_model")  # a text model's parts name none
 
 
 def scope_for(scope: str, model_dir: str | Path | None) -> re.Pattern[str]:
