@@ -55,6 +55,8 @@ class VLLMBackend(EvalBackend):
     name = "vllm"
     Settings = VLLMSettings
     config: VLLMSettings
+    #: the lm-eval model `load` builds
+    lm_eval_model = "vllm"
 
     @classmethod
     def devices(cls, settings: BaseModel) -> int:
@@ -144,13 +146,17 @@ class VLLMBackend(EvalBackend):
             trust_remote_code=trust_remote_code,
             enable_thinking=enable_thinking,
         )
-        lm = get_model("vllm")(**args)
+        lm = get_model(self.lm_eval_model)(**args)
         return LoadedModel(
             lm=lm,
             device="cuda",
-            has_chat_template=bool(getattr(lm.tokenizer, "chat_template", None)),
+            has_chat_template=self.has_chat_template(lm),
             max_length=int(getattr(lm, "max_length", 0) or 0),
         )
+
+    def has_chat_template(self, lm: Any) -> bool:
+        """Whether the loaded lm-eval model has a chat template (its tokenizer's)."""
+        return bool(getattr(lm.tokenizer, "chat_template", None))
 
 
 def _vllm_dtype(dtype: str) -> str:

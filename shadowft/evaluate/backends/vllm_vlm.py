@@ -12,10 +12,8 @@ from typing import Any
 
 from pydantic import Field
 
-from shadowft.errors import EvalError
-from shadowft.evaluate.backends.base import LoadedModel
-from shadowft.evaluate.backends.hf_multimodal import MAX_IMAGES, require_multimodal
-from shadowft.evaluate.backends.vllm import VLLMBackend, VLLMSettings, check_vllm_layout
+from shadowft.evaluate.backends.hf_multimodal import MAX_IMAGES, has_chat_template, require_multimodal
+from shadowft.evaluate.backends.vllm import VLLMBackend, VLLMSettings
 
 
 class VLLMVLMSettings(VLLMSettings):
@@ -44,6 +42,7 @@ class VLLMVLMBackend(VLLMBackend):
     """lm-eval's vllm-vlm model: a vision-language model under vLLM (needs the `vllm` extra and a GPU)."""
 
     name = "vllm-vlm"
+    lm_eval_model = "vllm-vlm"
     Settings = VLLMVLMSettings
     config: VLLMVLMSettings
     multimodal = True
@@ -74,39 +73,6 @@ class VLLMVLMBackend(VLLMBackend):
             args["image_max_side"] = s.image_max_side
         return args
 
-    def load(
-        self,
-        model_dir: Path,
-        *,
-        device: str | None,
-        batch_size: int | str,
-        dtype: str,
-        trust_remote_code: bool,
-        enable_thinking: bool | None = None,
-    ) -> LoadedModel:
-        """`device` is ignored: vLLM uses the GPUs in CUDA_VISIBLE_DEVICES (the stage's slot)."""
-        self.preflight()
-        problems = check_vllm_layout(model_dir)
-        if problems:
-            raise EvalError(
-                f"{model_dir} is not a model directory vLLM loads: " + "; ".join(problems),
-                hint="evaluate a graft/train artifact's model/ dir, or fix the listed files",
-            )
-        from lm_eval.api.registry import get_model
-
-        from shadowft.evaluate.backends.hf_multimodal import has_chat_template
-
-        args = self.model_args(
-            model_dir,
-            batch_size=batch_size,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            enable_thinking=enable_thinking,
-        )
-        lm = get_model("vllm-vlm")(**args)
-        return LoadedModel(
-            lm=lm,
-            device="cuda",
-            has_chat_template=has_chat_template(lm),
-            max_length=int(getattr(lm, "max_length", 0) or 0),
-        )
+    def has_chat_template(self, lm: Any) -> bool:
+        """The processor's chat template (lm-eval's vllm-vlm model holds one, not only a tokenizer)."""
+        return has_chat_template(lm)
