@@ -51,7 +51,7 @@ def worker_env() -> dict[str, str]:
     if not api:
         raise ShadowFTError(
             "resources.cluster names a Ray cluster but no Prefect server is configured",
-            hint="start one every node reaches (prefect server start --host 0.0.0.0) and set PREFECT_API_URL",
+            hint="start one every node reaches (prefect server start --host <this node's cluster address>) and set PREFECT_API_URL",
         )
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
     env["PREFECT_API_URL"] = api

@@ -121,7 +121,8 @@ def test_pipeline_on_two_ray_nodes(ray_two_nodes, prefect_env, llama_trio, tmp_p
     from shadowft.cluster import check_store_on_nodes, placements
 
     # a store that node b does not see: refused, naming node b, before any stage
-    ray.init("auto")
+    if not ray.is_initialized():  # the Ray Train test, in either order, may have connected already
+        ray.init("auto")
     nodes = ray.nodes()
     with pytest.raises(ShadowFTError, match=r"not visible from 1 Ray node\(s\).*FileNotFoundError") as err:
         check_store_on_nodes(ray_two_nodes / "store")
