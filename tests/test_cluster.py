@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -61,49 +66,49 @@ def _can_unshare() -> bool:
     return probe.returncode == 0
 
 
+@dataclass
+class TwoNodes:
+    """The running two-node cluster: node `b` sees `hidden` as an empty tmpfs of its own."""
+
+    hidden: Path
+    port: int
+    env: dict[str, str]
+
+    def start_node_b(self) -> None:
+        worker = [RAY, "start", "--address", f"127.0.0.1:{self.port}", *NODE, "--resources", '{"b": 1}']
+        subprocess.run(
+            ["unshare", "-m", "sh", "-c", f'mount -t tmpfs none "{self.hidden}" && exec "$0" "$@"', *worker],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+
+
+#: each node: one CPU, no GPU
+NODE = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats"]
+
+
 @pytest.fixture(scope="module")
 def ray_two_nodes(tmp_path_factory):
-    """Node `a` (head) and node `b`, one CPU each; on `b`, `<tmp>/hidden` is an empty tmpfs. -> hidden dir"""
+    """Node `a` (head) and node `b`, one CPU each; on `b`, `<tmp>/hidden` is an empty tmpfs."""
     if not _can_unshare():
         pytest.skip("needs unshare -m (root) to give one node its own mounts")
     hidden = tmp_path_factory.mktemp("ray") / "hidden"
     hidden.mkdir()
-    port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats"]
+    cluster = TwoNodes(hidden, _free_port(), {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    head = [RAY, "start", "--head", "--port", str(cluster.port), "--include-dashboard=false", *NODE]
     try:
-        subprocess.run(
-            [
-                RAY,
-                "start",
-                "--head",
-                "--port",
-                str(port),
-                "--include-dashboard=false",
-                *common,
-                "--resources",
-                '{"a": 1}',
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        worker = [RAY, "start", "--address", f"127.0.0.1:{port}", *common, "--resources", '{"b": 1}']
-        subprocess.run(
-            ["unshare", "-m", "sh", "-c", f'mount -t tmpfs none "{hidden}" && exec "$0" "$@"', *worker],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-        yield hidden
+        subprocess.run([*head, "--resources", '{"a": 1}'], env=cluster.env, check=True, capture_output=True)
+        cluster.start_node_b()
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{cluster.port}"
+        yield cluster
     finally:
         os.environ.pop("RAY_ADDRESS", None)
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=60)
+        subprocess.run([RAY, "stop", "--force"], env=cluster.env, capture_output=True, timeout=60)
         left = [p.info for p in psutil.process_iter(["pid", "name"]) if p.info["name"] in RAY_PROCESSES]
         assert not left, f"Ray processes outlived the test: {left}"
 
@@ -125,8 +130,8 @@ def test_pipeline_on_two_ray_nodes(ray_two_nodes, prefect_env, llama_trio, tmp_p
         ray.init("auto")
     nodes = ray.nodes()
     with pytest.raises(ShadowFTError, match=r"not visible from 1 Ray node\(s\).*FileNotFoundError") as err:
-        check_store_on_nodes(ray_two_nodes / "store")
-    (b_id,) = [n["NodeID"] for n in nodes if "b" in n["Resources"]]
+        check_store_on_nodes(ray_two_nodes.hidden / "store")
+    (b_id,) = _alive("b")  # a node b lost by another test stays listed, dead
     assert f"node {b_id[:8]}" in str(err.value)
 
     # the demo pipeline: the trainings of Base and Instruct are Ray tasks, one CPU each: one per node
@@ -185,3 +190,113 @@ def test_ray_train_across_two_nodes_equals_torchrun_ddp(ray_two_nodes, llama_tri
     assert any(w.abs().max() > 0 for n, w in out["ray-train"].items() if "lora_B" in n)  # it did train
     for name, w in out["torchrun"].items():
         assert torch.allclose(w, out["ray-train"][name], atol=1e-6), name
+
+
+def _alive(label: str) -> list[str]:
+    import ray
+
+    return [n["NodeID"] for n in ray.nodes() if n["Alive"] and label in n["Resources"]]
+
+
+def _kill_node(node_id: str) -> None:
+    """SIGKILL a node's raylet and everything it started (its workers): the node is gone at once,
+    as a preempted machine is; nothing of it runs any cleanup."""
+    (raylet,) = [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "raylet" and f"--node_id={node_id}" in (p.info["cmdline"] or [])
+    ]
+    for p in [*raylet.children(recursive=True), raylet]:
+        p.kill()
+
+
+def _checkpoints(train_work: Path) -> dict[str, int]:
+    """training work dir -> its complete checkpoints (Trainer writes trainer_state.json last)."""
+    return {d.name: len(list(d.glob("checkpoints/checkpoint-*/trainer_state.json"))) for d in train_work.glob("*")}
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_stage_fails_naming_it_and_the_rerun_resumes(ray_two_nodes, prefect_env, llama_trio, tmp_path):
+    """Node b is killed while the two trainings run (one per node, each past a checkpoint): the run fails
+    naming the lost stage and node b, that stage's task run is Crashed (not Running forever), the
+    training on node a finishes and is stored; the rerun takes it from the store and resumes the lost
+    one from its last checkpoint."""
+    import ray
+
+    from flows.shadow_ft import for_cluster
+    from tests.helpers import settled_task_runs
+
+    if not ray.is_initialized():
+        ray.init("auto")
+    (b_id,) = _alive("b")
+    data = write_dataset(tmp_path / "d.jsonl", n=32)
+    steps = ("train.max_steps=24", "train.save_steps=2", "train.batch_size=2")
+    cfg = make_config(
+        llama_trio,
+        data,
+        "resources.cluster=auto",
+        "eval.limit=2",
+        "eval.suites=[toy-math]",
+        "baselines=[direct]",
+        *steps,
+    )
+    train_work = prefect_env / "store" / "work" / "train"
+
+    def kill_b_once_both_trainings_checkpointed() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            done = _checkpoints(train_work)
+            if len(done) == 2 and min(done.values()) >= 1:
+                _kill_node(b_id)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_b_once_both_trainings_checkpointed, daemon=True)
+    killer.start()
+    state = for_cluster(cfg)(config=cfg, return_state=True)
+    killer.join(timeout=5)
+    assert state.is_failed(), state
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ShadowFTError), error
+    lost = re.match(r"(train-\w+) was lost with Ray node ([0-9a-f]{8})", str(error))
+    assert lost and lost.group(2) == b_id[:8], str(error)
+    assert "rerun the same config" in error.hint
+    states = {r.name: r.state.name for r in settled_task_runs(state.state_details.flow_run_id)}
+    other = ({"train-base", "train-instruct"} - {lost.group(1)}).pop()
+    assert states[lost.group(1)] == "Crashed" and states[other] == "Completed", states
+
+    ray_two_nodes.start_node_b()  # the node comes back (or another takes its place)
+    deadline = time.time() + 60
+    while not _alive("b") and time.time() < deadline:
+        time.sleep(0.5)
+    rerun = for_cluster(cfg)(config=cfg, return_state=True)
+    assert rerun.is_completed(), rerun
+    states = {r.name: r.state.name for r in settled_task_runs(rerun.state_details.flow_run_id)}
+    assert states[other] == "Cached" and states[lost.group(1)] == "Completed", states
+    results = [
+        json.loads(p.read_text())
+        for p in (prefect_env / "store" / "artifacts" / "train").glob("*/model/train_result.json")
+    ]
+    resumed = [r for r in results if r["resumed_step"] > 0]
+    assert len(resumed) == 1 and resumed[0]["resumed_step"] % 2 == 0 and resumed[0]["global_step"] == 24, results
+
+
+def test_auto_without_a_ray_cluster_is_refused_not_started():
+    """prefect-ray calls a bare `ray.init()` for "auto", which starts a private local Ray when no
+    cluster is found: the run would look distributed and run on this machine alone. Refused instead."""
+    script = (
+        "from shadowft.config import ResourcesConfig\n"
+        "from tasks._cluster import task_runner_for\n"
+        "with task_runner_for(ResourcesConfig(cluster='auto')):\n"
+        "    print('STARTED')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # no cluster to find: none in RAY_ADDRESS, none recorded under Ray's temp dir
+    # (a short path: Ray's sockets under it must stay within AF_UNIX's 107 bytes)
+    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as ray_tmp:
+        env |= {"RAY_TMPDIR": ray_tmp, "PREFECT_API_URL": "http://127.0.0.1:9/api", "RAY_USAGE_STATS_ENABLED": "0"}
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "STARTED" not in out.stdout, out.stdout
+    assert "ConnectionError" in out.stderr and "Could not find any running Ray instance" in out.stderr, out.stderr[
+        -2000:
+    ]
