@@ -57,11 +57,15 @@ class HeavyStageOnRay(PrefectRayFuture):
         from prefect.client.orchestration import get_client
         from prefect.states import Crashed
 
-        where = _node_of(str(exc))
-        with get_client(sync_client=True) as client:
-            name = client.read_task_run(self.task_run_id).name
-            message = f"{name} was lost with {where}: {type(exc).__name__}"
-            client.set_task_run_state(self.task_run_id, Crashed(message=message), force=True)
+        where, name = _node_of(str(exc)), "a heavy stage"
+        try:
+            with get_client(sync_client=True) as client:
+                name = client.read_task_run(self.task_run_id).name
+                message = f"{name} was lost with {where}: {type(exc).__name__}"
+                client.set_task_run_state(self.task_run_id, Crashed(message=message), force=True)
+        except Exception:  # the server unreachable: the lost node still has to be named
+            pass
+        message = f"{name} was lost with {where}: {type(exc).__name__}"
         return ShadowFTError(
             f"{message} (the node died, was preempted or stopped while the stage ran)",
             hint="rerun the same config (shadowft run, or Retry in the Prefect UI): finished stages come from "
