@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -279,24 +278,3 @@ def test_a_node_lost_mid_stage_fails_naming_it_and_the_rerun_resumes(ray_two_nod
     ]
     resumed = [r for r in results if r["resumed_step"] > 0]
     assert len(resumed) == 1 and resumed[0]["resumed_step"] % 2 == 0 and resumed[0]["global_step"] == 24, results
-
-
-def test_auto_without_a_ray_cluster_is_refused_not_started():
-    """prefect-ray calls a bare `ray.init()` for "auto", which starts a private local Ray when no
-    cluster is found: the run would look distributed and run on this machine alone. Refused instead."""
-    script = (
-        "from shadowft.config import ResourcesConfig\n"
-        "from tasks._cluster import task_runner_for\n"
-        "with task_runner_for(ResourcesConfig(cluster='auto')):\n"
-        "    print('STARTED')\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    # no cluster to find: none in RAY_ADDRESS, none recorded under Ray's temp dir
-    # (a short path: Ray's sockets under it must stay within AF_UNIX's 107 bytes)
-    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as ray_tmp:
-        env |= {"RAY_TMPDIR": ray_tmp, "PREFECT_API_URL": "http://127.0.0.1:9/api", "RAY_USAGE_STATS_ENABLED": "0"}
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and "STARTED" not in out.stdout, out.stdout
-    assert "ConnectionError" in out.stderr and "Could not find any running Ray instance" in out.stderr, out.stderr[
-        -2000:
-    ]
