@@ -21,7 +21,7 @@ from prefect.futures import PrefectFuture
 from flows.params import with_overrides
 from shadowft.cluster import check_store_on_nodes
 from shadowft.config import EvalConfig, GraftConfig, ResourcesConfig, RunConfig
-from shadowft.stages import chosen_alpha, preflight, resolve_model, zoo_placeholders
+from shadowft.stages import chosen_alpha, preflight, resolve_model, uses_vlm_family, zoo_placeholders
 from shadowft.store import Artifact
 from shadowft.train.methods import get_method
 from tasks.alpha import select_alpha, validation_loss
@@ -32,7 +32,7 @@ from tasks.publish import promotion_gate, run_folder
 from tasks.report import report
 from tasks.train import train
 from tasks.weights import extract_delta, graft, graft_chosen
-from tasks.zoo import embedded_family
+from tasks.zoo import embedded_family, embedded_vlm_family
 
 # Merging a LoRA adapter into the model it was trained on: the conventional LoRA result.
 MERGE = GraftConfig(alpha=1.0, scope="all")
@@ -93,8 +93,9 @@ def resolve_run(config: RunConfig) -> tuple[RunConfig, Path, Path, str]:
     -> (resolved config, base dir, instruct dir, store root)"""
     preflight(config)  # unknown eval suites, code suites without opt-in: fail before any stage
     store = store_root(config)
-    if config.placeholders():
-        config = config.resolve(zoo_placeholders(embedded_family().root))
+    if names := config.placeholders():
+        vlm = embedded_vlm_family().root if uses_vlm_family(names) else None
+        config = config.resolve(zoo_placeholders(embedded_family().root, vlm))
     trust = config.pair.trust_remote_code
     base = resolve_model(config.pair.base, config.pair.base_revision, role="base", trust_remote_code=trust)
     instruct = resolve_model(

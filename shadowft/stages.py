@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shadowft.concurrency import import_for_stage
-from shadowft.config import DataConfig, EvalConfig, GraftConfig, PairConfig, RunConfig, TrainConfig
+from shadowft.config import ZOO_PREFIX, DataConfig, EvalConfig, GraftConfig, PairConfig, RunConfig, TrainConfig
 from shadowft.errors import ShadowFTError
 from shadowft.fingerprint import fingerprint_path
 from shadowft.store import Artifact, ArtifactStore, artifact_key
@@ -255,16 +255,30 @@ def _check_hub_id(ref: str, role: str, revision: str | None) -> None:
         )
 
 
-def zoo_placeholders(family_root: Path) -> dict[str, Path]:
+#: `zoo:vlm-NAME` names a member of the embedded vision-language family (`shadowft.zoo.vlm`):
+#: `zoo:vlm-base`, `zoo:vlm-instruct`, `zoo:vlm-chart` (the user's chart data)
+VLM_PLACEHOLDER = "vlm-"
+
+
+def zoo_placeholders(family_root: Path, vlm_family_root: Path | None = None) -> dict[str, Path]:
     """`zoo:NAME` values of the embedded family: base, instruct, every data set by name
     (`zoo:general`, `zoo:domain`), and `zoo:train`, the default fine-tuning set (the domain set:
-    a skill Instruct does not have yet)."""
+    a skill Instruct does not have yet); with `vlm_family_root`, the VLM family's as `zoo:vlm-NAME`."""
     root = Path(family_root)
     names: dict[str, Path] = {"base": root / "base", "instruct": root / "instruct"}
     for f in sorted((root / "data").glob("*.jsonl")):
         names[f.stem] = f
     names.setdefault("train", names.get("domain", root / "data" / "train.jsonl"))
+    if vlm_family_root is not None:
+        vlm = Path(vlm_family_root)
+        names |= {f"{VLM_PLACEHOLDER}base": vlm / "base", f"{VLM_PLACEHOLDER}instruct": vlm / "instruct"}
+        names |= {f"{VLM_PLACEHOLDER}{f.stem}": f for f in sorted((vlm / "data").glob("*.jsonl"))}
     return names
+
+
+def uses_vlm_family(placeholders: list[str]) -> bool:
+    """Whether any of a config's placeholders names the VLM family (installed only then)."""
+    return any(p.startswith(ZOO_PREFIX + VLM_PLACEHOLDER) for p in placeholders)
 
 
 # -- stage specs ---------------------------------------------------------------------------------
