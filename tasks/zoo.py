@@ -15,4 +15,6 @@ def embedded_family(seed: int = 0) -> FamilyPaths:
 
 @task(name="embedded_vlm_family", persist_result=False)
 def embedded_vlm_family(seed: int = 0) -> FamilyPaths:
-    return build_vlm_family(seed=seed)
+    from prefect.logging import get_run_logger
+
+    return build_vlm_family(seed=seed, progress=get_run_logger().info)

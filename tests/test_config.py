@@ -123,8 +123,11 @@ def test_examples_load_and_toy_documents_every_key():
         "qwen3-4b-full.yaml",
         "llama-3.1-8b-lora.yaml",
         "gemma-3-4b-lora.yaml",
+        "toy-vlm.yaml",
     ):
         load_config(EXAMPLES / name)
+    vlm = load_config(EXAMPLES / "toy-vlm.yaml")
+    assert vlm.placeholders() == ["zoo:vlm-base", "zoo:vlm-instruct", "zoo:vlm-chart"]
     g = load_config(EXAMPLES / "gemma-3-4b-lora.yaml")
     assert (g.pair.base, g.eval.backend, g.train.freeze_vision_tower) == ("google/gemma-3-4b-pt", "hf-multimodal", True)
     q = load_config(EXAMPLES / "qwen3-4b-lora.yaml")

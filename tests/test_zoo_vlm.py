@@ -57,3 +57,29 @@ def test_captions_name_colours_and_counts_never_a_bars_value():
     bars = {"kind": "bars", "values": [3, 7, 5], "colours": [[220, 30, 30], [30, 160, 50], [30, 60, 220]]}
     assert caption(bars) == "a bar chart with red, green and blue bars."
     assert caption({"kind": "dots", "count": 3, "rgb": [30, 60, 220]}) == "3 blue dots."
+
+
+def test_zoo_vlm_placeholders_resolve_the_example_to_the_familys_members(vlm_family, zoo_family):
+    from pathlib import Path
+
+    from shadowft.config import load_config
+    from shadowft.stages import uses_vlm_family, zoo_placeholders
+
+    names = zoo_placeholders(zoo_family.root, vlm_family.root)
+    assert names["base"] == zoo_family.base  # the text family's names stay
+    assert (names["vlm-base"], names["vlm-chart"]) == (vlm_family.base, vlm_family.data / "chart.jsonl")
+    assert "vlm-base" not in zoo_placeholders(zoo_family.root)  # installed only when a config names it
+    assert uses_vlm_family(["zoo:vlm-base"]) and not uses_vlm_family(["zoo:base", "zoo:general"])
+    example = Path(__file__).resolve().parents[1] / "examples" / "toy-vlm.yaml"
+    cfg = load_config(example).resolve(names)
+    assert (cfg.pair.base, cfg.data.sources) == (str(vlm_family.base), [str(vlm_family.data / "chart.jsonl")])
+
+
+def test_an_installed_family_is_reused_and_another_seed_there_is_refused(vlm_family):
+    from shadowft.errors import ShadowFTError
+
+    stamp = vlm_family.manifest.stat().st_mtime_ns
+    again = build_vlm_family(vlm_family.root, preset="ci")
+    assert again.root == vlm_family.root and vlm_family.manifest.stat().st_mtime_ns == stamp  # not rebuilt
+    with pytest.raises(ShadowFTError, match="holds a different VLM family"):
+        build_vlm_family(vlm_family.root, seed=1, preset="ci")

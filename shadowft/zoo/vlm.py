@@ -24,6 +24,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -323,6 +324,7 @@ def build_vlm_family(
     text_family: Path | None = None,
     from_scratch: bool = False,
     force: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> FamilyPaths:
     """Install (or return the cached) VLM family in `out` (default: `default_vlm_family_dir`).
 
@@ -355,6 +357,10 @@ def build_vlm_family(
         if source is not None:
             manifest = shipped.install_shipped(source, tmp)
         else:
+            if progress is not None:
+                progress(
+                    f"building the embedded VLM family {VLM_FAMILY_VERSION} into {out} (about 4 min on one CPU; once)"
+                )
             text = FamilyPaths.at(text_family) if text_family else build_family(tmp / "text", progress=False)
             with _deterministic(cfg.threads):
                 manifest = {**_build(tmp, cfg, seed, text), "source": "built"}
