@@ -44,6 +44,7 @@ TRANSFORMERS_NAMES = (
     "GenerationConfig",
     "LlamaConfig",
     "LlavaConfig",
+    "LlavaForConditionalGeneration",
     "LlavaProcessor",
     "PreTrainedTokenizerFast",
     "PrinterCallback",

@@ -55,7 +55,7 @@ def test_the_users_chart_data_prepares_with_instructs_processor(vlm_family, tmp_
 
 def test_captions_name_colours_and_counts_never_a_bars_value():
     bars = {"kind": "bars", "values": [3, 7, 5], "colours": [[220, 30, 30], [30, 160, 50], [30, 60, 220]]}
-    assert caption(bars) == "a bar chart with red, green and blue bars."
+    assert caption(bars) == "a bar chart: a short red bar, a tall green bar and a medium blue bar."
     assert caption({"kind": "dots", "count": 3, "rgb": [30, 60, 220]}) == "3 blue dots."
 
 

@@ -1,4 +1,4 @@
-"""Build the embedded vision-language family (issue 30): Llava over the text family's language models.
+"""Build the embedded vision-language family (issue 30): Llava over the toy text family's Base LM.
 
 The multimodal instance of the Shadow-FT problem, small enough for a 2-core CPU, built as the text
 family is (fixed step counts, seeded generators, one thread, deterministic kernels, a temporary dir
@@ -6,20 +6,20 @@ renamed into place with `family.json` last):
 
 - **Base**: a CLIP vision tower and Llava's MLP projector, new, in front of the text family's Base
   language model; pretrained on generated pictures with a caption each (`a red square.`, `3 blue
-  dots.`, `a bar chart with red, green and blue bars.`): colours and counts, never a bar's value.
-- **Instruct**: Base's tower (frozen, as Gemma-3's was) and projector in front of the text family's
-  Instruct language model, post-trained on chat questions about pictures in its own answer style (`It is red.`, `There are 3
-  dots.`): the colour and count skills, asked as a user asks.
+  dots.`, `a bar chart: a short red bar, a tall green bar and a medium blue bar.`): colours, counts,
+  and bars' heights in words, never a bar's value.
+- **Instruct**: Base post-trained, as a real pair's Instruct is: chat questions about pictures in its
+  own answer style (`It is red.`, `There are 3 dots.`) alternating with the text family's chat
+  samples; the tower frozen (as Gemma-3's was), so Base and Instruct share it exactly.
 - **The user's data** (`data/chart.jsonl`, images under `data/images/`): the new skill neither model
   has, reading a bar's value off a chart (the `toy-chart` suite), in the user's style (`7`).
 
-Pictures are `shadowft.zoo.pictures` rows, drawn at 48 px. Recipe probed on this machine (2026-12-07):
-600 caption steps and 400 chat steps of 16 (about 4 min in all) gave Instruct 98 % on toy-colour and
-66 % on toy-count, Base 56 % and 0 %; both about 1 % on toy-chart (chance 11 %).
+Pictures are `shadowft.zoo.pictures` rows, drawn at 48 px.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import shutil
@@ -32,8 +32,17 @@ import torch
 from pydantic import BaseModel, Field
 
 from shadowft.errors import ShadowFTError
-from shadowft.zoo import pictures
-from shadowft.zoo.build import MANIFEST, FamilyPaths, TrainSpec, _deterministic, _lr_at, build_family, shadowft_home
+from shadowft.zoo import corpus, pictures
+from shadowft.zoo.build import (
+    MANIFEST,
+    FamilyPaths,
+    TrainSpec,
+    _deterministic,
+    _lr_at,
+    build_family,
+    chat_example,
+    shadowft_home,
+)
 
 VLM_FAMILY_VERSION = "toy-vlm-v1"
 VlmPreset = Literal["default", "ci"]
@@ -51,7 +60,11 @@ class VlmFamilyConfig(BaseModel):
     caption_pictures: int = Field(4000, description="captioned pictures of Base's multimodal pretraining")
     captions: TrainSpec = TrainSpec(steps=600, batch_size=16, lr=1e-3, warmup=30)
     chat_pictures: int = Field(4000, description="chat questions about pictures of Instruct's post-training")
-    chat: TrainSpec = TrainSpec(steps=400, batch_size=16, lr=5e-4, warmup=30)
+    chat_texts: int = Field(4000, description="text chat samples of Instruct's post-training (the text family's)")
+    chat: TrainSpec = Field(
+        TrainSpec(steps=600, batch_size=16, lr=5e-4, warmup=30),
+        description="Instruct's post-training: steps alternate between pictures and text",
+    )
     user_size: int = Field(2000, description="samples of the user's data (the new skill: a bar's value)")
     threads: int = Field(1, description="torch threads; part of the determinism contract")
 
@@ -61,7 +74,9 @@ class VlmFamilyConfig(BaseModel):
         if preset == "default":
             return cls()
         tiny = TrainSpec(steps=4, batch_size=4, lr=1e-3, warmup=1)
-        return cls(preset="ci", caption_pictures=32, captions=tiny, chat_pictures=32, chat=tiny, user_size=16)
+        return cls(
+            preset="ci", caption_pictures=32, captions=tiny, chat_pictures=32, chat_texts=32, chat=tiny, user_size=16
+        )
 
 
 def colour_name(rgb: list[int]) -> str:
@@ -69,13 +84,18 @@ def colour_name(rgb: list[int]) -> str:
 
 
 def caption(row: dict[str, Any]) -> str:
-    """What Base learns to say about a picture: its colours and counts, never a bar's value."""
+    """What Base learns to say about a picture: colours, counts, bars' heights in words, never a value."""
     if row["kind"] == "square":
         return f"a {row['colour']} square."
     if row["kind"] == "dots":
         return f"{row['count']} {colour_name(row['rgb'])} dots."
-    a, b, c = (colour_name(rgb) for rgb in row["colours"])
-    return f"a bar chart with {a}, {b} and {c} bars."
+    a, b, c = (f"{height_word(v)} {colour_name(rgb)} bar" for v, rgb in zip(row["values"], row["colours"], strict=True))
+    return f"a bar chart: a {a}, a {b} and a {c}."
+
+
+def height_word(value: int) -> str:
+    """Base's coarse sense of a bar's height (1-3 short, 4-6 medium, 7-9 tall): never its value."""
+    return "short" if value <= 3 else "medium" if value <= 6 else "tall"
 
 
 def instruct_turn(row: dict[str, Any]) -> tuple[str, str]:
@@ -133,9 +153,9 @@ def image_tokens(cfg: VlmFamilyConfig) -> int:
     return (cfg.image_size // cfg.patch_size) ** 2 + 1  # patches and CLS ("full" feature strategy)
 
 
-def llava_over(text_model_dir: Path, tokenizer: Any, cfg: VlmFamilyConfig, seed: int, tower_from: Any = None) -> Any:
+def llava_over(text_model_dir: Path, tokenizer: Any, cfg: VlmFamilyConfig, seed: int) -> Any:
     """A Llava model whose language model is `text_model_dir`'s (embeddings grown by `<image>`, its row
-    the mean of the others) and whose tower and projector are new (from `seed`) or `tower_from`'s."""
+    the mean of the others) and whose tower and projector are new (from `seed`)."""
     from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
     text: Any = AutoModelForCausalLM.from_pretrained(text_model_dir)
@@ -167,9 +187,6 @@ def llava_over(text_model_dir: Path, tokenizer: Any, cfg: VlmFamilyConfig, seed:
             weights[image_id:] = weights[:image_id].mean(0)
         model.model.language_model.load_state_dict(text.model.state_dict())
         model.lm_head.weight.copy_(text.lm_head.weight)
-        if tower_from is not None:
-            model.model.vision_tower.load_state_dict(tower_from.model.vision_tower.state_dict())
-            model.model.multi_modal_projector.load_state_dict(tower_from.model.multi_modal_projector.state_dict())
     return model
 
 
@@ -179,9 +196,11 @@ def llava_over(text_model_dir: Path, tokenizer: Any, cfg: VlmFamilyConfig, seed:
 class Samples:
     """Encoded (ids, labels) samples with their pictures' pixel values, drawn in seeded batches."""
 
-    def __init__(self, processor: Any, rows: list[dict[str, Any]], encoded: list[tuple[list[int], list[int]]]):
-        images = [pictures.draw(r) for r in rows]
-        self.pixels = torch.tensor(processor.image_processor(images, return_tensors="np")["pixel_values"])
+    def __init__(self, processor: Any, rows: list[dict[str, Any]] | None, encoded: list[tuple[list[int], list[int]]]):
+        self.pixels = None  # text samples (rows None) have no picture
+        if rows is not None:
+            images = [pictures.draw(r) for r in rows]
+            self.pixels = torch.tensor(processor.image_processor(images, return_tensors="np")["pixel_values"])
         self.encoded = encoded
         self.pad = processor.tokenizer.pad_token_id
 
@@ -194,7 +213,8 @@ class Samples:
         for r, i in enumerate(idx):
             x, y = self.encoded[i]
             ids[r, : len(x)], labels[r, : len(y)], mask[r, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": self.pixels[idx]}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        return batch if self.pixels is None else {**batch, "pixel_values": self.pixels[idx]}
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -221,8 +241,9 @@ def chat_sample(tokenizer: Any, cfg: VlmFamilyConfig, question: str, answer: str
     return head + body, [-100] * len(head) + body
 
 
-def fit(model: Any, samples: Samples, spec: TrainSpec, gen: torch.Generator, tower: bool = True) -> list[float]:
-    """A plain AdamW loop (warmup + cosine); the vision tower frozen unless `tower`."""
+def fit(model: Any, sources: list[Samples], spec: TrainSpec, gen: torch.Generator, tower: bool = True) -> list[float]:
+    """A plain AdamW loop (warmup + cosine), its steps cycling through `sources`; the vision tower
+    frozen unless `tower`."""
     model.model.vision_tower.requires_grad_(tower)
     trained = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trained, lr=spec.lr, betas=(0.9, 0.95), weight_decay=spec.weight_decay)
@@ -231,7 +252,7 @@ def fit(model: Any, samples: Samples, spec: TrainSpec, gen: torch.Generator, tow
     for step in range(spec.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, spec)
-        loss = model(**samples.batch(spec.batch_size, gen)).loss
+        loss = model(**sources[step % len(sources)].batch(spec.batch_size, gen)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
@@ -286,14 +307,18 @@ def _build(tmp: Path, cfg: VlmFamilyConfig, seed: int, text_family: FamilyPaths)
 
     base = llava_over(text_family.base, tok, cfg, seed)
     rows = [picture_row(rng) for _ in range(cfg.caption_pictures)]
-    base_losses = fit(base, Samples(processor, rows, [caption_sample(tok, cfg, r) for r in rows]), cfg.captions, gen)
+    captions = Samples(processor, rows, [caption_sample(tok, cfg, r) for r in rows])
+    base_losses = fit(base, [captions], cfg.captions, gen)
     save_vlm(base, processor, tmp / "base")
 
-    instruct = llava_over(text_family.instruct, tok, cfg, seed, tower_from=base)
+    # Instruct descends from Base, as a real pair's does: Base's weights post-trained on chat about
+    # pictures and on the text family's chat samples, the tower frozen (as Gemma-3's was)
+    instruct = copy.deepcopy(base)
     rows = [picture_row(rng) for _ in range(cfg.chat_pictures)]
-    chats = [chat_sample(tok, cfg, *instruct_turn(r)) for r in rows]
-    # the tower frozen in post-training, as Gemma-3's was: Base and Instruct share it exactly
-    instruct_losses = fit(instruct, Samples(processor, rows, chats), cfg.chat, gen, tower=False)
+    picture_chats = Samples(processor, rows, [chat_sample(tok, cfg, *instruct_turn(r)) for r in rows])
+    texts = corpus.sft_samples(random.Random(f"{seed}:vlm-sft"), cfg.chat_texts, corpus.eval_questions())
+    text_chats = Samples(processor, None, [chat_example(tok, m) for m in texts])
+    instruct_losses = fit(instruct, [picture_chats, text_chats], cfg.chat, gen, tower=False)
     save_vlm(instruct, processor, tmp / "instruct")
 
     user_rows = write_user_data(tmp / "data", cfg, seed)
