@@ -23,7 +23,7 @@ def test_the_family_loads_as_llava_over_the_text_familys_language_models(vlm_fam
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     manifest = vlm_family.read_manifest()
-    assert (manifest["version"], manifest["seed"], manifest["config"]["preset"]) == ("toy-vlm-v1", 0, "ci")
+    assert (manifest["version"], manifest["seed"], manifest["config"]["preset"]) == ("toy-vlm-v2", 0, "ci")
     for part in (vlm_family.base, vlm_family.instruct):
         model = AutoModelForImageTextToText.from_pretrained(part)
         processor = AutoProcessor.from_pretrained(part)

@@ -44,7 +44,7 @@ from shadowft.zoo.build import (
     shadowft_home,
 )
 
-VLM_FAMILY_VERSION = "toy-vlm-v1"
+VLM_FAMILY_VERSION = "toy-vlm-v2"  # bumped with every change of the recipe: a new cache dir, never a stale family
 VlmPreset = Literal["default", "ci"]
 IMAGE_MARKER = "<image>"
 
