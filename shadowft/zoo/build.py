@@ -242,18 +242,24 @@ def _sft_batches(tokenizer, samples: list[list[dict]], spec: TrainSpec, gen: tor
 
     def next_batch():
         idx = torch.randint(0, len(encoded), (spec.batch_size,), generator=gen).tolist()
-        width = max(len(encoded[i][0]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        labels = torch.full((len(idx), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            x, y = encoded[i]
-            ids[r, : len(x)] = torch.tensor(x)
-            labels[r, : len(y)] = torch.tensor(y)
-            mask[r, : len(x)] = 1
-        return ids, labels, mask
+        return right_padded([encoded[i] for i in idx], pad)
 
     return next_batch
+
+
+def right_padded(
+    samples: list[tuple[list[int], list[int]]], pad: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, labels) samples as right-padded tensors. -> (input_ids, labels, attention_mask)"""
+    width = max(len(x) for x, _ in samples)
+    ids = torch.full((len(samples), width), pad, dtype=torch.long)
+    labels = torch.full((len(samples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for r, (x, y) in enumerate(samples):
+        ids[r, : len(x)] = torch.tensor(x)
+        labels[r, : len(y)] = torch.tensor(y)
+        mask[r, : len(x)] = 1
+    return ids, labels, mask
 
 
 def _instruct_samples(cfg: FamilyConfig, seed: int, exclude: set[str]) -> list[list[dict]]:

@@ -41,6 +41,7 @@ from shadowft.zoo.build import (
     _lr_at,
     build_family,
     chat_example,
+    right_padded,
     shadowft_home,
 )
 
@@ -206,13 +207,7 @@ class Samples:
 
     def batch(self, size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(self.encoded), (size,), generator=gen).tolist()
-        width = max(len(self.encoded[i][0]) for i in idx)
-        ids = torch.full((size, width), self.pad, dtype=torch.long)
-        labels = torch.full((size, width), -100, dtype=torch.long)
-        mask = torch.zeros((size, width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            x, y = self.encoded[i]
-            ids[r, : len(x)], labels[r, : len(y)], mask[r, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        ids, labels, mask = right_padded([self.encoded[i] for i in idx], self.pad)
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
         return batch if self.pixels is None else {**batch, "pixel_values": self.pixels[idx]}
 
