@@ -53,25 +53,32 @@ class HeavyStageOnRay(PrefectRayFuture):
             state = run_coro_as_sync(exception_to_crashed_state(exc))
         self._final_state = state
 
+    #: the error of a lost stage, made once: `__exit__`'s wait after the flow's own result would
+    #: otherwise ask the server again and set the Crashed state twice
+    _lost_as: ShadowFTError | None = None
+
     def _lost(self, exc: BaseException) -> ShadowFTError:
         from prefect.client.orchestration import get_client
         from prefect.states import Crashed
 
+        if self._lost_as is not None:
+            return self._lost_as
         where, name = _node_of(str(exc)), "a heavy stage"
         try:
             with get_client(sync_client=True) as client:
                 name = client.read_task_run(self.task_run_id).name
-                message = f"{name} was lost with {where}: {type(exc).__name__}"
-                client.set_task_run_state(self.task_run_id, Crashed(message=message), force=True)
+                crashed = f"{name} was lost with {where}: {type(exc).__name__}"
+                client.set_task_run_state(self.task_run_id, Crashed(message=crashed), force=True)
         except Exception:  # the server unreachable: the lost node still has to be named
             pass
-        message = f"{name} was lost with {where}: {type(exc).__name__}"
-        return ShadowFTError(
-            f"{message} (the node died, was preempted or stopped while the stage ran)",
+        self._lost_as = ShadowFTError(
+            f"{name} was lost with {where}: {type(exc).__name__} (the node died, was preempted or stopped "
+            "while the stage ran)",
             hint="rerun the same config (shadowft run, or Retry in the Prefect UI): finished stages come from "
             "the store and a training resumes from its last checkpoint; Ray does not retry a heavy stage "
             "itself (max_retries=0), as a silent second run would double its cost",
         )
+        return self._lost_as
 
 
 def _is_lost_stage(exc: BaseException) -> bool:
@@ -110,8 +117,9 @@ class HeavyStagesOnRay(RayTaskRunner):
             for future in self.in_flight:
                 future.wait()
         else:
+            ray = import_ray()
             for future in self.in_flight:
-                import_ray().cancel(future.wrapped_future, force=True)
+                ray.cancel(future.wrapped_future, force=True)
         super().__exit__(*exc_info)
 
     def duplicate(self) -> HeavyStagesOnRay:

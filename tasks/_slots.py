@@ -46,7 +46,7 @@ class _QuietBusySlots(logging.Filter):
 SLOTS_ENV = "SHADOWFT_SLOTS"
 
 
-def prefect_server_configured() -> bool:
+def leased_slots_wanted() -> bool:
     """True when slots are leased Prefect limits: asked for (`SHADOWFT_SLOTS=prefect`) and flow runs
     report to a Prefect server (PREFECT_API_URL). Opt-in, because a killed holder's slot comes back only
     where the server runs its repossessor (`prefect server start`, Prefect Cloud): a server without it

@@ -136,12 +136,12 @@ def _build_in_local_slot(
     from prefect.logging import get_run_logger
 
     from shadowft.resources import SlotPool, plan_slots, run_in_process
-    from tasks._slots import LeasedSlots, prefect_server_configured
+    from tasks._slots import LeasedSlots, leased_slots_wanted
 
     logger = get_run_logger()
     slots = plan_slots(resources)
     pool: LeasedSlots | SlotPool = (
-        LeasedSlots(slots) if prefect_server_configured() else SlotPool(Path(args["store_root"]) / "slots", slots)
+        LeasedSlots(slots) if leased_slots_wanted() else SlotPool(Path(args["store_root"]) / "slots", slots)
     )
     busy = f"{label} waits for a free slot (all {len(slots)} busy)"
     # interrupt.stage: what Ctrl-C says was running (also while waiting for a slot)
