@@ -118,9 +118,15 @@ def check_store_on_nodes(store_root: str | Path, timeout_s: float = 120.0) -> li
             ).remote(str(probe), token)
             for n in nodes
         }
-        seen = {nid: ray.get(ref, timeout=timeout_s) for nid, ref in refs.items()}
+        seen: dict[str, dict[str, Any]] = {}
+        for nid, ref in refs.items():
+            try:
+                seen[nid] = ray.get(ref, timeout=timeout_s)
+            except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError):
+                pass  # listed alive, died since (Ray marks a killed node dead only after missed heartbeats)
     finally:
         probe.unlink(missing_ok=True)
+    nodes = [n for n in nodes if n["NodeID"] in seen]  # a lost node takes no work: nothing to check
     bad = [
         f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]}, {seen[n['NodeID']].get('host')}): "
         f"{seen[n['NodeID']]['why']}"

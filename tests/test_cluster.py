@@ -223,6 +223,7 @@ def test_a_node_lost_mid_stage_fails_naming_it_and_the_rerun_resumes(ray_two_nod
     import ray
 
     from flows.shadow_ft import for_cluster
+    from shadowft.cluster import check_store_on_nodes
     from tests.helpers import settled_task_runs
 
     if not ray.is_initialized():
@@ -264,9 +265,14 @@ def test_a_node_lost_mid_stage_fails_naming_it_and_the_rerun_resumes(ray_two_nod
     other = ({"train-base", "train-instruct"} - {lost.group(1)}).pop()
     assert states[lost.group(1)] == "Crashed" and states[other] == "Completed", states
 
+    # Ray marks a SIGKILLed node dead only after missed heartbeats: until then it is listed alive, and
+    # the store check's probe to it is unschedulable. A node lost under the check is no store failure.
+    checked = check_store_on_nodes(prefect_env / "store")
+    assert b_id not in {n["node_id"] for n in checked} and checked, checked
+
     ray_two_nodes.start_node_b()  # the node comes back (or another takes its place)
     deadline = time.time() + 60
-    while not _alive("b") and time.time() < deadline:
+    while not set(_alive("b")) - {b_id} and time.time() < deadline:
         time.sleep(0.5)
     rerun = for_cluster(cfg)(config=cfg, return_state=True)
     assert rerun.is_completed(), rerun
