@@ -118,3 +118,27 @@ def test_each_architecture_and_method_grafts_onto_the_language_model_only(prefec
     instruct = load_file(str(trio["instruct"] / "model.safetensors"))
     parts = checkpoint_parts(shadow)
     assert {parts.role(n) for n in got if not torch.equal(got[n], instruct[n])} == {"language_model"}
+
+
+@pytest.mark.slow
+def test_the_toy_vlm_example_runs_on_the_embedded_vlm_family(prefect_env):
+    """`shadowft run examples/toy-vlm.yaml` as a user runs it (CI-sized: a few steps and items): the
+    `zoo:vlm-*` placeholders install the shipped VLM family into the store, and the report scores
+    Instruct, direct tuning and Shadow-FT on the new image skill and the two old ones."""
+    from shadowft.zoo.vlm import default_vlm_family_dir
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "toy-vlm.yaml"
+    cfg = load_config(
+        example,
+        ["data.max_samples=64", "train.max_steps=4", "eval.limit=4", f"output.root={prefect_env / 'runs'}"],
+    )
+    flow_state, states, result = run_flow(cfg)
+    assert flow_state == "Completed", states
+    assert default_vlm_family_dir().joinpath("family.json").is_file()
+    assert json.loads(default_vlm_family_dir().joinpath("family.json").read_text())["source"] == "shipped"
+    summary = json.loads((Path(result["report"]) / "summary.json").read_text())
+    assert list(summary["scores"]) == ["instruct", "direct", "shadow-ft"]
+    assert summary["suites"] == ["toy-chart", "toy-colour", "toy-count"]
+    assert summary["n"] == {s: 4 for s in summary["suites"]}
+    provenance = json.loads((Path(result["models"]["shadow-ft"]) / "shadowft_provenance.json").read_text())
+    assert provenance["inputs"]["instruct"]["path"] == str(default_vlm_family_dir() / "instruct"), provenance

@@ -83,3 +83,93 @@ def test_an_installed_family_is_reused_and_another_seed_there_is_refused(vlm_fam
     assert again.root == vlm_family.root and vlm_family.manifest.stat().st_mtime_ns == stamp  # not rebuilt
     with pytest.raises(ShadowFTError, match="holds a different VLM family"):
         build_vlm_family(vlm_family.root, seed=1, preset="ci")
+
+
+# ------------------------------------------------------------------------ the shipped default VLM family
+
+
+def test_shipped_vlm_family_is_the_current_default_build():
+    """The package ships the default VLM family built with today's version and config, over today's text
+    family (re-export after a change: `python -m shadowft.zoo.shipped DIR`)."""
+    from shadowft.zoo.build import FAMILY_VERSION
+    from shadowft.zoo.shipped import file_checksums, find_shipped
+    from shadowft.zoo.vlm import VLM_FAMILY_VERSION, VlmFamilyConfig
+
+    root = find_shipped(VLM_FAMILY_VERSION, "default", 0, VlmFamilyConfig().model_dump())
+    assert root is not None, f"no shipped VLM family matches {VLM_FAMILY_VERSION}; rebuild and export it"
+    manifest = json.loads((root / "family.json").read_text())
+    assert manifest["checksums"] == file_checksums(root) and manifest["text_family"] == FAMILY_VERSION
+    assert sum(k.startswith("data/images/") for k in manifest["checksums"]) == manifest["data"]["chart.jsonl"]
+
+
+def test_default_vlm_family_installs_from_the_package_as_a_copy(tmp_path, monkeypatch):
+    import shadowft.zoo.vlm
+
+    def no_training(*a, **k):
+        raise AssertionError("the default VLM family was trained instead of installed")
+
+    monkeypatch.setattr(shadowft.zoo.vlm, "_build", no_training)
+    fam = build_vlm_family(tmp_path / "fam")
+    manifest = fam.read_manifest()
+    assert manifest["source"] == "shipped" and manifest["config"]["preset"] == "default"
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_cli_zoo_build_installs_the_vlm_family_and_prints_sigma_by_part(tmp_path):
+    from typer.testing import CliRunner
+
+    from shadowft.cli import app
+
+    result = CliRunner().invoke(app, ["zoo", "build", "--family", "vlm", "--out", str(tmp_path / "fam")])
+    assert result.exit_code == 0, result.output
+    assert "installed from the package" in result.output and "vision_tower 0.0000" in result.output
+    refused = CliRunner().invoke(app, ["zoo", "build", "--family", "audio", "--out", str(tmp_path / "x")])
+    assert refused.exit_code != 0 and "--family text or --family vlm" in str(refused.exception)
+
+
+VLM_SUITES = ("toy-chart", "toy-colour", "toy-count")
+
+
+def assert_vlm_family_skills(fam, out, margin: float = 0.15) -> dict[str, dict[str, float]]:
+    """What makes the VLM family a real instance of the problem (issue 30), for the shipped copy and any
+    rebuild, on the real suites through lm-eval's hf-multimodal: Instruct at least `margin` above chance,
+    at most 90 % and 10 points above Base on each old skill (colour, count); the new skill (reading a
+    bar's value) unknown to both; sigma of the language models in the real range."""
+    from shadowft.evaluate import evaluate_model
+    from shadowft.evaluate.suites import resolve_suites
+
+    chance = {s.name: s.chance for s in resolve_suites(", ".join(VLM_SUITES))}
+    scores = {
+        name: {
+            suite: got.score
+            for suite, got in evaluate_model(
+                getattr(fam, name), list(VLM_SUITES), out / name, backend="hf-multimodal", batch_size=16
+            ).suites.items()
+        }
+        for name in ("base", "instruct")
+    }
+    inst, base = scores["instruct"], scores["base"]
+    for suite in ("toy-colour", "toy-count"):
+        assert inst[suite] >= chance[suite] + margin, (suite, scores)
+        assert inst[suite] <= 0.90, (suite, scores)
+        assert inst[suite] >= base[suite] + 0.10, (suite, scores)
+    assert max(inst["toy-chart"], base["toy-chart"]) < chance["toy-chart"] + 0.10, scores
+    sigma = check_pair(fam.base, fam.instruct).sigma
+    assert sigma is not None and 0.005 <= sigma.by_role["language_model"] <= 0.08, sigma
+    return scores
+
+
+@pytest.mark.slow
+def test_shipped_vlm_family_has_every_skill(tmp_path):
+    fam = build_vlm_family(tmp_path / "fam")
+    assert fam.read_manifest()["source"] == "shipped"
+    assert_vlm_family_skills(fam, tmp_path / "eval")
+
+
+@pytest.mark.rebuild
+def test_a_vlm_rebuild_from_scratch_meets_the_same_requirements(tmp_path):
+    """Trains the default VLM family here (about 4.5 min on one thread of this AVX2 CPU; opt-in, as the
+    text family's rebuild: `make test-rebuild`)."""
+    fam = build_vlm_family(tmp_path / "rebuilt", from_scratch=True)
+    assert fam.read_manifest()["source"] == "built"
+    assert_vlm_family_skills(fam, tmp_path / "eval")

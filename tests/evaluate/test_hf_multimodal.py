@@ -308,3 +308,21 @@ def test_chart_and_count_suites_are_deterministic_and_run_on_a_tiny_vlm(
     result = evaluate_model(llava_vlm_trio["instruct"], [suite], tmp_path / "o", limit=3, backend="hf-multimodal")
     got = result.suites[suite]
     assert got.n == 3 and {f"{metric},flexible", f"{metric},strict"} <= set(got.tasks[task].metrics)
+
+
+def test_toy_colour_rows_are_shades_each_nearest_its_own_name():
+    """The shipped rows are what the generator writes; each square is a shade (not the exact colour a
+    model may be post-trained on) that is still nearer its answer than any other colour: one right answer."""
+    import importlib.util as iu
+
+    (found,) = resolve_suites("toy-colour")
+    folder = found.tasks[0].yaml_path.parent
+    spec = iu.spec_from_file_location("toy_colour_utils", folder / "utils.py")
+    utils = iu.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    shipped = [json.loads(x) for x in (folder / "data" / "toy_colour.jsonl").read_text().splitlines()]
+    assert shipped == utils.rows() and len(shipped) == N_COLOUR
+    assert all(utils.nearest_colour(r["rgb"]) == r["answer"] for r in shipped)
+    offsets = [abs(a - b) for r in shipped for a, b in zip(r["rgb"], utils.COLOURS[r["answer"]], strict=True)]
+    assert max(offsets) <= utils.SHADE
+    assert all(r["rgb"] != list(utils.COLOURS[r["answer"]]) for r in shipped)

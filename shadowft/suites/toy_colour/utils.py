@@ -1,7 +1,10 @@
 """toy-colour: an offline image suite for vision-language pairs (`!function utils.NAME` in the YAML).
 
-Each row of `data/toy_colour.jsonl` describes one picture: a square of a named colour on a light
-background (`rgb`, `background`, `box` = x0, y0, x1, y1 in a `size` x `size` px image). The picture
+Each row of `data/toy_colour.jsonl` describes one picture: a square in a shade of a named colour on a
+light background (`rgb`, `background`, `box` = x0, y0, x1, y1 in a `size` x `size` px image). A shade
+moves each channel of the colour by up to `SHADE` and stays nearer to its name than to any other of
+the six colours, so every item has one right answer, yet none is the exact colour a model may have
+been post-trained on (exact colours left the embedded family's Instruct at 100 %). The picture
 is drawn from the row (`square_image`), so the images are deterministic, need no files and no hub,
 and the request cache keys them by content (lm-eval hashes an image's PNG bytes). Regenerate the
 data with `python shadowft/suites/toy_colour/utils.py` (it writes the same file every time).
@@ -29,6 +32,7 @@ QUESTION = "What colour is the square?"
 SEED = 20261207
 PER_COLOUR = 8
 SIZE = 32
+SHADE = 80  # at most this far from the named colour on each channel (0-255)
 
 
 def square_image(doc: dict[str, Any]) -> list[Any]:
@@ -47,12 +51,25 @@ def strip_responses(resps: list[list[str]], docs: list[dict]) -> list[list[str]]
     return [[r.strip() for r in resp] for resp in resps]
 
 
+def nearest_colour(rgb: list[int]) -> str:
+    """The named colour closest to `rgb` (Euclidean in RGB)."""
+    return min(COLOURS, key=lambda name: sum((a - b) ** 2 for a, b in zip(COLOURS[name], rgb, strict=True)))
+
+
+def shade(rng: random.Random, name: str, spread: int = SHADE) -> list[int]:
+    """A random shade of `name`: each channel moved by up to `spread`, redrawn until `name` is nearest."""
+    while True:
+        rgb = [max(0, min(255, v + rng.randint(-spread, spread))) for v in COLOURS[name]]
+        if nearest_colour(rgb) == name:
+            return rgb
+
+
 def rows(seed: int = SEED, per_colour: int = PER_COLOUR, size: int = SIZE) -> list[dict[str, Any]]:
-    """The suite's items: `per_colour` pictures of each colour (size, place and background vary)."""
+    """The suite's items: `per_colour` pictures of each colour (shade, size, place and background vary)."""
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
     for i in range(per_colour):
-        for name, rgb in COLOURS.items():
+        for name in COLOURS:
             side = rng.randint(size // 3, size * 3 // 4)
             x0, y0 = rng.randint(0, size - side), rng.randint(0, size - side)
             out.append(
@@ -60,7 +77,7 @@ def rows(seed: int = SEED, per_colour: int = PER_COLOUR, size: int = SIZE) -> li
                     "id": f"{name}-{i}",
                     "question": QUESTION,
                     "answer": name,
-                    "rgb": list(rgb),
+                    "rgb": shade(rng, name),
                     "background": list(BACKGROUNDS[(i + len(out)) % len(BACKGROUNDS)]),
                     "box": [x0, y0, x0 + side, y0 + side],
                     "size": size,
