@@ -71,19 +71,18 @@ def _check_modality(built: dict[str, list[Any]], engine: EvalBackend) -> None:
     ValueError after the model load)."""
     if engine.multimodal:
         return
-    with_images = sorted(
-        {
-            suite
-            for suite, objs in built.items()
-            if any(getattr(task, "MULTIMODAL", False) for task in leaf_tasks({suite: objs}))
-        }
-    )
+    with_images = sorted(suite for suite, objs in built.items() if _asks_images(suite, objs))
     if with_images:
         raise EvalError(
             f"suite(s) {', '.join(with_images)} ask about images, which eval.backend {engine.name} cannot give "
             "the model",
             hint="evaluate a vision-language model with eval.backend: hf-multimodal (or vllm-vlm on GPUs)",
         )
+
+
+def _asks_images(suite: str, objs: list[Any]) -> bool:
+    """Do the suite's requests carry images (lm-eval's multimodal tasks)?"""
+    return any(getattr(task, "MULTIMODAL", False) for task in leaf_tasks({suite: objs}))
 
 
 def _no_env_info(storage: dict[str, Any]) -> None:
@@ -210,9 +209,14 @@ def evaluate_model(
         }
         t2 = time.monotonic()
         raw: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}, "group_subtasks": {}}
-        runs = dict.fromkeys((prompts[s.name], templated[s.name]) for s in resolved)
-        for i, (prompt, chat) in enumerate(runs):
-            names = [s.name for s in resolved if (prompts[s.name], templated[s.name]) == (prompt, chat)]
+        # Image and text suites run apart too: lm-eval hands all of a run's generation requests to the
+        # model at once, and hf-multimodal picks its image or its text path by the first request only
+        images = {s.name: _asks_images(s.name, built[s.name]) for s in resolved}
+        run_of = {s.name: (prompts[s.name], templated[s.name], images[s.name]) for s in resolved}
+        runs = dict.fromkeys(run_of.values())
+        for i, run_key in enumerate(runs):
+            prompt, chat, _ = run_key
+            names = [s.name for s in resolved if run_of[s.name] == run_key]
             task_objs = [obj for name in names for obj in built[name]]
             # Our own request cache (JSON rows), not lm-eval's `use_cache` (pickles: code in the file runs);
             # its file per run keeps the numbering of runs before rendered suites existed

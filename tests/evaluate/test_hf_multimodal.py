@@ -326,3 +326,20 @@ def test_toy_colour_rows_are_shades_each_nearest_its_own_name():
     offsets = [abs(a - b) for r in shipped for a, b in zip(r["rgb"], utils.COLOURS[r["answer"]], strict=True)]
     assert max(offsets) <= utils.SHADE
     assert all(r["rgb"] != list(utils.COLOURS[r["answer"]]) for r in shipped)
+
+
+def test_image_and_text_suites_in_one_evaluation(llava_vlm_trio, tmp_path):
+    """A VLM's image and text skills in one call: lm-eval hands a run's requests to hf-multimodal at once,
+    which takes its image or text path by the first request alone (a mixed run failed with `too many
+    values to unpack`), so they run apart, and both are scored."""
+    result = evaluate_model(
+        llava_vlm_trio["instruct"],
+        ["toy-colour", "toy-math"],
+        tmp_path / "o",
+        limit=2,
+        batch_size=4,  # one batch would hold both kinds
+        backend="hf-multimodal",
+        cache_dir=tmp_path / "cache",
+    )
+    assert {name: got.n for name, got in result.suites.items()} == {"toy-colour": 2, "toy-math": 2}
+    assert {"samples_toy_colour.jsonl", "samples_toy_math.jsonl"} <= {p.name for p in (tmp_path / "o").iterdir()}
