@@ -4,7 +4,8 @@ Each row of `data/toy_colour.jsonl` describes one picture: a square in a shade o
 light background (`rgb`, `background`, `box` = x0, y0, x1, y1 in a `size` x `size` px image). A shade
 moves each channel of the colour by up to `SHADE` and stays nearer to its name than to any other of
 the six colours, so every item has one right answer, yet none is the exact colour a model may have
-been post-trained on (exact colours left the embedded family's Instruct at 100 %). The picture
+been post-trained on (exact colours left the embedded family's Instruct at 100 %). Some shades look
+like a neighbour to the eye (an olive green); the name nearest in RGB is the answer. The picture
 is drawn from the row (`square_image`), so the images are deterministic, need no files and no hub,
 and the request cache keys them by content (lm-eval hashes an image's PNG bytes). Regenerate the
 data with `python shadowft/suites/toy_colour/utils.py` (it writes the same file every time).
