@@ -89,6 +89,12 @@ def _no_env_info(storage: dict[str, Any]) -> None:
     """Stands in for lm-eval's `add_env_info` (its report is dropped by `collect`)."""
 
 
+def _no_git_hash() -> None:
+    """Stands in for lm-eval's `get_git_commit_hash`: the hash of whatever repository the user's working
+    dir is in says nothing about the evaluation, and outside one its `git` printed `fatal: not a git
+    repository` to the user's terminal once per model."""
+
+
 def _fingerprint(model_dir: Path) -> str:
     from shadowft.fingerprint import fingerprint_model_dir
 
@@ -163,7 +169,12 @@ def evaluate_model(
     timings: dict[str, float] = {}
     # lm-eval's environment report (torch's collect_env: `pip list` and other subprocesses, 1-2 s per lm-eval
     # run) is not part of results.json, which records the versions that matter
-    with _env(env), thread_limit(threads), module_attribute(evaluator, "add_env_info", _no_env_info):
+    with (
+        _env(env),
+        thread_limit(threads),
+        module_attribute(evaluator, "add_env_info", _no_env_info),
+        module_attribute(evaluator, "get_git_commit_hash", _no_git_hash),
+    ):
         include = [str(s.include_path) for s in resolved if s.kind == "folder"]
         tm = TaskManager(
             include_path=include or None,

@@ -102,6 +102,14 @@ def test_chat_template_off_is_recorded(llama_trio, tmp_path):
     assert "<|im_start|>" not in row["arguments"][0][0]
 
 
+def test_outside_a_git_repository_nothing_is_printed_about_git(llama_trio, tmp_path, monkeypatch, capfd):
+    """lm-eval records the working dir's git hash by running `git`, which printed `fatal: not a git
+    repository` once per model for a user who runs shadowft from a plain folder."""
+    monkeypatch.chdir(tmp_path)  # tmp_path is outside any repository
+    evaluate_model(llama_trio["instruct"], ["toy-math"], tmp_path / "o", limit=1)
+    assert "not a git repository" not in capfd.readouterr().err
+
+
 def test_humaneval_offline_with_opt_in(llama_trio, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
     res = evaluate_model(
